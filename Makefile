@@ -1,0 +1,37 @@
+# `make run` and `make test` do all the set-up on a fresh clone.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+VALIDATOR := tools/gltf-validator
+
+.PHONY: setup run test lint bench clean
+
+setup: $(VENV)/.installed $(VALIDATOR)/node_modules/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@
+
+# The Khronos glTF validator checks every GLB we write (tests/pipeline/test_gltf_validator.py).
+$(VALIDATOR)/node_modules/.installed: $(VALIDATOR)/package.json
+	@if command -v npm >/dev/null 2>&1; then \
+		npm install --silent --no-audit --no-fund --prefix $(VALIDATOR) && touch $@; \
+	else \
+		echo "npm not found: the glTF validator test will be skipped (install Node.js to run it)"; \
+	fi
+
+run: setup
+	$(BIN)/orfeas generate examples/*.png --out out --format glb,obj,stl,ply
+
+test: setup
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+	$(BIN)/pytest
+
+bench: setup
+	$(BIN)/python bench/pipeline_bench.py --write docs/BENCHMARKS.md
+
+clean:
+	rm -rf out .pytest_cache .ruff_cache

@@ -1,0 +1,127 @@
+"""The `orfeas` command line."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from orfeas.config import Settings
+from orfeas.errors import OrfeasError
+from orfeas.options import GenerateOptions
+from orfeas.pipeline.generate import GenerationResult, generate, save_result
+from orfeas.pipeline.generators import create_generator
+
+app = typer.Typer(help="ORFEAS: turn images into 3D models.", no_args_is_help=True, add_completion=False)
+stderr = Console(stderr=True)
+
+
+@app.callback()
+def main() -> None:
+    """ORFEAS 2D to 3D studio."""
+
+
+def parse_generator_options(pairs: list[str]) -> dict[str, Any]:
+    """`["thickness=0.3", "mode=slab"]` → `{"thickness": 0.3, "mode": "slab"}` (numbers parsed as JSON)."""
+    options: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise typer.BadParameter(f"expected KEY=VALUE, got {pair!r}", param_hint="--option")
+        try:
+            options[key.strip()] = json.loads(raw)
+        except json.JSONDecodeError:
+            options[key.strip()] = raw
+    return options
+
+
+@app.command("generate")
+def generate_command(
+    images: Annotated[list[Path], typer.Argument(help="Input images (PNG, JPEG, WebP).", show_default=False)],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("out"),
+    formats: Annotated[str, typer.Option("--format", "-f", help="Comma-separated: glb,obj,stl,ply.")] = "glb",
+    backend: Annotated[str, typer.Option(help="Shape generator.")] = "inflate",
+    resolution: Annotated[int, typer.Option(help="Grid cells across the object.")] = 256,
+    faces: Annotated[int, typer.Option(help="Face budget.")] = 50_000,
+    texture: Annotated[bool, typer.Option("--texture/--no-texture", help="Texture, or vertex colours.")] = True,
+    seed: Annotated[int, typer.Option(help="Random seed for generators that sample.")] = 0,
+    option: Annotated[
+        list[str] | None, typer.Option("--option", "-O", help="Generator option KEY=VALUE (repeatable).")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object per image on stdout.")] = False,
+) -> None:
+    """Generate a 3D model for each image: DIR/<stem>.<fmt> plus DIR/<stem>.json with the report."""
+    settings = Settings()
+    try:
+        options = GenerateOptions.build(
+            backend=backend,
+            resolution=resolution,
+            faces=faces,
+            texture=texture,
+            formats=formats,
+            seed=seed,
+            generator_options=parse_generator_options(option or []),
+        )
+        generator = create_generator(options.backend, settings)
+    except OrfeasError as exc:
+        stderr.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+
+    failures = 0
+    results: list[tuple[Path, GenerationResult]] = []
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=stderr,
+        disable=len(images) < 2 or as_json,
+        transient=True,
+    ) as progress:
+        task = progress.add_task("generating", total=len(images))
+        for path in images:
+            progress.update(task, description=path.name)
+            try:
+                result = generate(path, options, settings, generator)
+                save_result(result, out, path.stem)
+            except OrfeasError as exc:
+                failures += 1
+                stderr.print(f"[red]error:[/red] {path}: {exc}")
+                if as_json:
+                    print(json.dumps({"image": str(path), "error": str(exc)}), flush=True)
+            else:
+                results.append((path, result))
+                if as_json:
+                    print(json.dumps({"image": str(path), **result.report()}), flush=True)
+            progress.advance(task)
+
+    if not as_json and results:
+        _print_table(results, out)
+    if failures:
+        raise typer.Exit(1)
+
+
+def _print_table(results: list[tuple[Path, GenerationResult]], out: Path) -> None:
+    table = Table(title=f"Models written to {out.resolve()}")
+    for column in ("file", "faces", "watertight", "seconds", "slowest stage"):
+        table.add_column(column, justify="right" if column in ("faces", "seconds") else "left")
+    for _path, result in results:
+        profile = result.profile
+        table.add_row(
+            ", ".join(f.name for f in result.files),
+            f"{len(result.mesh.faces):,}",
+            "yes" if result.mesh.is_watertight else "no",
+            f"{profile.total:.2f}",
+            profile.slowest() or "",
+        )
+    Console(file=sys.stdout).print(table)
+
+
+if __name__ == "__main__":
+    app()

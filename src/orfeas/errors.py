@@ -1,0 +1,17 @@
+"""Errors that callers can act on; the CLI and the API map each to a message and an exit or status code."""
+
+
+class OrfeasError(Exception):
+    """Base class of every error ORFEAS raises on purpose."""
+
+
+class InvalidImage(OrfeasError):
+    """The input is not an image we can use (wrong format, truncated, too large, empty...)."""
+
+
+class InvalidOptions(OrfeasError):
+    """Generation options are out of range or inconsistent."""
+
+
+class GeneratorUnavailable(OrfeasError):
+    """The requested generator is unknown or cannot run on this machine (missing extra, missing weights)."""

@@ -1,0 +1,40 @@
+"""Per-request generation options, validated once at the edge (CLI, API) and passed down."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from orfeas.errors import InvalidOptions
+from orfeas.pipeline.export import parse_formats
+
+
+class GenerateOptions(BaseModel):
+    """What the user asked for: generator, grid resolution, face budget, texture and output formats."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    backend: str = "inflate"
+    resolution: int = Field(256, ge=32, le=1024, description="Grid cells across the cut-out.")
+    faces: int = Field(50_000, ge=100, le=5_000_000, description="Face budget after decimation.")
+    texture: bool = Field(True, description="Base-colour texture with UVs; off gives vertex colours.")
+    formats: tuple[str, ...] = ("glb",)
+    seed: int = 0
+    generator_options: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("formats", mode="before")
+    @classmethod
+    def _check_formats(cls, value: Any) -> tuple[str, ...]:
+        return parse_formats(value)
+
+    @classmethod
+    def build(cls, **values: Any) -> GenerateOptions:
+        """Validate `values`, raising InvalidOptions with every problem in one message."""
+        try:
+            return cls(**values)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in err['loc']) or 'options'}: {err['msg']}" for err in exc.errors()
+            )
+            raise InvalidOptions(problems) from None

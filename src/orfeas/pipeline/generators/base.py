@@ -1,0 +1,60 @@
+"""The generator interface: a batch of prepared cut-outs in, one shape per image out.
+
+The service owns batching (it decides which images travel together); a generator only receives a list. A shape is
+either an implicit field sampled on a grid (extracted later by `pipeline.extract`) or a finished mesh.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+import trimesh
+
+from orfeas.pipeline.background import Cutout
+
+
+@dataclass(frozen=True)
+class GenerationParams:
+    """What a generator needs to know about the request besides the images."""
+
+    resolution: int = 256
+    seed: int = 0
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class GridField:
+    """An implicit field sampled on a regular grid: negative inside the object, positive outside.
+
+    `values[i, j, k]` is the field at world point `origin + (i, j, k) * spacing`; world axes are X right, Y up and
+    Z toward the camera that took the input image.
+    """
+
+    values: np.ndarray
+    origin: tuple[float, float, float]
+    spacing: float
+
+    def __post_init__(self) -> None:
+        if self.values.ndim != 3:
+            raise ValueError(f"field values must be 3-D, got shape {self.values.shape}")
+
+
+Shape = GridField | trimesh.Trimesh
+
+
+@runtime_checkable
+class Generator(Protocol):
+    """A shape generator. Implementations hold their own components (weights, caches) once built."""
+
+    name: str
+
+    def generate_batch(self, images: Sequence[Cutout], params: GenerationParams) -> list[Shape]:
+        """Return one shape per input image, in order."""
+        ...
+
+    def memory_per_image(self, params: GenerationParams) -> int:
+        """Estimated peak working memory in bytes for one image at these params (the service sizes batches)."""
+        ...

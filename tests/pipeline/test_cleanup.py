@@ -1,0 +1,47 @@
+import numpy as np
+import trimesh
+
+from orfeas.pipeline.cleanup import clean_mesh, decimate, orient_outward, remove_floaters
+
+
+def test_small_floater_is_dropped_and_large_parts_are_kept():
+    big = trimesh.creation.icosphere(subdivisions=4, radius=1.0)
+    other_big = trimesh.creation.icosphere(subdivisions=4, radius=1.0)
+    other_big.apply_translation([3, 0, 0])
+    speck = trimesh.creation.icosphere(subdivisions=0, radius=0.05)
+    speck.apply_translation([0, 3, 0])
+    mesh = trimesh.util.concatenate([big, other_big, speck])
+    cleaned = remove_floaters(mesh)
+    assert len(cleaned.faces) == len(big.faces) + len(other_big.faces)
+    assert cleaned.vertices[:, 1].max() < 1.5
+
+
+def test_decimation_meets_budget_and_keeps_a_closed_surface():
+    sphere = trimesh.creation.icosphere(subdivisions=6)  # 81,920 faces
+    result = decimate(sphere, 5_000)
+    assert len(result.faces) <= 5_000
+    assert len(result.faces) > 4_000
+    assert result.is_watertight
+    assert abs(result.volume - sphere.volume) / sphere.volume < 0.02
+
+
+def test_mesh_under_budget_is_unchanged():
+    sphere = trimesh.creation.icosphere(subdivisions=2)
+    assert decimate(sphere, 10_000) is sphere
+
+
+def test_inside_out_mesh_is_flipped():
+    box = trimesh.creation.box()
+    box.invert()
+    assert box.volume < 0
+    assert orient_outward(box).volume > 0
+
+
+def test_clean_mesh_runs_all_steps():
+    sphere = trimesh.creation.icosphere(subdivisions=5)
+    speck = trimesh.creation.icosphere(subdivisions=0, radius=0.01)
+    speck.apply_translation([5, 0, 0])
+    cleaned = clean_mesh(trimesh.util.concatenate([sphere, speck]), max_faces=2_000)
+    assert len(cleaned.faces) <= 2_000
+    assert cleaned.is_watertight and cleaned.volume > 0
+    assert np.abs(cleaned.vertices).max() < 1.1

@@ -1,0 +1,106 @@
+"""The `orfeas generate` command, run as a user runs it: a real subprocess."""
+
+import json
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import trimesh
+
+from tests.synthetic import EXAMPLES
+
+ORFEAS = str(Path(sys.executable).with_name("orfeas"))
+
+
+def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([ORFEAS, *args], capture_output=True, text=True, cwd=cwd, timeout=120)
+
+
+def test_all_formats_and_the_json_report(tmp_path):
+    images = [EXAMPLES / "chair.png", EXAMPLES / "teapot.png"]
+    out = tmp_path / "out"
+    proc = run("generate", *map(str, images), "--out", str(out), "--format", "glb,obj,stl,ply", "--json")
+    assert proc.returncode == 0, proc.stderr
+    lines = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert [Path(line["image"]).name for line in lines] == ["chair.png", "teapot.png"]
+    for stem in ("chair", "teapot"):
+        for ext in ("glb", "obj", "mtl", "stl", "ply", "json"):
+            assert (out / f"{stem}.{ext}").is_file(), f"{stem}.{ext}"
+        report = json.loads((out / f"{stem}.json").read_text())
+        assert report["generator"] == "inflate"
+        assert report["parameters"]["resolution"] == 256
+        assert report["watertight"] is True
+        assert report["faces"] > 0 and report["vertices"] > 0
+        assert {"image_loading", "shape_generation", "export"} <= set(report["profile"]["stages"])
+        glb = trimesh.load(out / f"{stem}.glb", force="mesh")
+        assert len(glb.faces) == report["faces"]
+    stl = (out / "chair.stl").read_bytes()
+    assert len(stl) == 84 + 50 * struct.unpack("<I", stl[80:84])[0]  # binary STL
+
+
+def test_table_and_options(tmp_path):
+    proc = run(
+        "generate", str(EXAMPLES / "robot.png"), "--out", str(tmp_path), "--resolution", "96",
+        "--faces", "3000", "--no-texture", "--format", "ply", "-O", "thickness=0.2",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "robot.ply" in proc.stdout and "faces" in proc.stdout
+    report = json.loads((tmp_path / "robot.json").read_text())
+    assert report["faces"] <= 3000
+    assert report["parameters"]["texture"] is False
+    assert report["parameters"]["generator_options"] == {"thickness": 0.2}
+
+
+def _bad_files(tmp_path: Path) -> dict[str, Path]:
+    good = (EXAMPLES / "chair.png").read_bytes()
+    files = {
+        "not an image": ("notes.png", b"hello, this is text"),
+        "truncated": ("cut.png", good[: len(good) // 2]),
+        "empty": ("empty.png", b""),
+    }
+    paths = {}
+    for label, (name, data) in files.items():
+        path = tmp_path / name
+        path.write_bytes(data)
+        paths[label] = path
+    paths["missing"] = tmp_path / "missing.png"
+    return paths
+
+
+@pytest.mark.parametrize("label", ["not an image", "truncated", "empty", "missing"])
+def test_bad_input_gives_a_message_a_nonzero_exit_and_no_files(tmp_path, label):
+    bad = _bad_files(tmp_path)[label]
+    out = tmp_path / "out"
+    proc = run("generate", str(bad), "--out", str(out), "--format", "glb,obj,stl,ply")
+    assert proc.returncode != 0
+    assert "error" in proc.stderr and bad.name in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_good_images_are_kept_when_one_of_several_is_bad(tmp_path):
+    out = tmp_path / "out"
+    bad = _bad_files(tmp_path)["truncated"]
+    proc = run("generate", str(EXAMPLES / "chair.png"), str(bad), "--out", str(out), "--json")
+    assert proc.returncode == 1
+    lines = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert "error" in lines[1] and "faces" in lines[0]
+    assert sorted(p.name for p in out.iterdir()) == ["chair.glb", "chair.json"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--format", "fbx"], "fbx"),
+        (["--resolution", "4"], "resolution"),
+        (["--backend", "nope"], "nope"),
+        (["-O", "thickness=-1"], "thickness"),
+    ],
+)
+def test_bad_options_are_refused_before_any_work(tmp_path, args, message):
+    proc = run("generate", str(EXAMPLES / "chair.png"), "--out", str(tmp_path / "out"), *args)
+    assert proc.returncode != 0
+    assert message in proc.stderr
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
