@@ -30,7 +30,7 @@ def test_all_formats_and_the_json_report(tmp_path):
             assert (out / f"{stem}.{ext}").is_file(), f"{stem}.{ext}"
         report = json.loads((out / f"{stem}.json").read_text())
         assert report["generator"] == "inflate"
-        assert report["parameters"]["resolution"] == 256
+        assert report["parameters"]["resolution"] == 192  # the inflate default
         assert report["watertight"] is True
         assert report["faces"] > 0 and report["vertices"] > 0
         assert {"image_loading", "shape_generation", "export"} <= set(report["profile"]["stages"])

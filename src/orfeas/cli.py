@@ -47,7 +47,9 @@ def generate_command(
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("out"),
     formats: Annotated[str, typer.Option("--format", "-f", help="Comma-separated: glb,obj,stl,ply.")] = "glb",
     backend: Annotated[str, typer.Option(help="Shape generator.")] = "inflate",
-    resolution: Annotated[int, typer.Option(help="Grid cells across the object.")] = 256,
+    resolution: Annotated[
+        int | None, typer.Option(help="Grid cells across the object [default: the generator's, inflate 192].")
+    ] = None,
     faces: Annotated[int, typer.Option(help="Face budget.")] = 50_000,
     texture: Annotated[bool, typer.Option("--texture/--no-texture", help="Texture, or vertex colours.")] = True,
     seed: Annotated[int, typer.Option(help="Random seed for generators that sample.")] = 0,

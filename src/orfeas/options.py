@@ -16,8 +16,10 @@ class GenerateOptions(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     backend: str = "inflate"
-    resolution: int = Field(256, ge=32, le=1024, description="Grid cells across the cut-out.")
-    faces: int = Field(50_000, ge=100, le=5_000_000, description="Face budget after decimation.")
+    resolution: int | None = Field(
+        None, ge=32, le=1024, description="Grid cells across the cut-out; None takes the generator's default."
+    )
+    faces: int = Field(50_000, ge=1_000, le=5_000_000, description="Face budget after decimation.")
     texture: bool = Field(True, description="Base-colour texture with UVs; off gives vertex colours.")
     formats: tuple[str, ...] = ("glb",)
     seed: int = 0

@@ -14,13 +14,12 @@ def extract_mesh(field: GridField, level: float = 0.0) -> trimesh.Trimesh:
     values = _off_level(field.values, level)
     if not (values.min() < level < values.max()):
         raise ValueError("the field has no surface at this level (all inside or all outside)")
+    # scikit-image winds faces so that normals point down the gradient ("descent"): for a field that is negative
+    # inside, that is outward
     verts, faces, _normals, _ = marching_cubes(values, level=level, allow_degenerate=True)
     verts = verts * field.spacing + np.asarray(field.origin, dtype=np.float64)
     faces = faces[(faces[:, 0] != faces[:, 1]) & (faces[:, 1] != faces[:, 2]) & (faces[:, 0] != faces[:, 2])]
-    mesh = trimesh.Trimesh(vertices=verts, faces=faces, process=False)
-    if signed_volume(mesh) < 0:
-        mesh.invert()
-    return mesh
+    return trimesh.Trimesh(vertices=verts, faces=faces, process=False)
 
 
 def _off_level(values: np.ndarray, level: float) -> np.ndarray:
@@ -35,9 +34,3 @@ def _off_level(values: np.ndarray, level: float) -> np.ndarray:
     nudged = values.copy()
     nudged[on_level] = level + 1e-6
     return nudged
-
-
-def signed_volume(mesh: trimesh.Trimesh) -> float:
-    """Enclosed volume by the divergence theorem; negative when the faces point inward."""
-    a, b, c = (mesh.vertices[mesh.faces[:, i]] for i in range(3))
-    return float(np.einsum("ij,ij->", a, np.cross(b, c)) / 6.0)

@@ -81,6 +81,8 @@ def generate_batch(
     options = options or GenerateOptions()
     settings = settings or Settings()
     generator = generator or create_generator(options.backend, settings)
+    if options.resolution is None:
+        options = options.model_copy(update={"resolution": generator.default_resolution})
     profiles = [Profile() for _ in images]
 
     cutouts = [_prepare(image, profile, settings, remover) for image, profile in zip(images, profiles, strict=True)]

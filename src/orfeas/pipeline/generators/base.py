@@ -50,6 +50,7 @@ class Generator(Protocol):
     """A shape generator. Implementations hold their own components (weights, caches) once built."""
 
     name: str
+    default_resolution: int
 
     def generate_batch(self, images: Sequence[Cutout], params: GenerationParams) -> list[Shape]:
         """Return one shape per input image, in order."""

@@ -100,6 +100,9 @@ class InflateGenerator:
     """Silhouette inflation on the CPU; no weights, well under a second per image."""
 
     name = "inflate"
+    # The outline comes from the 2-D distance field at sub-cell precision, so a coarser grid loses little: on the
+    # example images silhouette IoU is the same at 192 as at 256 and meshing is about a third faster.
+    default_resolution = 192
 
     def generate_batch(self, images: Sequence[Cutout], params: GenerationParams) -> list[GridField]:
         thickness, rim = _read_options(params.options)
