@@ -69,10 +69,12 @@ def time_image(source, generator, settings: Settings, repeats: int, out: Path) -
 def peak_memory_mb(path: Path) -> float:
     """Peak resident memory of a fresh process that generates `path` into a temporary folder."""
     code = (
-        "import sys, resource, tempfile, pathlib\n"
+        "import sys, tempfile, pathlib\n"
         "from orfeas import generate, save_result\n"
         "r = generate(sys.argv[1]); save_result(r, pathlib.Path(tempfile.mkdtemp()), 'm')\n"
-        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
+        # VmHWM is this process's own high-water mark (ru_maxrss can carry the parent's over from fork)
+        "status = pathlib.Path('/proc/self/status').read_text().splitlines()\n"
+        "print([line.split()[1] for line in status if line.startswith('VmHWM')][0])\n"
     )
     out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, check=True)
     return int(out.stdout.strip().splitlines()[-1]) / 1024

@@ -40,6 +40,18 @@ def test_all_formats_and_the_json_report(tmp_path):
     assert len(stl) == 84 + 50 * struct.unpack("<I", stl[80:84])[0]  # binary STL
 
 
+def test_preview_renders_a_written_model(tmp_path):
+    proc = run("generate", str(EXAMPLES / "chair.png"), "--out", str(tmp_path), "--faces", "5000")
+    assert proc.returncode == 0, proc.stderr
+    png = tmp_path / "chair_preview.png"
+    proc = run("preview", str(tmp_path / "chair.glb"), "--out", str(png), "--size", "128")
+    assert proc.returncode == 0, proc.stderr
+    from PIL import Image
+
+    assert Image.open(png).size == (128, 128)
+    assert run("preview", str(tmp_path / "chair.json")).returncode == 1
+
+
 def test_table_and_options(tmp_path):
     proc = run(
         "generate", str(EXAMPLES / "robot.png"), "--out", str(tmp_path), "--resolution", "96",

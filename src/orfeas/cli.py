@@ -7,7 +7,9 @@ import sys
 from pathlib import Path
 from typing import Annotated, Any
 
+import trimesh
 import typer
+from PIL import Image
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -17,6 +19,7 @@ from orfeas.errors import OrfeasError
 from orfeas.options import GenerateOptions
 from orfeas.pipeline.generate import GenerationResult, generate, save_result
 from orfeas.pipeline.generators import create_generator
+from orfeas.pipeline.preview import render_preview
 
 app = typer.Typer(help="ORFEAS: turn images into 3D models.", no_args_is_help=True, add_completion=False)
 stderr = Console(stderr=True)
@@ -107,6 +110,29 @@ def generate_command(
         _print_table(results, out)
     if failures:
         raise typer.Exit(1)
+
+
+@app.command("preview")
+def preview_command(
+    model: Annotated[Path, typer.Argument(help="A model file (GLB, OBJ, PLY, STL).", show_default=False)],
+    out: Annotated[Path, typer.Option("--out", "-o", help="PNG to write.")] = Path("preview.png"),
+    size: Annotated[int, typer.Option(help="Image side in pixels.")] = 512,
+    yaw: Annotated[float, typer.Option(help="Turn about the vertical axis, degrees.")] = -30.0,
+    pitch: Annotated[float, typer.Option(help="Tilt toward the viewer, degrees.")] = 15.0,
+) -> None:
+    """Render a model to a PNG on the CPU (no GPU or display needed)."""
+    try:
+        mesh = trimesh.load(model, force="mesh")
+    except (OSError, ValueError) as exc:
+        stderr.print(f"[red]error:[/red] cannot read {model}: {exc}")
+        raise typer.Exit(1) from None
+    if len(mesh.faces) == 0:
+        stderr.print(f"[red]error:[/red] {model} has no faces")
+        raise typer.Exit(1)
+    image = render_preview(mesh, size, yaw, pitch)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(image).save(out)
+    print(out)
 
 
 def _print_table(results: list[tuple[Path, GenerationResult]], out: Path) -> None:
