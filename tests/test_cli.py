@@ -52,6 +52,14 @@ def test_preview_renders_a_written_model(tmp_path):
     assert run("preview", str(tmp_path / "chair.json")).returncode == 1
 
 
+def test_file_names_with_spaces_are_made_safe(tmp_path):
+    image = tmp_path / "my chair (1).png"
+    image.write_bytes((EXAMPLES / "chair.png").read_bytes())
+    proc = run("generate", str(image), "--out", str(tmp_path / "out"), "--faces", "2000")
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["my_chair__1_.glb", "my_chair__1_.json"]
+
+
 def test_table_and_options(tmp_path):
     proc = run(
         "generate", str(EXAMPLES / "robot.png"), "--out", str(tmp_path), "--resolution", "96",

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 from PIL import Image
@@ -18,11 +16,7 @@ from orfeas.pipeline.background import (
     remove_background,
     segment_plain_background,
 )
-
-SHARED_IMAGES = Path(__file__).resolve().parents[3] / "shared" / "images"
-needs_shared_images = pytest.mark.skipif(
-    not SHARED_IMAGES.is_dir(), reason=f"shared test images not found at {SHARED_IMAGES}"
-)
+from tests.synthetic import EXAMPLES as SHARED_IMAGES  # copies of ../shared/images kept in the repo
 
 OBJECT_COLOUR = (200, 60, 40)
 
@@ -130,7 +124,6 @@ def test_keeps_grayish_parts_distinct_from_background(disc_mask):
     assert iou(mask, disc_mask | legs) >= 0.95
 
 
-@needs_shared_images
 @pytest.mark.parametrize(("name", "fraction_range"), [("poly_fox.png", (0.2, 0.35)), ("teapot.png", (0.18, 0.32))])
 def test_segments_shared_gray_images(name, fraction_range):
     rgb = load_shared(name)[..., :3]
@@ -143,7 +136,6 @@ def test_segments_shared_gray_images(name, fraction_range):
     assert not mask[:5].any() and not mask[-5:].any()  # the gray border is background
 
 
-@needs_shared_images
 def test_teapot_handle_hole_stays_open():
     rgb = load_shared("teapot.png")[..., :3]
     mask = segment_plain_background(rgb)
@@ -281,7 +273,6 @@ def test_prepare_image_synthetic(disc_mask):
     assert abs((r1 - r0) - 160) <= 2 and abs((c1 - c0) - 160) <= 2
 
 
-@needs_shared_images
 @pytest.mark.parametrize(
     ("name", "method"),
     [

@@ -7,7 +7,6 @@ import logging
 import struct
 import warnings
 import zlib
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -16,6 +15,7 @@ from PIL import Image
 
 from orfeas.errors import InvalidImage
 from orfeas.pipeline.image import load_image
+from tests.synthetic import EXAMPLES
 
 
 def encode(image: Image.Image, fmt: str, **options) -> bytes:
@@ -229,15 +229,11 @@ def test_refuses_missing_file(tmp_path):
         load_image(missing)
 
 
-SHARED_IMAGES = Path(__file__).resolve().parents[3] / "shared" / "images"
-
-
-@pytest.mark.skipif(not SHARED_IMAGES.is_dir(), reason=f"shared test images not found at {SHARED_IMAGES}")
 @pytest.mark.parametrize(
     ("name", "has_mask"),
     [("chair.png", True), ("robot.png", True), ("poly_fox.png", False), ("teapot.png", False)],
 )
 def test_loads_shared_images(name, has_mask):
-    rgba = load_image(SHARED_IMAGES / name)
+    rgba = load_image(EXAMPLES / name)
     assert rgba.ndim == 3 and rgba.shape[2] == 4
     assert (rgba[..., 3] < 128).any() == has_mask

@@ -41,6 +41,12 @@ def to_export_frame(mesh: trimesh.Trimesh) -> trimesh.Trimesh:
     return framed
 
 
+def safe_stem(name: str) -> str:
+    """A file stem that export accepts: characters outside letters, digits, '_', '-' and '.' become '_'."""
+    stem = re.sub(r"[^A-Za-z0-9_.-]", "_", name).lstrip(".")
+    return stem or "model"
+
+
 def parse_formats(text: str | Iterable[str]) -> tuple[str, ...]:
     """Parse "glb,obj" (or a list of such items) into validated, lowercase, de-duplicated format names."""
     items = [text] if isinstance(text, str) else list(text)

@@ -19,7 +19,7 @@ from orfeas.config import Settings
 from orfeas.options import GenerateOptions
 from orfeas.pipeline.background import BackgroundRemover, Cutout, prepare_image
 from orfeas.pipeline.cleanup import clean_mesh
-from orfeas.pipeline.export import export_mesh, to_export_frame
+from orfeas.pipeline.export import export_mesh, safe_stem, to_export_frame
 from orfeas.pipeline.extract import extract_mesh
 from orfeas.pipeline.generators import GenerationParams, Generator, GridField, create_generator
 from orfeas.pipeline.image import load_image
@@ -127,7 +127,11 @@ def _finish_mesh(shape, cutout: Cutout, options: GenerateOptions, profile: Profi
 
 
 def save_result(result: GenerationResult, out_dir: Path, stem: str) -> list[Path]:
-    """Write the mesh in every requested format and `<stem>.json` with the report; returns the paths."""
+    """Write the mesh in every requested format and `<stem>.json` with the report; returns the paths.
+
+    Characters that do not belong in a file name are replaced in the stem ("my photo" → "my_photo").
+    """
+    stem = safe_stem(stem)
     out_dir.mkdir(parents=True, exist_ok=True)
     with result.profile.stage("export"):
         for fmt in result.options.formats:
