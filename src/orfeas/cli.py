@@ -137,18 +137,20 @@ def preview_command(
 
 def _print_table(results: list[tuple[Path, GenerationResult]], out: Path) -> None:
     table = Table(title=f"Models written to {out.resolve()}")
-    for column in ("file", "faces", "watertight", "seconds", "slowest stage"):
+    for column in ("image", "files", "faces", "watertight", "seconds", "slowest stage"):
         table.add_column(column, justify="right" if column in ("faces", "seconds") else "left")
-    for _path, result in results:
+    for path, result in results:
         profile = result.profile
+        main_files = [f.name for f in result.files if f.suffix.lstrip(".") in result.options.formats]
         table.add_row(
-            ", ".join(f.name for f in result.files),
+            path.name,
+            " ".join(main_files),
             f"{len(result.mesh.faces):,}",
             "yes" if result.mesh.is_watertight else "no",
             f"{profile.total:.2f}",
             profile.slowest() or "",
         )
-    Console(file=sys.stdout).print(table)
+    Console(file=sys.stdout, width=max(Console().width, 110)).print(table)
 
 
 if __name__ == "__main__":
