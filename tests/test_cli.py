@@ -1,6 +1,7 @@
 """The `orfeas generate` command, run as a user runs it: a real subprocess."""
 
 import json
+import os
 import struct
 import subprocess
 import sys
@@ -14,8 +15,10 @@ from tests.synthetic import EXAMPLES
 ORFEAS = str(Path(sys.executable).with_name("orfeas"))
 
 
-def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([ORFEAS, *args], capture_output=True, text=True, cwd=cwd, timeout=120)
+def run(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [ORFEAS, *args], capture_output=True, text=True, timeout=120, env={**os.environ, **(env or {})}
+    )
 
 
 def test_all_formats_and_the_json_report(tmp_path):
@@ -98,6 +101,14 @@ def test_bad_input_gives_a_message_a_nonzero_exit_and_no_files(tmp_path, label):
     assert "error" in proc.stderr and bad.name in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not out.exists() or not any(out.iterdir())
+
+
+def test_an_image_over_the_pixel_cap_is_refused(tmp_path):
+    out = tmp_path / "out"
+    proc = run("generate", str(EXAMPLES / "chair.png"), "--out", str(out), env={"ORFEAS_MAX_IMAGE_PIXELS": "10000"})
+    assert proc.returncode == 1
+    assert "too large" in proc.stderr and "Traceback" not in proc.stderr
+    assert not out.exists()
 
 
 def test_good_images_are_kept_when_one_of_several_is_bad(tmp_path):
