@@ -66,14 +66,14 @@ def test_file_names_with_spaces_are_made_safe(tmp_path):
 def test_table_and_options(tmp_path):
     proc = run(
         "generate", str(EXAMPLES / "robot.png"), "--out", str(tmp_path), "--resolution", "96",
-        "--faces", "3000", "--no-texture", "--format", "ply", "-O", "thickness=0.2",
+        "--faces", "3000", "--no-texture", "--format", "ply", "-O", "depth=0.5",
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert "robot.ply" in proc.stdout and "faces" in proc.stdout
     report = json.loads((tmp_path / "robot.json").read_text())
     assert report["faces"] <= 3000
     assert report["parameters"]["texture"] is False
-    assert report["parameters"]["generator_options"] == {"thickness": 0.2}
+    assert report["parameters"]["generator_options"] == {"depth": 0.5}
 
 
 def _bad_files(tmp_path: Path) -> dict[str, Path]:
@@ -127,7 +127,7 @@ def test_good_images_are_kept_when_one_of_several_is_bad(tmp_path):
         (["--format", "fbx"], "fbx"),
         (["--resolution", "4"], "resolution"),
         (["--backend", "nope"], "nope"),
-        (["-O", "thickness=-1"], "thickness"),
+        (["-O", "depth=-1"], "depth"),
     ],
 )
 def test_bad_options_are_refused_before_any_work(tmp_path, args, message):

@@ -31,7 +31,7 @@ def main() -> None:
 
 
 def parse_generator_options(pairs: list[str]) -> dict[str, Any]:
-    """`["thickness=0.3", "mode=slab"]` → `{"thickness": 0.3, "mode": "slab"}` (numbers parsed as JSON)."""
+    """`["depth=0.6", "mode=fast"]` → `{"depth": 0.6, "mode": "fast"}` (numbers parsed as JSON)."""
     options: dict[str, Any] = {}
     for pair in pairs:
         key, sep, raw = pair.partition("=")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import trimesh
+from scipy.spatial import cKDTree
 
 # Sub-pixel precision for cv2 rasterisation: coordinates are fixed-point with this many fractional bits.
 _SHIFT = 4
@@ -67,3 +68,27 @@ def _resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
     """Resize a bool mask to size x size by area averaging, keeping pixels at least half covered."""
     resized = cv2.resize(mask.astype(np.float32), (size, size), interpolation=cv2.INTER_AREA)
     return resized >= 0.5
+
+
+def surface_scores(
+    reference: trimesh.Trimesh,
+    candidate: trimesh.Trimesh,
+    samples: int = 20_000,
+    thresholds: tuple[float, ...] = (0.05, 0.1),
+    seed: int = 0,
+) -> dict[str, float]:
+    """Chamfer distance (mean of both mean nearest-surface distances) and F-score at each threshold.
+
+    Points are sampled on both surfaces; precision is the share of candidate points near the reference, recall
+    the share of reference points near the candidate. The meshes are compared where they are (no alignment).
+    """
+    rng = np.random.default_rng(seed)
+    ref_points = trimesh.sample.sample_surface(reference, samples, seed=rng)[0]
+    cand_points = trimesh.sample.sample_surface(candidate, samples, seed=rng)[0]
+    to_candidate = cKDTree(cand_points).query(ref_points)[0]
+    to_reference = cKDTree(ref_points).query(cand_points)[0]
+    scores = {"chamfer": float((to_candidate.mean() + to_reference.mean()) / 2)}
+    for t in thresholds:
+        precision, recall = (to_reference < t).mean(), (to_candidate < t).mean()
+        scores[f"fscore@{t}"] = float(2 * precision * recall / max(precision + recall, 1e-12))
+    return scores

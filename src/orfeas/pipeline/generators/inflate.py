@@ -1,8 +1,12 @@
 """`inflate`: a weight-free generator that turns the object's silhouette into a closed volume.
 
-Depth is not in a single image, so this is a prior: a slab whose half-thickness grows from zero at the silhouette
-with a rounded rim and levels off at `thickness / 2`. Thin parts stay thin because the rim never reaches full height
-in them. The result is a signed field on a grid, symmetric about z = 0, whose zero level set is the surface.
+Depth is not in a single image, so this is a prior, chosen by measurement (docs/BENCHMARKS.md, "3D accuracy"):
+objects tend to be about as deep as they are wide, locally. Each point of the silhouette is covered by a largest
+inscribed disc; the object's cross-section there is taken to be round with that disc's radius, times `depth`, and
+the total thickness is capped at `max_thickness`. A sphere's disc gives back the sphere, a torus seen from above gives
+back the torus, a stick stays a thin stick, and holes stay holes. `roundness` blends the round cross-section (1)
+with a chamfer that rises linearly from the outline (0). The result is a signed field on a grid, symmetric about
+z = 0, whose zero level set is the surface.
 """
 
 from __future__ import annotations
@@ -18,9 +22,15 @@ from orfeas.pipeline.background import Cutout
 from orfeas.pipeline.generators.base import GenerationParams, GridField
 
 DEFAULT_OPTIONS = {
-    "thickness": 0.3,  # full depth of the slab, as a fraction of the cut-out side
-    "rim": 0.12,  # radius of the rounded rim, as a fraction of the cut-out side
+    "depth": 1.0,  # depth of the object relative to its local width
+    "max_thickness": 0.4,  # cap on the total depth, as a fraction of the cut-out side
+    "roundness": 1.0,  # 1: round cross-section, 0: linear chamfer from the outline
 }
+# Bounds of each option: (lowest, highest), both included.
+OPTION_RANGES = {"depth": (0.05, 3.0), "max_thickness": (0.01, 2.0), "roundness": (0.0, 1.0)}
+# The local-width search runs on at most this many cells across; the width varies smoothly, so finer adds nothing.
+LOCAL_RADIUS_GRID = 192
+LOCAL_RADIUS_LEVELS = 16
 
 
 def signed_distance_2d(mask: np.ndarray) -> np.ndarray:
@@ -34,27 +44,62 @@ def signed_distance_2d(mask: np.ndarray) -> np.ndarray:
     return np.where(mask, inside - 0.5, 0.5 - outside).astype(np.float32)
 
 
-def rim_profile(distance: np.ndarray, half_thickness: float, rim: float) -> np.ndarray:
-    """Half-thickness at a given inside distance: a quarter-ellipse rim rising to `half_thickness`.
+def local_radius(distance: np.ndarray, levels: int = LOCAL_RADIUS_LEVELS) -> np.ndarray:
+    """Radius of the largest disc inside the shape that covers each inside cell (the "local thickness" / 2).
 
-    Negative distances (outside) pass through unchanged, so |z| - profile is a continuous field across the outline.
+    `distance` is the inside distance to the outline (cells). A disc of radius r centred where distance >= r covers
+    everything within r of its centre; radii are tried from the largest down and each cell keeps the first
+    (largest) that covers it.
     """
-    t = np.clip(distance / rim, 0.0, 1.0)
-    rounded = half_thickness * np.sqrt(t * (2.0 - t))
-    return np.where(distance > 0, rounded, distance).astype(np.float32)
+    inside = distance > 0
+    radius = np.zeros_like(distance, dtype=np.float32)
+    largest = float(distance.max())
+    for r in np.linspace(largest, 0.5, levels):
+        centres = distance >= r
+        if not centres.any():
+            continue
+        covered = ndimage.distance_transform_edt(~centres) <= r
+        radius[covered & inside & (radius == 0)] = r
+    radius[inside & (radius == 0)] = 0.5
+    return radius
 
 
-def inflate_field(cutout: Cutout, resolution: int, thickness: float, rim: float) -> GridField:
+def half_thickness(distance: np.ndarray, radius: np.ndarray, depth: float, roundness: float) -> np.ndarray:
+    """Half the object's depth at each cell, from the inside distance and the local radius (same units)."""
+    t = np.clip(distance / np.maximum(radius, 1e-9), 0.0, 1.0)
+    profile = roundness * np.sqrt(t * (2.0 - t)) + (1.0 - roundness) * t
+    return (depth * radius * profile).astype(np.float32)
+
+
+def height_map(sdf: np.ndarray, options: dict[str, float]) -> np.ndarray:
+    """Half-thickness over the grid (world units), from the grid's 2-D signed distance (world units)."""
+    cells = sdf.shape[0]
+    work = min(cells, LOCAL_RADIUS_GRID)
+    coarse = cv2.resize(sdf, (work, work), interpolation=cv2.INTER_AREA) if work < cells else sdf
+    radius = local_radius(np.clip(coarse * work, 0.0, None)) / work
+    if work < cells:
+        radius = cv2.resize(radius, (cells, cells), interpolation=cv2.INTER_LINEAR)
+    inside = np.clip(sdf, 0.0, None)
+    height = half_thickness(inside, np.maximum(radius, inside), options["depth"], options["roundness"])
+    height = np.minimum(height, options["max_thickness"] / 2.0)
+    # Parts narrower than a couple of cells (a flamingo's legs) would get a depth marching cubes cannot see and
+    # vanish; give everything inside at least a cell of half-thickness. The outline itself still comes from the
+    # 2-D distance (see inflate_field), so this does not fatten the silhouette.
+    return np.where(sdf > 0, np.maximum(height, 1.0 / cells), height)
+
+
+def inflate_field(cutout: Cutout, resolution: int, options: dict[str, float]) -> GridField:
     """Build the grid field of one cut-out at `resolution` voxels across the cut-out's side."""
     side = cutout.size
     sdf = signed_distance_2d(cutout.mask) / side  # world units: the cut-out spans 1.0
     sdf = cv2.resize(sdf, (resolution, resolution), interpolation=cv2.INTER_LINEAR)
+    height = height_map(sdf, options)
     # image rows run down, world Y runs up; the grid is indexed [x, y, z]
     sdf = np.ascontiguousarray(sdf[::-1, :].T)
+    height = np.ascontiguousarray(height[::-1, :].T)
     spacing = 1.0 / resolution
     rows, cols = _occupied_range(sdf > 0, pad=2)
-    sdf = sdf[rows, cols]
-    height = rim_profile(sdf, thickness / 2.0, rim)
+    sdf, height = sdf[rows, cols], height[rows, cols]
 
     z_half = float(height.max()) + 2 * spacing
     nz = max(int(np.ceil(2 * z_half / spacing)) + 1, 3)
@@ -80,20 +125,23 @@ def _occupied_range(occupied: np.ndarray, pad: int) -> tuple[slice, slice]:
     )
 
 
-def _read_options(options: dict) -> tuple[float, float]:
+def read_options(options: dict) -> dict[str, float]:
+    """Defaults merged with `options`, each checked against its range; InvalidOptions names the problem."""
     unknown = set(options) - set(DEFAULT_OPTIONS)
     if unknown:
         raise InvalidOptions(f"unknown inflate option(s) {sorted(unknown)}; known: {sorted(DEFAULT_OPTIONS)}")
-    merged = {**DEFAULT_OPTIONS, **options}
-    try:
-        thickness, rim = float(merged["thickness"]), float(merged["rim"])
-    except (TypeError, ValueError) as exc:
-        raise InvalidOptions(f"inflate options must be numbers: {exc}") from None
-    if not 0.0 < thickness <= 2.0:
-        raise InvalidOptions(f"thickness must be in (0, 2], got {thickness}")
-    if not 0.0 < rim <= 1.0:
-        raise InvalidOptions(f"rim must be in (0, 1], got {rim}")
-    return thickness, rim
+    merged: dict[str, float] = {}
+    for name, default in DEFAULT_OPTIONS.items():
+        value = options.get(name, default)
+        try:
+            value = float(value)
+        except (TypeError, ValueError):
+            raise InvalidOptions(f"inflate option {name} must be a number, got {value!r}") from None
+        low, high = OPTION_RANGES[name]
+        if not low <= value <= high:
+            raise InvalidOptions(f"inflate option {name} must be in [{low}, {high}], got {value}")
+        merged[name] = value
+    return merged
 
 
 class InflateGenerator:
@@ -105,8 +153,8 @@ class InflateGenerator:
     default_resolution = 192
 
     def generate_batch(self, images: Sequence[Cutout], params: GenerationParams) -> list[GridField]:
-        thickness, rim = _read_options(params.options)
-        return [inflate_field(image, params.resolution, thickness, rim) for image in images]
+        options = read_options(params.options)
+        return [inflate_field(image, params.resolution, options) for image in images]
 
     def memory_per_image(self, params: GenerationParams) -> int:
         # the float32 grid (at most ~half as deep as wide) plus marching-cubes output of similar size
