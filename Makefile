@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 VALIDATOR := tools/gltf-validator
 
-.PHONY: setup run test lint bench clean
+.PHONY: setup run examples test lint bench clean
 
 setup: $(VENV)/.installed $(VALIDATOR)/node_modules/.installed
 
@@ -23,6 +23,10 @@ $(VALIDATOR)/node_modules/.installed: $(VALIDATOR)/package.json
 	fi
 
 run: setup
+	$(BIN)/orfeas serve --host 127.0.0.1 --port 8000 --data-dir orfeas-data
+
+# Turn every image in examples/ into models under out/, without the server.
+examples: setup
 	$(BIN)/orfeas generate examples/*.png --out out --format glb,obj,stl,ply
 
 test: setup

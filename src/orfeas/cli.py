@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -110,6 +111,33 @@ def generate_command(
         _print_table(results, out)
     if failures:
         raise typer.Exit(1)
+
+
+@app.command("serve")
+def serve_command(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    data_dir: Annotated[Path | None, typer.Option(help="Database and results folder [default: ./orfeas-data].")] = None,
+    database: Annotated[str | None, typer.Option(help="Database URL [default: SQLite in the data dir].")] = None,
+    worker: Annotated[bool, typer.Option("--worker/--no-worker", help="Run a worker in this process.")] = True,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
+) -> None:
+    """Start the HTTP API (and a worker): open http://HOST:PORT/docs for the API reference."""
+    import uvicorn
+
+    from orfeas.api.app import create_app
+
+    overrides = {key: value for key, value in {"data_dir": data_dir, "database_url": database}.items() if value}
+    settings = Settings(**overrides)
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        application = create_app(settings, run_worker=worker)
+    except OrfeasError as exc:
+        stderr.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    stderr.print(f"ORFEAS is serving on http://{host}:{port}  (API docs: http://{host}:{port}/docs)")
+    stderr.print(f"data: {settings.data_dir.resolve()}")
+    uvicorn.run(application, host=host, port=port, log_level=log_level.lower())
 
 
 @app.command("preview")

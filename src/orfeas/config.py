@@ -1,5 +1,7 @@
 """The one Settings object: read from ORFEAS_* environment variables, built once and passed down."""
 
+from pathlib import Path
+
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -9,8 +11,27 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="ORFEAS_", extra="ignore")
 
+    # pipeline
     max_image_pixels: int = Field(
         40_000_000, description="Refuse images with more pixels than this (decompression-bomb guard)."
     )
     image_size: int = Field(512, description="Side of the square cut-out handed to generators, in pixels.")
     crop_margin: float = Field(0.05, description="Margin around the object in the cut-out, as a fraction.")
+    generators: dict[str, str] = Field(
+        default_factory=dict,
+        description='Extra generators as {"name": "module:factory"}; factory(settings) returns a Generator.',
+    )
+
+    # service
+    data_dir: Path = Field(Path("orfeas-data"), description="Database (SQLite) and result files live here.")
+    database_url: str | None = Field(None, description="SQLAlchemy URL; default: SQLite in data_dir.")
+    max_upload_bytes: int = Field(25 * 2**20, description="Largest request body accepted (413 above).")
+    max_images_per_request: int = Field(16, description="Images accepted in one POST /api/jobs.")
+    max_batch: int = Field(8, description="Most jobs the worker hands to a generator at once.")
+    target_utilization: float = Field(0.85, description="Share of device memory the batch sizing aims to use.")
+    device: str = Field("auto", description="'auto', 'cpu' or 'cuda:N': the device whose memory sizes batches.")
+    lease_seconds: float = Field(30.0, description="A claimed job returns to the queue if not renewed this long.")
+    heartbeat_seconds: float = Field(5.0, description="How often a worker renews the leases of its jobs.")
+    max_attempts: int = Field(3, description="A job whose worker died this many times is failed.")
+    poll_seconds: float = Field(0.2, description="Idle worker's wait between queue checks.")
+    retention_hours: float = Field(24 * 7, description="Finished jobs and their files are deleted after this.")

@@ -5,9 +5,10 @@ load → remove background → generate shape (batched) → extract mesh → cle
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ import numpy as np
 import trimesh
 
 from orfeas.config import Settings
+from orfeas.errors import InvalidOptions
 from orfeas.options import GenerateOptions
 from orfeas.pipeline.background import BackgroundRemover, Cutout, prepare_image
 from orfeas.pipeline.cleanup import clean_mesh
@@ -27,6 +29,8 @@ from orfeas.pipeline.profile import Profile
 from orfeas.pipeline.texture import apply_texture, apply_vertex_colors
 
 ImageSource = str | os.PathLike | bytes | np.ndarray
+# Called as on_stage(image_index, stage_name) when a stage starts for an image (the service turns it into progress).
+StageCallback = Callable[[int, str], None]
 
 
 @dataclass
@@ -62,37 +66,75 @@ def generate(
     settings: Settings | None = None,
     generator: Generator | None = None,
     remover: BackgroundRemover | None = None,
+    on_stage: StageCallback | None = None,
 ) -> GenerationResult:
     """Turn one image (path, bytes or RGBA array) into a mesh; see `generate_batch`."""
-    return generate_batch([image], options, settings, generator, remover)[0]
+    return generate_batch([image], options, settings, generator, remover, on_stage)[0]
 
 
 def generate_batch(
     images: Sequence[ImageSource],
-    options: GenerateOptions | None = None,
+    options: GenerateOptions | Sequence[GenerateOptions] | None = None,
     settings: Settings | None = None,
     generator: Generator | None = None,
     remover: BackgroundRemover | None = None,
+    on_stage: StageCallback | None = None,
 ) -> list[GenerationResult]:
     """Turn several images into meshes, passing them through the generator as one batch.
 
+    `options` is one set for all images or one per image; per-image sets may differ in seed, faces, texture and
+    formats but must share what the generator sees (backend, resolution, generator options): `batch_key`.
     Raises InvalidImage for the first unusable image before any shape is generated.
     """
-    options = options or GenerateOptions()
     settings = settings or Settings()
-    generator = generator or create_generator(options.backend, settings)
-    if options.resolution is None:
-        options = options.model_copy(update={"resolution": generator.default_resolution})
+    per_image = _options_per_image(options, len(images))
+    generator = generator or create_generator(per_image[0].backend, settings)
+    per_image = [_with_resolution(o, generator.default_resolution) for o in per_image]
+    notify = on_stage or (lambda _index, _stage: None)
     profiles = [Profile() for _ in images]
 
-    cutouts = [_prepare(image, profile, settings, remover) for image, profile in zip(images, profiles, strict=True)]
-    shapes = _generate_shapes(generator, cutouts, options, profiles)
+    cutouts = []
+    for index, (image, profile) in enumerate(zip(images, profiles, strict=True)):
+        notify(index, "image_loading")
+        cutouts.append(_prepare(image, profile, settings, remover))
+    for index in range(len(images)):
+        notify(index, "shape_generation")
+    shapes = _generate_shapes(generator, cutouts, per_image, profiles)
 
     results = []
-    for cutout, shape, profile in zip(cutouts, shapes, profiles, strict=True):
-        mesh = _finish_mesh(shape, cutout, options, profile)
-        results.append(GenerationResult(mesh, cutout, profile, options, generator.name, batch_size=len(images)))
+    for index, (cutout, shape, profile, opts) in enumerate(zip(cutouts, shapes, profiles, per_image, strict=True)):
+        mesh = _finish_mesh(shape, cutout, opts, profile, lambda stage, index=index: notify(index, stage))
+        results.append(GenerationResult(mesh, cutout, profile, opts, generator.name, batch_size=len(images)))
     return results
+
+
+def batch_key(options: GenerateOptions) -> str:
+    """Jobs with equal keys can share one generator call."""
+    shared = {
+        "backend": options.backend,
+        "resolution": options.resolution,
+        "generator_options": options.generator_options,
+    }
+    return hashlib.sha256(json.dumps(shared, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def _options_per_image(
+    options: GenerateOptions | Sequence[GenerateOptions] | None, count: int
+) -> list[GenerateOptions]:
+    if options is None or isinstance(options, GenerateOptions):
+        return [options or GenerateOptions()] * count
+    per_image = list(options)
+    if len(per_image) != count:
+        raise InvalidOptions(f"{len(per_image)} option sets for {count} images")
+    if len({batch_key(o) for o in per_image}) > 1:
+        raise InvalidOptions("images in one batch must share backend, resolution and generator options")
+    return per_image
+
+
+def _with_resolution(options: GenerateOptions, default: int) -> GenerateOptions:
+    if options.resolution is not None:
+        return options
+    return options.model_copy(update={"resolution": default})
 
 
 def _prepare(image: ImageSource, profile: Profile, settings: Settings, remover: BackgroundRemover | None) -> Cutout:
@@ -103,9 +145,15 @@ def _prepare(image: ImageSource, profile: Profile, settings: Settings, remover: 
 
 
 def _generate_shapes(
-    generator: Generator, cutouts: list[Cutout], options: GenerateOptions, profiles: list[Profile]
+    generator: Generator, cutouts: list[Cutout], options: list[GenerateOptions], profiles: list[Profile]
 ) -> list:
-    params = GenerationParams(resolution=options.resolution, seed=options.seed, options=dict(options.generator_options))
+    first = options[0]
+    params = GenerationParams(
+        resolution=first.resolution,
+        seed=first.seed,
+        options=dict(first.generator_options),
+        seeds=tuple(o.seed for o in options),
+    )
     batch = Profile()
     with batch.stage("shape_generation"):
         shapes = generator.generate_batch(cutouts, params)
@@ -115,12 +163,17 @@ def _generate_shapes(
     return shapes
 
 
-def _finish_mesh(shape, cutout: Cutout, options: GenerateOptions, profile: Profile) -> trimesh.Trimesh:
+def _finish_mesh(
+    shape, cutout: Cutout, options: GenerateOptions, profile: Profile, notify: Callable[[str], None]
+) -> trimesh.Trimesh:
     if isinstance(shape, GridField):
+        notify("mesh_extraction")
         with profile.stage("mesh_extraction"):
             shape = extract_mesh(shape)
+    notify("mesh_cleanup")
     with profile.stage("mesh_cleanup"):
         mesh = clean_mesh(shape, options.faces)
+    notify("texturing")
     with profile.stage("texturing"):
         mesh = apply_texture(mesh, cutout) if options.texture else apply_vertex_colors(mesh, cutout)
     return to_export_frame(mesh)

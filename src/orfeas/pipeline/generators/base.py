@@ -23,6 +23,11 @@ class GenerationParams:
     resolution: int = 256
     seed: int = 0
     options: dict[str, Any] = field(default_factory=dict)
+    seeds: tuple[int, ...] = ()  # one per image when the jobs of a batch asked for different seeds
+
+    def seed_for(self, index: int) -> int:
+        """The seed of image `index` in the batch."""
+        return self.seeds[index] if index < len(self.seeds) else self.seed
 
 
 @dataclass(frozen=True)
@@ -47,10 +52,15 @@ Shape = GridField | trimesh.Trimesh
 
 @runtime_checkable
 class Generator(Protocol):
-    """A shape generator. Implementations hold their own components (weights, caches) once built."""
+    """A shape generator. Implementations hold their own components (weights, caches) once built; building one
+    must be cheap (load weights on first use), since the service builds one to check options."""
 
     name: str
     default_resolution: int
+
+    def check_options(self, options: dict[str, Any]) -> None:
+        """Raise InvalidOptions for generator options this generator does not accept (called before queueing)."""
+        ...
 
     def generate_batch(self, images: Sequence[Cutout], params: GenerationParams) -> list[Shape]:
         """Return one shape per input image, in order."""

@@ -1,0 +1,1 @@
+"""The HTTP API: an app factory, routes per resource, errors mapped to JSON in one place."""

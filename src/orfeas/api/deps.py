@@ -1,0 +1,33 @@
+"""What routes need, built once in the app factory and handed to them through `Depends`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from fastapi import Request
+
+from orfeas.config import Settings
+from orfeas.service.jobs import JobService
+from orfeas.service.metrics import ServiceMetrics
+from orfeas.service.monitoring import UtilizationSampler
+from orfeas.service.optimizer import MemoryProbe, ResourceOptimizer
+from orfeas.service.worker import Worker
+from orfeas.store.artifacts import ArtifactStore
+from orfeas.store.jobs import JobStore
+
+
+@dataclass
+class Services:
+    settings: Settings
+    store: JobStore
+    artifacts: ArtifactStore
+    jobs: JobService
+    probe: MemoryProbe
+    optimizer: ResourceOptimizer
+    sampler: UtilizationSampler
+    metrics: ServiceMetrics
+    workers: list[Worker] = field(default_factory=list)
+
+
+def get_services(request: Request) -> Services:
+    return request.app.state.services

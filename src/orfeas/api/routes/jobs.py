@@ -1,0 +1,170 @@
+"""Jobs: submit images, follow progress, download results, cancel."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, File, Form, Header, Query, UploadFile, WebSocket, WebSocketDisconnect
+from fastapi.responses import FileResponse, JSONResponse
+
+from orfeas.api.deps import Services, get_services
+from orfeas.errors import InvalidOptions
+from orfeas.options import GenerateOptions
+from orfeas.pipeline.export import FORMATS
+from orfeas.service.jobs import Upload
+from orfeas.service.worker import PREVIEW_NAME
+from orfeas.store.jobs import JobNotFound, JobRecord
+
+router = APIRouter(prefix="/api/jobs", tags=["jobs"])
+JOB_ID = re.compile(r"[0-9a-f]{32}")
+FINISHED = {"succeeded", "failed", "canceled"}
+MEDIA_TYPES = {
+    "glb": "model/gltf-binary",
+    "obj": "application/zip",
+    "stl": "model/stl",
+    "ply": "application/octet-stream",
+}
+
+
+def job_view(job: JobRecord) -> dict[str, Any]:
+    """A job as the API shows it: its record plus the URLs of its downloads."""
+    view = job.to_dict()
+    view.pop("lease_owner", None)
+    view.pop("lease_expires_at", None)
+    view.pop("batch_key", None)
+    files = (job.result or {}).get("files", {})
+    view["result_urls"] = {fmt: f"/api/jobs/{job.id}/result.{fmt}" for fmt in files}
+    view["preview_url"] = f"/api/jobs/{job.id}/preview.png" if job.status == "succeeded" else None
+    view["events_url"] = f"/api/jobs/{job.id}/events"
+    return view
+
+
+def checked_id(job_id: str) -> str:
+    if not JOB_ID.fullmatch(job_id):
+        raise JobNotFound(f"no job {job_id!r}")
+    return job_id
+
+
+@router.post("", status_code=202)
+async def submit_jobs(
+    services: Annotated[Services, Depends(get_services)],
+    image: Annotated[list[UploadFile], File(description="One or more images (PNG, JPEG, WebP).")] = None,  # noqa: RUF013
+    backend: Annotated[str, Form()] = "inflate",
+    resolution: Annotated[int | None, Form()] = None,
+    faces: Annotated[int, Form()] = 50_000,
+    texture: Annotated[bool, Form()] = True,
+    formats: Annotated[str, Form(description="Comma-separated: glb,obj,stl,ply")] = "glb",
+    seed: Annotated[int, Form()] = 0,
+    generator_options: Annotated[str, Form(description="JSON object of generator options")] = "{}",
+    idempotency_key: Annotated[str | None, Header()] = None,
+) -> JSONResponse:
+    """Queue one job per uploaded image; 202 with the jobs. A repeated Idempotency-Key returns the same jobs."""
+    options = GenerateOptions.build(
+        backend=backend,
+        resolution=resolution,
+        faces=faces,
+        texture=texture,
+        formats=formats,
+        seed=seed,
+        generator_options=_parse_json_object(generator_options),
+    )
+    uploads = [Upload(name=file.filename or "image", data=await file.read()) for file in image or []]
+    jobs, created = await asyncio.to_thread(services.jobs.submit, uploads, options, idempotency_key)
+    return JSONResponse({"jobs": [job_view(job) for job in jobs]}, status_code=202 if created else 200)
+
+
+@router.get("")
+def list_jobs(
+    services: Annotated[Services, Depends(get_services)],
+    limit: Annotated[int, Query(ge=1, le=200)] = 20,
+    offset: Annotated[int, Query(ge=0)] = 0,
+    status: Annotated[str | None, Query(pattern="^(queued|running|succeeded|failed|canceled)$")] = None,
+) -> dict[str, Any]:
+    """Jobs, newest first."""
+    jobs, total = services.store.list_jobs(limit=limit, offset=offset, status=status)
+    return {"jobs": [job_view(job) for job in jobs], "total": total, "limit": limit, "offset": offset}
+
+
+@router.get("/{job_id}")
+def get_job(job_id: str, services: Annotated[Services, Depends(get_services)]) -> dict[str, Any]:
+    return job_view(services.store.get(checked_id(job_id)))
+
+
+@router.delete("/{job_id}")
+def cancel_job(job_id: str, services: Annotated[Services, Depends(get_services)]) -> dict[str, Any]:
+    """Cancel a queued or running job; a finished job is returned unchanged."""
+    return job_view(services.jobs.cancel(checked_id(job_id)))
+
+
+@router.get("/{job_id}/result.{fmt}")
+def download_result(job_id: str, fmt: str, services: Annotated[Services, Depends(get_services)]) -> FileResponse:
+    """The model in one of the formats the job asked for (OBJ as a zip with its MTL and texture)."""
+    job = services.store.get(checked_id(job_id))
+    if fmt not in FORMATS:
+        raise InvalidOptions(f"unknown format {fmt!r}; choose from {', '.join(FORMATS)}")
+    if job.status != "succeeded":
+        raise JobNotFound(f"job {job_id} has no result yet (status {job.status})")
+    name = (job.result or {}).get("files", {}).get(fmt)
+    path = services.artifacts.result_file(job_id, name) if name else None
+    if path is None:
+        raise JobNotFound(f"job {job_id} was not asked for {fmt}; it has {', '.join(job.result['files'])}")
+    stem = re.sub(r"[^A-Za-z0-9_.-]", "_", job.input_name.rsplit(".", 1)[0]) or "model"
+    filename = f"{stem}.obj.zip" if fmt == "obj" else f"{stem}.{fmt}"
+    return FileResponse(path, media_type=MEDIA_TYPES[fmt], filename=filename)
+
+
+@router.get("/{job_id}/preview.png")
+def preview(job_id: str, services: Annotated[Services, Depends(get_services)]) -> FileResponse:
+    """A small rendering of the finished model (the studio's history thumbnails)."""
+    job = services.store.get(checked_id(job_id))
+    path = services.artifacts.result_file(job.id, PREVIEW_NAME) if job.status == "succeeded" else None
+    if path is None:
+        raise JobNotFound(f"job {job_id} has no preview (status {job.status})")
+    return FileResponse(path, media_type="image/png")
+
+
+@router.websocket("/{job_id}/events")
+async def job_events(websocket: WebSocket, job_id: str) -> None:
+    """Progress events {status, progress, stage, ...} from the current state until the job ends."""
+    services: Services = websocket.app.state.services
+    await websocket.accept()
+    last = None
+    try:
+        while True:
+            try:
+                job = await asyncio.to_thread(services.store.get, checked_id(job_id))
+            except JobNotFound as exc:
+                await websocket.send_json({"type": "error", "error": {"type": "JobNotFound", "message": str(exc)}})
+                await websocket.close(code=4404)
+                return
+            event = {
+                "type": "progress",
+                "job_id": job.id,
+                "status": job.status,
+                "progress": job.progress,
+                "stage": job.stage,
+                "error": job.error,
+            }
+            if event != last:
+                await websocket.send_json(event)
+                last = event
+            if job.status in FINISHED:
+                await websocket.send_json({"type": "end", **job_view(job)})
+                await websocket.close()
+                return
+            await asyncio.sleep(services.settings.poll_seconds / 2)
+    except WebSocketDisconnect:
+        return
+
+
+def _parse_json_object(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text or "{}")
+    except json.JSONDecodeError as exc:
+        raise InvalidOptions(f"generator_options is not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise InvalidOptions("generator_options must be a JSON object")
+    return value

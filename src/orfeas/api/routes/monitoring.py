@@ -1,0 +1,73 @@
+"""Monitoring computed from stored job profiles (so it survives restarts), device status and Prometheus metrics."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Response
+from fastapi.responses import JSONResponse
+
+from orfeas.api.deps import Services, get_services
+from orfeas.service.monitoring import device_status, performance_summary, recommendations
+
+router = APIRouter(tags=["monitoring"])
+PROFILE_WINDOW = 1000  # the summary covers this many most recent finished jobs
+
+
+@router.get("/api/performance/summary")
+def summary(services: Annotated[Services, Depends(get_services)]) -> dict[str, Any]:
+    """Totals, average/p50/p95 duration, per-stage breakdown and bottlenecks of recent finished jobs."""
+    return performance_summary(services.store.recent_profiles(PROFILE_WINDOW))
+
+
+@router.get("/api/performance/recommendations")
+def advice(services: Annotated[Services, Depends(get_services)]) -> dict[str, Any]:
+    """Actionable advice derived from the profiles and the device's memory and utilization."""
+    data = performance_summary(services.store.recent_profiles(PROFILE_WINDOW))
+    reading = services.probe.read()
+    items = recommendations(data, reading, services.optimizer.last_plan, services.sampler.trend())
+    return {"recommendations": items}
+
+
+@router.get("/api/gpu/status")
+def gpu_status(services: Annotated[Services, Depends(get_services)]) -> dict[str, Any]:
+    """Device memory and utilization with its trend, and the batch size the optimizer would choose now."""
+    plan = _current_plan(services)
+    reading, trend = services.probe.read(), services.sampler.trend()
+    status = device_status(reading, plan, trend)
+    data = performance_summary(services.store.recent_profiles(PROFILE_WINDOW))
+    status["recommendations"] = recommendations(data, reading, plan, trend)
+    return status
+
+
+@router.get("/metrics", include_in_schema=False)
+def metrics(services: Annotated[Services, Depends(get_services)]) -> Response:
+    body, content_type = services.metrics.render()
+    return Response(body, media_type=content_type)
+
+
+@router.get("/healthz", tags=["health"])
+def healthz() -> dict[str, str]:
+    """The process is up."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz", tags=["health"])
+def readyz(services: Annotated[Services, Depends(get_services)]) -> Response:
+    """Ready when the database answers and every worker this process runs has looped recently."""
+    services.store.queue_depth()  # raises OperationalError (503) when the database is down
+    stale = [w.worker_id for w in services.workers if not w.is_alive()]
+    if stale:
+        return JSONResponse({"status": "not ready", "stale_workers": stale}, status_code=503)
+    return JSONResponse({"status": "ready"})
+
+
+def _current_plan(services: Services):
+    """What the optimizer would choose for the next queued job (or the default generator) right now."""
+    if services.workers:
+        worker = services.workers[0]
+        upcoming = services.store.next_queued()
+        if upcoming is not None:
+            return worker.plan_for(upcoming)
+        return worker.plan_default()
+    return services.optimizer.last_plan

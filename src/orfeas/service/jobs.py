@@ -1,0 +1,101 @@
+"""Accepting, describing and canceling jobs: what the API calls; the worker does the generating."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+
+from orfeas.config import Settings
+from orfeas.errors import InvalidImage, InvalidOptions
+from orfeas.options import GenerateOptions
+from orfeas.pipeline.generate import batch_key
+from orfeas.pipeline.generators import Generator, available_generators, create_generator
+from orfeas.pipeline.image import load_image
+from orfeas.store.artifacts import ArtifactStore
+from orfeas.store.jobs import JobRecord, JobStore, NewJob
+
+# The stage a job is in, and the progress it has reached when that stage starts.
+STAGE_PROGRESS = {
+    "queued": 0,
+    "starting": 2,
+    "image_loading": 5,
+    "background_removal": 10,
+    "shape_generation": 20,
+    "mesh_extraction": 60,
+    "mesh_cleanup": 70,
+    "texturing": 85,
+    "export": 92,
+    "done": 100,
+}
+
+
+@dataclass(frozen=True)
+class Upload:
+    """One uploaded image: its file name and bytes."""
+
+    name: str
+    data: bytes
+
+
+class JobService:
+    """Validates uploads, stores them with their jobs, and reads jobs back."""
+
+    def __init__(self, store: JobStore, artifacts: ArtifactStore, settings: Settings):
+        self.store = store
+        self.artifacts = artifacts
+        self.settings = settings
+        self._generators: dict[str, Generator] = {}  # built once, only to check options
+
+    def submit(
+        self,
+        uploads: list[Upload],
+        options: GenerateOptions,
+        idempotency_key: str | None = None,
+        owner: str | None = None,
+    ) -> tuple[list[JobRecord], bool]:
+        """Create one queued job per image; returns (jobs, created). A repeated idempotency key returns the
+        jobs of the first request and creates nothing. Every image is decoded first, so a bad one refuses the
+        whole request before anything is stored."""
+        if not uploads:
+            raise InvalidImage("no image uploaded (send one or more files in the field 'image')")
+        if len(uploads) > self.settings.max_images_per_request:
+            raise InvalidOptions(
+                f"{len(uploads)} images in one request; the limit is {self.settings.max_images_per_request}"
+            )
+        if options.backend not in available_generators(self.settings):
+            known = ", ".join(available_generators(self.settings))
+            raise InvalidOptions(f"unknown backend {options.backend!r}; available: {known}")
+        self._generator(options.backend).check_options(options.generator_options)
+        if idempotency_key:
+            existing = self.store.find_idempotent(idempotency_key, owner)
+            if existing:
+                return existing, False
+        for upload in uploads:
+            try:
+                load_image(upload.data, max_pixels=self.settings.max_image_pixels)
+            except InvalidImage as exc:
+                raise InvalidImage(f"{upload.name}: {exc}") from None
+
+        key = batch_key(options)
+        new_jobs = [
+            NewJob(id=uuid.uuid4().hex, options=options.model_dump(mode="json"), batch_key=key, input_name=u.name)
+            for u in uploads
+        ]
+        for job, upload in zip(new_jobs, uploads, strict=True):
+            self.artifacts.save_input(job.id, upload.data)
+        jobs, created = self.store.create_jobs(new_jobs, idempotency_key=idempotency_key, owner=owner)
+        if not created:  # a concurrent request with the same key won: drop our copies
+            for job in new_jobs:
+                self.artifacts.delete(job.id)
+        return jobs, created
+
+    def _generator(self, name: str) -> Generator:
+        if name not in self._generators:
+            self._generators[name] = create_generator(name, self.settings)
+        return self._generators[name]
+
+    def get(self, job_id: str) -> JobRecord:
+        return self.store.get(job_id)
+
+    def cancel(self, job_id: str) -> JobRecord:
+        return self.store.cancel(job_id)

@@ -1,0 +1,236 @@
+"""The worker: claims batches of compatible jobs, runs them through one generator call, stores the results.
+
+Crash safety comes from the store: a claimed job carries a lease that a heartbeat renews; a worker that dies
+stops renewing, and `requeue_expired` (run by every worker at start and then periodically) puts its jobs back.
+A job completes only while its lease is ours, so it completes at most once.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import sys
+import threading
+import time
+import uuid
+import zipfile
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from PIL import Image
+
+from orfeas.config import Settings
+from orfeas.errors import OrfeasError
+from orfeas.options import GenerateOptions
+from orfeas.pipeline.generate import GenerationResult, generate_batch, save_result
+from orfeas.pipeline.generators import GenerationParams, Generator, create_generator
+from orfeas.pipeline.preview import render_preview
+from orfeas.service.jobs import STAGE_PROGRESS
+from orfeas.service.metrics import ServiceMetrics
+from orfeas.service.optimizer import BatchPlan, ResourceOptimizer
+from orfeas.store.artifacts import ArtifactStore
+from orfeas.store.jobs import JobRecord, JobStore
+
+logger = logging.getLogger(__name__)
+
+RESULT_STEM = "model"
+PREVIEW_NAME = "preview.png"
+MAINTENANCE_SECONDS = 10.0  # how often an idle worker requeues expired leases and applies retention
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """MemoryError, or a framework's out-of-memory error (torch.cuda.OutOfMemoryError) by its name."""
+    return isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError"
+
+
+class Worker:
+    """One worker loop; `orfeas serve` runs it on a thread, `orfeas worker` (cluster mode) in its own process."""
+
+    def __init__(
+        self,
+        store: JobStore,
+        artifacts: ArtifactStore,
+        settings: Settings,
+        optimizer: ResourceOptimizer,
+        metrics: ServiceMetrics | None = None,
+        worker_id: str | None = None,
+    ):
+        self.store = store
+        self.artifacts = artifacts
+        self.settings = settings
+        self.optimizer = optimizer
+        self.metrics = metrics
+        self.worker_id = worker_id or f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
+        self.generators: dict[str, Generator] = {}  # loaded once, kept for the worker's lifetime
+        self.last_beat = time.monotonic()
+        self._active: list[str] = []
+        self._lock = threading.Lock()
+
+    def run(self, stop: threading.Event) -> None:
+        """Claim and run batches until `stop` is set."""
+        logger.info("worker started", extra={"worker": self.worker_id})
+        heartbeat = threading.Thread(target=self._heartbeat, args=(stop,), name="orfeas-heartbeat", daemon=True)
+        heartbeat.start()
+        next_maintenance = 0.0
+        while not stop.is_set():
+            self.last_beat = time.monotonic()
+            if time.monotonic() >= next_maintenance:
+                self.maintain()
+                # often enough that a dead worker's jobs come back soon after their lease ends
+                next_maintenance = time.monotonic() + min(MAINTENANCE_SECONDS, self.settings.lease_seconds / 2)
+            try:
+                ran = self.run_once()
+            except Exception:  # the loop must survive anything one batch does (database hiccups included)
+                logger.exception("worker loop error", extra={"worker": self.worker_id})
+                ran = False
+            if not ran:
+                stop.wait(self.settings.poll_seconds)
+        self.store.requeue_owned(self.worker_id)
+        logger.info("worker stopped", extra={"worker": self.worker_id})
+
+    def run_once(self) -> bool:
+        """Claim one batch and run it; False when the queue was empty."""
+        upcoming = self.store.next_queued()
+        if upcoming is None:
+            return False
+        plan = self.plan_for(upcoming)  # the optimizer is built with settings.max_batch as its cap
+        jobs = self.store.claim_batch(self.worker_id, plan.size, self.settings.lease_seconds)
+        if not jobs:
+            return False
+        logger.info(
+            "claimed batch",
+            extra={"worker": self.worker_id, "batch_size": len(jobs), "reason": plan.reason},
+        )
+        if self.metrics:
+            self.metrics.observe_batch(len(jobs))
+        with self._lock:
+            self._active = [job.id for job in jobs]
+        try:
+            self.run_batch(jobs)
+        finally:
+            with self._lock:
+                self._active = []
+        return True
+
+    def plan_for(self, job: JobRecord) -> BatchPlan:
+        """Batch size for jobs like `job`, from the generator's memory estimate and free memory."""
+        return self.plan_for_options(GenerateOptions.model_validate(job.options), self.store.queue_depth())
+
+    def plan_for_options(self, options: GenerateOptions, queue_length: int) -> BatchPlan:
+        generator = self.generator(options.backend)
+        params = GenerationParams(
+            resolution=options.resolution or generator.default_resolution, options=options.generator_options
+        )
+        return self.optimizer.plan(generator.memory_per_image(params), queue_length)
+
+    def plan_default(self) -> BatchPlan:
+        """Batch size the optimizer would pick for default options with an empty queue."""
+        return self.plan_for_options(GenerateOptions(), queue_length=0)
+
+    def is_alive(self) -> bool:
+        """True while the heartbeat keeps beating (it runs even during a long batch)."""
+        return time.monotonic() - self.last_beat < 3 * self.settings.heartbeat_seconds + 1.0
+
+    def generator(self, name: str) -> Generator:
+        if name not in self.generators:
+            self.generators[name] = create_generator(name, self.settings)
+        return self.generators[name]
+
+    def run_batch(self, jobs: list[JobRecord]) -> None:
+        """Generate a batch; on out-of-memory split it in halves, on other errors run the jobs one by one."""
+        try:
+            results = self._generate(jobs)
+        except Exception as exc:
+            if len(jobs) == 1:
+                reason = f"out of memory: {exc}" if is_out_of_memory(exc) else str(exc)
+                if not isinstance(exc, OrfeasError) and not is_out_of_memory(exc):
+                    logger.exception("job failed", extra={"job": jobs[0].id})
+                    reason = f"internal error: {type(exc).__name__}: {exc}"
+                self._finish_failed(jobs[0], reason)
+                return
+            if is_out_of_memory(exc):
+                _release_device_memory()
+                middle = len(jobs) // 2
+                logger.warning("out of memory: splitting the batch", extra={"batch_size": len(jobs), "halves": middle})
+                self.run_batch(jobs[:middle])
+                self.run_batch(jobs[middle:])
+            else:
+                logger.warning("batch failed, running its jobs one by one: %s", exc)
+                for job in jobs:
+                    self.run_batch([job])
+            return
+        for job, result in zip(jobs, results, strict=True):
+            self._finish_succeeded(job, result)
+
+    def maintain(self) -> None:
+        """Return expired leases to the queue and delete results past retention."""
+        requeued, failed = self.store.requeue_expired(self.settings.max_attempts)
+        if requeued or failed:
+            logger.warning("expired leases", extra={"requeued": requeued, "failed": failed})
+        cutoff = datetime.now(UTC) - timedelta(hours=self.settings.retention_hours)
+        for job_id in self.store.delete_finished_before(cutoff):
+            self.artifacts.delete(job_id)
+
+    def _generate(self, jobs: list[JobRecord]) -> list[GenerationResult]:
+        options = [GenerateOptions.model_validate(job.options) for job in jobs]
+        images = [self.artifacts.load_input(job.id) for job in jobs]
+
+        def on_stage(index: int, stage: str) -> None:
+            self.store.update_progress(jobs[index].id, self.worker_id, STAGE_PROGRESS.get(stage, 0), stage)
+
+        return generate_batch(images, options, self.settings, self.generator(options[0].backend), on_stage=on_stage)
+
+    def _finish_succeeded(self, job: JobRecord, result: GenerationResult) -> None:
+        if not self.store.update_progress(job.id, self.worker_id, STAGE_PROGRESS["export"], "export"):
+            logger.info("job canceled or taken over before export", extra={"job": job.id})
+            return
+        folder = self.artifacts.result_dir(job.id)
+        save_result(result, folder, RESULT_STEM)
+        files = _result_files(folder, result.options.formats)
+        Image.fromarray(render_preview(result.mesh, size=256)).save(folder / PREVIEW_NAME)
+        report = result.report()
+        summary = {key: report[key] for key in ("generator", "vertices", "faces", "watertight", "batch_size")}
+        profile = report["profile"]
+        completed = self.store.complete(job.id, self.worker_id, result={**summary, "files": files}, profile=profile)
+        if completed and self.metrics:
+            self.metrics.observe_profile(profile)
+            self.metrics.job_finished("succeeded")
+
+    def _finish_failed(self, job: JobRecord, reason: str) -> None:
+        logger.warning("job failed", extra={"job": job.id, "reason": reason})
+        if self.store.fail(job.id, self.worker_id, reason) and self.metrics:
+            self.metrics.job_finished("failed")
+
+    def _heartbeat(self, stop: threading.Event) -> None:
+        while not stop.wait(self.settings.heartbeat_seconds):
+            self.last_beat = time.monotonic()
+            with self._lock:
+                active = list(self._active)
+            if active:
+                try:
+                    self.store.renew_leases(self.worker_id, active, self.settings.lease_seconds)
+                except Exception:
+                    logger.exception("lease renewal failed", extra={"worker": self.worker_id})
+
+
+def _result_files(folder: Path, formats: tuple[str, ...]) -> dict[str, str]:
+    """{format: file name} of a job's downloads; OBJ travels as a zip with its MTL and texture."""
+    files = {}
+    for fmt in formats:
+        if fmt == "obj":
+            archive = folder / f"{RESULT_STEM}.obj.zip"
+            with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as bundle:
+                for part in sorted(folder.glob(f"{RESULT_STEM}.obj")) + sorted(folder.glob(f"{RESULT_STEM}*.mtl")):
+                    bundle.write(part, part.name)
+                for part in sorted(folder.glob(f"{RESULT_STEM}_texture*.png")):
+                    bundle.write(part, part.name)
+            files[fmt] = archive.name
+        else:
+            files[fmt] = f"{RESULT_STEM}.{fmt}"
+    return files
+
+
+def _release_device_memory() -> None:
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()

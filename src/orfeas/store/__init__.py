@@ -1,0 +1,17 @@
+"""Durable state of the service: the job queue in SQLite or PostgreSQL. No business rules live here."""
+
+from orfeas.store.db import FINISHED_STATUSES, JobStatus, create_db_engine, init_db, sqlite_url
+from orfeas.store.jobs import JobNotFound, JobRecord, JobStore, NewJob, new_job_id
+
+__all__ = [
+    "FINISHED_STATUSES",
+    "JobNotFound",
+    "JobRecord",
+    "JobStatus",
+    "JobStore",
+    "NewJob",
+    "create_db_engine",
+    "init_db",
+    "new_job_id",
+    "sqlite_url",
+]

@@ -1,0 +1,136 @@
+"""Database engine and the table definitions of the job store (SQLite by default, PostgreSQL for several hosts)."""
+
+from enum import StrEnum
+from pathlib import Path
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import JSONB
+
+# Execution option that marks a connection as read-only; see `read_only` and `_begin_sqlite`.
+_READ_ONLY = "orfeas_read_only"
+
+
+class JobStatus(StrEnum):
+    """Where a job is in its life: queued → running → succeeded | failed | canceled."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELED = "canceled"
+
+
+FINISHED_STATUSES = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELED)
+
+# JSON columns: Python None is stored as SQL NULL (not the JSON literal null); JSONB on PostgreSQL.
+_Json = sa.JSON(none_as_null=True).with_variant(JSONB(none_as_null=True), "postgresql")
+_Timestamp = sa.DateTime(timezone=True)
+
+metadata = sa.MetaData()
+
+jobs = sa.Table(
+    "jobs",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("progress", sa.Integer, nullable=False, default=0),
+    sa.Column("stage", sa.String(32)),
+    sa.Column("options", _Json, nullable=False),
+    sa.Column("batch_key", sa.String(64), nullable=False),
+    sa.Column("input_name", sa.String(255), nullable=False),
+    sa.Column("idempotency_key", sa.String(200)),  # indexed by uq_jobs_idempotency, which leads with it
+    sa.Column("request_index", sa.Integer, nullable=False),
+    sa.Column("owner", sa.String(64)),
+    sa.Column("attempts", sa.Integer, nullable=False, default=0),
+    sa.Column("error", sa.Text),
+    sa.Column("profile", _Json),
+    sa.Column("result", _Json),
+    sa.Column("lease_owner", sa.String(64)),
+    sa.Column("lease_expires_at", _Timestamp, index=True),
+    sa.Column("cancel_requested", sa.Boolean, nullable=False, default=False),
+    sa.Column("created_at", _Timestamp, nullable=False),
+    sa.Column("updated_at", _Timestamp, nullable=False),
+    sa.Column("started_at", _Timestamp),
+    sa.Column("finished_at", _Timestamp),
+    sa.CheckConstraint(f"status IN ({', '.join(repr(s.value) for s in JobStatus)})", name="ck_jobs_status"),
+    sa.CheckConstraint("progress BETWEEN 0 AND 100", name="ck_jobs_progress"),
+    # Leading `status` also serves plain status filters; `created_at` orders the queue.
+    sa.Index("ix_jobs_status_created_at", "status", "created_at"),
+    # Claiming: the queued jobs of one batch key, oldest first.
+    sa.Index("ix_jobs_status_batch_key_created_at", "status", "batch_key", "created_at"),
+    sa.Index("ix_jobs_batch_key", "batch_key"),
+    sa.Index("ix_jobs_finished_at", "finished_at"),
+)
+
+# One request (idempotency key + owner) holds each position once. The owner goes through COALESCE because NULLs never
+# collide in a plain unique constraint, and anonymous requests must be deduplicated too. NULL idempotency keys still
+# never collide, as intended.
+sa.Index(
+    "uq_jobs_idempotency",
+    jobs.c.idempotency_key,
+    sa.func.coalesce(jobs.c.owner, ""),
+    jobs.c.request_index,
+    unique=True,
+)
+
+job_events = sa.Table(
+    "job_events",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("job_id", sa.String(32), sa.ForeignKey("jobs.id", ondelete="CASCADE"), nullable=False, index=True),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("at", _Timestamp, nullable=False),
+    sa.Column("worker", sa.String(64)),
+    sa.Column("detail", sa.Text),
+)
+
+
+def sqlite_url(data_dir: Path) -> str:
+    """The default database: one SQLite file in the data directory."""
+    return f"sqlite:///{Path(data_dir) / 'orfeas.db'}"
+
+
+def create_db_engine(url: str) -> sa.Engine:
+    """An engine for a SQLite file or a PostgreSQL server, set up for several concurrent claimers."""
+    parsed = sa.make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        # Shared by the API thread and the worker thread; the pool hands each thread its own connection at a time.
+        engine = sa.create_engine(parsed, connect_args={"check_same_thread": False})
+        sa.event.listen(engine, "connect", _configure_sqlite)
+        sa.event.listen(engine, "begin", _begin_sqlite)
+        return engine
+    if parsed.get_backend_name() == "postgresql":
+        if parsed.drivername == "postgresql":
+            parsed = parsed.set(drivername="postgresql+psycopg")
+        return sa.create_engine(parsed, pool_pre_ping=True)
+    raise ValueError(f"unsupported database URL {parsed.render_as_string()!r}: use sqlite:/// or postgresql://")
+
+
+def read_only(engine: sa.Engine) -> sa.Connection:
+    """A connection for reads only; on SQLite its transaction takes no write lock, so it never waits for writers."""
+    return engine.connect().execution_options(**{_READ_ONLY: True})
+
+
+def init_db(engine: sa.Engine) -> None:
+    """Create the tables that do not exist yet."""
+    metadata.create_all(engine)
+
+
+def _configure_sqlite(dbapi_connection, _connection_record) -> None:
+    # Let SQLAlchemy emit BEGIN (see _begin_sqlite) instead of the sqlite3 module's own deferred BEGIN.
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA busy_timeout = 5000")  # first, so that switching to WAL waits for other processes too
+    cursor.execute("PRAGMA journal_mode = WAL")
+    cursor.execute("PRAGMA synchronous = NORMAL")
+    cursor.execute("PRAGMA foreign_keys = ON")
+    cursor.close()
+
+
+def _begin_sqlite(connection: sa.Connection) -> None:
+    # A deferred transaction that reads and then writes cannot wait for the write lock (SQLite returns "database is
+    # locked" at once to avoid a deadlock), so writers take the lock up front and queue on busy_timeout instead.
+    if connection.get_execution_options().get(_READ_ONLY):
+        connection.exec_driver_sql("BEGIN DEFERRED")
+    else:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")

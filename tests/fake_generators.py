@@ -1,0 +1,57 @@
+"""Generators for service tests, loaded by a server subprocess through ORFEAS_GENERATORS.
+
+They wrap `inflate` and add the behaviour a test needs: slowness (to kill a server mid-batch) or out-of-memory
+errors (to exercise batch splitting).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from orfeas.config import Settings
+from orfeas.pipeline.generators.inflate import InflateGenerator
+
+
+class SlowGenerator(InflateGenerator):
+    """inflate plus ORFEAS_TEST_DELAY seconds per image."""
+
+    name = "slow"
+
+    def __init__(self, delay: float):
+        self.delay = delay
+
+    def generate_batch(self, images, params):
+        time.sleep(self.delay * len(images))
+        return super().generate_batch(images, params)
+
+
+class MemoryLimitedGenerator(InflateGenerator):
+    """inflate that runs out of memory on batches over ORFEAS_TEST_OOM_LIMIT images, or on any batch holding a
+    mostly red image (a job that cannot run even alone)."""
+
+    name = "oom"
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.batch_sizes: list[int] = []
+
+    def generate_batch(self, images, params):
+        if len(images) > self.limit:
+            raise MemoryError(f"batch of {len(images)} images needs more memory than the test allows")
+        for image in images:
+            rgb = image.rgba[..., :3][image.mask]
+            if rgb[:, 0].mean() > 200 and rgb[:, 1].mean() < 60:
+                raise MemoryError("this image needs more memory than the device has")
+        return super().generate_batch(images, params)
+
+    def memory_per_image(self, params) -> int:
+        return 1  # let the optimizer choose large batches, so the split path runs
+
+
+def slow(settings: Settings) -> SlowGenerator:
+    return SlowGenerator(float(os.environ.get("ORFEAS_TEST_DELAY", "0.5")))
+
+
+def memory_limited(settings: Settings) -> MemoryLimitedGenerator:
+    return MemoryLimitedGenerator(int(os.environ.get("ORFEAS_TEST_OOM_LIMIT", "2")))
