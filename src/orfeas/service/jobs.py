@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
+
+import trimesh
+from PIL import Image
 
 from orfeas.config import Settings
 from orfeas.errors import InvalidImage, InvalidOptions
@@ -11,9 +16,11 @@ from orfeas.options import GenerateOptions
 from orfeas.pipeline.generate import batch_key
 from orfeas.pipeline.generators import Generator, available_generators, create_generator
 from orfeas.pipeline.image import load_image
+from orfeas.pipeline.preview import render_preview
 from orfeas.store.artifacts import ArtifactStore
-from orfeas.store.jobs import JobRecord, JobStore, NewJob
+from orfeas.store.jobs import JobNotFound, JobRecord, JobStore, NewJob
 
+PREVIEW_NAME = "preview.png"
 # The stage a job is in, and the progress it has reached when that stage starts.
 STAGE_PROGRESS = {
     "queued": 0,
@@ -93,6 +100,23 @@ class JobService:
         if name not in self._generators:
             self._generators[name] = create_generator(name, self.settings)
         return self._generators[name]
+
+    def preview_path(self, job: JobRecord) -> Path:
+        """A 256 px rendering of a finished job's model, drawn on first request and kept with its results."""
+        existing = self.artifacts.result_file(job.id, PREVIEW_NAME)
+        if existing is not None:
+            return existing
+        files = (job.result or {}).get("files", {})
+        fmt = next((f for f in ("glb", "ply", "stl") if f in files), None)
+        source = self.artifacts.result_file(job.id, files[fmt]) if fmt else None
+        if job.status != "succeeded" or source is None:
+            raise JobNotFound(f"job {job.id} has no preview (status {job.status})")
+        image = render_preview(trimesh.load(source, force="mesh"), size=256)
+        target = self.artifacts.result_dir(job.id) / PREVIEW_NAME
+        tmp = target.with_name(f".{target.name}.tmp")
+        Image.fromarray(image).save(tmp, format="PNG")
+        os.replace(tmp, target)
+        return target
 
     def get(self, job_id: str) -> JobRecord:
         return self.store.get(job_id)

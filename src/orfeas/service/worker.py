@@ -17,14 +17,11 @@ import zipfile
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from PIL import Image
-
 from orfeas.config import Settings
 from orfeas.errors import OrfeasError
 from orfeas.options import GenerateOptions
 from orfeas.pipeline.generate import GenerationResult, generate_batch, save_result
 from orfeas.pipeline.generators import GenerationParams, Generator, create_generator
-from orfeas.pipeline.preview import render_preview
 from orfeas.service.jobs import STAGE_PROGRESS
 from orfeas.service.metrics import ServiceMetrics
 from orfeas.service.optimizer import BatchPlan, ResourceOptimizer
@@ -34,13 +31,35 @@ from orfeas.store.jobs import JobRecord, JobStore
 logger = logging.getLogger(__name__)
 
 RESULT_STEM = "model"
-PREVIEW_NAME = "preview.png"
 MAINTENANCE_SECONDS = 10.0  # how often an idle worker requeues expired leases and applies retention
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
     """MemoryError, or a framework's out-of-memory error (torch.cuda.OutOfMemoryError) by its name."""
     return isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError"
+
+
+class ProgressBuffer:
+    """Coalesces progress updates: the latest stage of each job, written in one transaction at most every
+    `interval` seconds (a batch of fast stages would otherwise cost one database commit per stage per job)."""
+
+    def __init__(self, store: JobStore, worker_id: str, interval: float = 0.1):
+        self.store = store
+        self.worker_id = worker_id
+        self.interval = interval
+        self.pending: dict[str, tuple[int, str]] = {}
+        self.last_flush = 0.0
+
+    def record(self, job_id: str, stage: str) -> None:
+        self.pending[job_id] = (STAGE_PROGRESS.get(stage, 0), stage)
+        if time.monotonic() - self.last_flush >= self.interval:
+            self.flush()
+
+    def flush(self) -> set[str]:
+        """Write what is pending; returns the ids of those jobs the worker still runs."""
+        updates, self.pending = self.pending, {}
+        self.last_flush = time.monotonic()
+        return self.store.update_progress_many(self.worker_id, updates) if updates else set()
 
 
 class Worker:
@@ -139,7 +158,7 @@ class Worker:
     def run_batch(self, jobs: list[JobRecord]) -> None:
         """Generate a batch; on out-of-memory split it in halves, on other errors run the jobs one by one."""
         try:
-            results = self._generate(jobs)
+            results, still_ours = self._generate(jobs)
         except Exception as exc:
             if len(jobs) == 1:
                 reason = f"out of memory: {exc}" if is_out_of_memory(exc) else str(exc)
@@ -159,8 +178,7 @@ class Worker:
                 for job in jobs:
                     self.run_batch([job])
             return
-        for job, result in zip(jobs, results, strict=True):
-            self._finish_succeeded(job, result)
+        self._store_results(jobs, results, still_ours)
 
     def maintain(self) -> None:
         """Return expired leases to the queue and delete results past retention."""
@@ -171,30 +189,41 @@ class Worker:
         for job_id in self.store.delete_finished_before(cutoff):
             self.artifacts.delete(job_id)
 
-    def _generate(self, jobs: list[JobRecord]) -> list[GenerationResult]:
+    def _generate(self, jobs: list[JobRecord]) -> tuple[list[GenerationResult], set[str]]:
+        """Run the batch; returns the results and the ids of the jobs still ours (not canceled or taken over)."""
         options = [GenerateOptions.model_validate(job.options) for job in jobs]
         images = [self.artifacts.load_input(job.id) for job in jobs]
+        progress = ProgressBuffer(self.store, self.worker_id)
+        results = generate_batch(
+            images,
+            options,
+            self.settings,
+            self.generator(options[0].backend),
+            on_stage=lambda index, stage: progress.record(jobs[index].id, stage),
+        )
+        for job in jobs:
+            progress.pending[job.id] = (STAGE_PROGRESS["export"], "export")
+        return results, progress.flush()
 
-        def on_stage(index: int, stage: str) -> None:
-            self.store.update_progress(jobs[index].id, self.worker_id, STAGE_PROGRESS.get(stage, 0), stage)
-
-        return generate_batch(images, options, self.settings, self.generator(options[0].backend), on_stage=on_stage)
-
-    def _finish_succeeded(self, job: JobRecord, result: GenerationResult) -> None:
-        if not self.store.update_progress(job.id, self.worker_id, STAGE_PROGRESS["export"], "export"):
-            logger.info("job canceled or taken over before export", extra={"job": job.id})
-            return
-        folder = self.artifacts.result_dir(job.id)
-        save_result(result, folder, RESULT_STEM)
-        files = _result_files(folder, result.options.formats)
-        Image.fromarray(render_preview(result.mesh, size=256)).save(folder / PREVIEW_NAME)
-        report = result.report()
-        summary = {key: report[key] for key in ("generator", "vertices", "faces", "watertight", "batch_size")}
-        profile = report["profile"]
-        completed = self.store.complete(job.id, self.worker_id, result={**summary, "files": files}, profile=profile)
-        if completed and self.metrics:
-            self.metrics.observe_profile(profile)
-            self.metrics.job_finished("succeeded")
+    def _store_results(self, jobs: list[JobRecord], results: list[GenerationResult], still_ours: set[str]) -> None:
+        """Write the files of the jobs still ours, then mark them all succeeded in one transaction."""
+        outcomes = []
+        for job, result in zip(jobs, results, strict=True):
+            if job.id not in still_ours:
+                logger.info("job canceled or taken over before export", extra={"job": job.id})
+                continue
+            folder = self.artifacts.result_dir(job.id)
+            save_result(result, folder, RESULT_STEM)
+            report = result.report()
+            summary = {key: report[key] for key in ("generator", "vertices", "faces", "watertight", "batch_size")}
+            files = _result_files(folder, result.options.formats)
+            outcomes.append((job.id, {**summary, "files": files}, report["profile"]))
+        completed = self.store.complete_many(self.worker_id, outcomes)
+        if self.metrics:
+            for job_id, _result, profile in outcomes:
+                if job_id in completed:
+                    self.metrics.observe_profile(profile)
+                    self.metrics.job_finished("succeeded")
 
     def _finish_failed(self, job: JobRecord, reason: str) -> None:
         logger.warning("job failed", extra={"job": job.id, "reason": reason})

@@ -279,39 +279,75 @@ class JobStore:
 
     def update_progress(self, job_id: str, worker_id: str, progress: int, stage: str) -> bool:
         """Record progress (0-100) of a job `worker_id` runs; False if it no longer does (canceled, taken over)."""
-        if not 0 <= progress <= 100:
-            raise ValueError(f"progress must be within 0-100, got {progress}")
+        return job_id in self.update_progress_many(worker_id, {job_id: (progress, stage)})
+
+    def update_progress_many(self, worker_id: str, updates: dict[str, tuple[int, str]]) -> set[str]:
+        """Record {job_id: (progress, stage)} in one transaction; returns the ids `worker_id` still runs."""
+        for progress, _stage in updates.values():
+            if not 0 <= progress <= 100:
+                raise ValueError(f"progress must be within 0-100, got {progress}")
+        if not updates:
+            return set()
         with self._engine.begin() as conn:
-            update = (
-                sa.update(jobs)
-                .where(jobs.c.id == job_id, _owned_by(worker_id))
-                .values(progress=progress, stage=stage, updated_at=self._now())
+            # the write transaction holds the lock, so the jobs found ours here are still ours when updated
+            ours = set(conn.scalars(sa.select(jobs.c.id).where(jobs.c.id.in_(list(updates)), _owned_by(worker_id))))
+            rows = [
+                {"job_id": job_id, "progress": progress, "stage": stage}
+                for job_id, (progress, stage) in updates.items()
+                if job_id in ours
+            ]
+            if rows:
+                update = (
+                    sa.update(jobs)
+                    .where(jobs.c.id == sa.bindparam("job_id"))
+                    .values(progress=sa.bindparam("progress"), stage=sa.bindparam("stage"), updated_at=self._now())
+                )
+                conn.execute(update, rows)
+        return ours
+
+    def complete_many(self, worker_id: str, outcomes: list[tuple[str, dict[str, Any], dict[str, Any]]]) -> set[str]:
+        """Mark several jobs succeeded in one transaction, given (job_id, result, profile) each; returns the ids
+        that were still running under `worker_id` (the others are left as they are)."""
+        if not outcomes:
+            return set()
+        with self._engine.begin() as conn:
+            now = self._now()
+            # the write transaction holds the lock, so the jobs found ours here are still ours when updated
+            ours = set(
+                conn.scalars(
+                    sa.select(jobs.c.id).where(
+                        jobs.c.id.in_([job_id for job_id, _, _ in outcomes]), _owned_by(worker_id)
+                    )
+                )
             )
-            return conn.execute(update).rowcount == 1
+            rows = [
+                {"job_id": job_id, "result": result, "profile": profile}
+                for job_id, result, profile in outcomes
+                if job_id in ours
+            ]
+            if rows:
+                update = (
+                    sa.update(jobs)
+                    .where(jobs.c.id == sa.bindparam("job_id"))
+                    .values(
+                        status=JobStatus.SUCCEEDED,
+                        progress=100,
+                        stage="done",
+                        result=sa.bindparam("result", type_=jobs.c.result.type),
+                        profile=sa.bindparam("profile", type_=jobs.c.profile.type),
+                        finished_at=now,
+                        updated_at=now,
+                        lease_owner=None,
+                        lease_expires_at=None,
+                    )
+                )
+                conn.execute(update, rows)
+                _record_events(conn, sorted(ours), JobStatus.SUCCEEDED, now, worker=worker_id)
+        return ours
 
     def complete(self, job_id: str, worker_id: str, result: dict[str, Any], profile: dict[str, Any]) -> bool:
         """Mark a job `worker_id` runs as succeeded; False if it no longer runs it, so a job succeeds at most once."""
-        with self._engine.begin() as conn:
-            now = self._now()
-            update = (
-                sa.update(jobs)
-                .where(jobs.c.id == job_id, _owned_by(worker_id))
-                .values(
-                    status=JobStatus.SUCCEEDED,
-                    progress=100,
-                    stage="done",
-                    result=result,
-                    profile=profile,
-                    finished_at=now,
-                    updated_at=now,
-                    lease_owner=None,
-                    lease_expires_at=None,
-                )
-            )
-            if conn.execute(update).rowcount != 1:
-                return False
-            _record_events(conn, [job_id], JobStatus.SUCCEEDED, now, worker=worker_id)
-        return True
+        return job_id in self.complete_many(worker_id, [(job_id, result, profile)])
 
     def fail(self, job_id: str, worker_id: str | None, error: str, profile: dict[str, Any] | None = None) -> bool:
         """Mark a job as failed with an error message; False if it was not running under `worker_id`.

@@ -15,7 +15,6 @@ from orfeas.errors import InvalidOptions
 from orfeas.options import GenerateOptions
 from orfeas.pipeline.export import FORMATS
 from orfeas.service.jobs import Upload
-from orfeas.service.worker import PREVIEW_NAME
 from orfeas.store.jobs import JobNotFound, JobRecord
 
 router = APIRouter(prefix="/api/jobs", tags=["jobs"])
@@ -120,10 +119,7 @@ def download_result(job_id: str, fmt: str, services: Annotated[Services, Depends
 def preview(job_id: str, services: Annotated[Services, Depends(get_services)]) -> FileResponse:
     """A small rendering of the finished model (the studio's history thumbnails)."""
     job = services.store.get(checked_id(job_id))
-    path = services.artifacts.result_file(job.id, PREVIEW_NAME) if job.status == "succeeded" else None
-    if path is None:
-        raise JobNotFound(f"job {job_id} has no preview (status {job.status})")
-    return FileResponse(path, media_type="image/png")
+    return FileResponse(services.jobs.preview_path(job), media_type="image/png")
 
 
 @router.websocket("/{job_id}/events")

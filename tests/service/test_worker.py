@@ -1,0 +1,81 @@
+"""The worker in-process, on a real SQLite store: batching, retention, progress coalescing."""
+
+from __future__ import annotations
+
+import pytest
+
+from orfeas.config import Settings
+from orfeas.options import GenerateOptions
+from orfeas.service.jobs import JobService, Upload
+from orfeas.service.optimizer import MemoryProbe, ResourceOptimizer
+from orfeas.service.worker import ProgressBuffer, Worker, is_out_of_memory
+from orfeas.store.artifacts import ArtifactStore
+from orfeas.store.db import create_db_engine, init_db, sqlite_url
+from orfeas.store.jobs import JobNotFound, JobStore
+from tests.synthetic import EXAMPLES
+
+CHAIR = Upload("chair.png", (EXAMPLES / "chair.png").read_bytes())
+
+
+@pytest.fixture
+def parts(tmp_path):
+    settings = Settings(data_dir=tmp_path, retention_hours=0.0)
+    engine = create_db_engine(sqlite_url(tmp_path))
+    init_db(engine)
+    store = JobStore(engine)
+    artifacts = ArtifactStore(tmp_path)
+    service = JobService(store, artifacts, settings)
+    worker = Worker(store, artifacts, settings, ResourceOptimizer(MemoryProbe("cpu"), max_batch=8), worker_id="w1")
+    return store, artifacts, service, worker
+
+
+def test_jobs_with_different_generator_settings_are_not_batched_together(parts):
+    store, _, service, worker = parts
+    (first,), _ = service.submit([CHAIR], GenerateOptions(resolution=64, faces=2000))
+    (second,), _ = service.submit([CHAIR], GenerateOptions(resolution=96, faces=2000))
+    (third,), _ = service.submit([CHAIR], GenerateOptions(resolution=64, faces=3000, seed=5))
+    assert worker.run_once()
+    assert {store.get(j.id).status for j in (first, third)} == {"succeeded"}
+    assert store.get(second.id).status == "queued"
+    assert store.get(first.id).result["batch_size"] == 2
+    assert worker.run_once()
+    assert store.get(second.id).result["batch_size"] == 1
+    assert not worker.run_once()  # empty queue
+
+
+def test_results_past_retention_are_deleted_with_their_files(parts):
+    store, artifacts, service, worker = parts
+    (job,), _ = service.submit([CHAIR], GenerateOptions(resolution=64, faces=2000))
+    worker.run_once()
+    folder = artifacts.result_dir(job.id)
+    assert (folder / "model.glb").is_file()
+    worker.maintain()  # retention 0 h: everything finished is old
+    with pytest.raises(JobNotFound):
+        store.get(job.id)
+    assert not folder.exists() and not (artifacts.root / "inputs" / job.id).exists()
+
+
+def test_progress_buffer_writes_the_latest_stage_per_job_in_one_go(parts):
+    store, _, service, _ = parts
+    jobs, _ = service.submit([CHAIR, CHAIR], GenerateOptions(resolution=64))
+    claimed = store.claim_batch("w1", 2, 30)
+    buffer = ProgressBuffer(store, "w1", interval=60)
+    buffer.last_flush = float("inf")  # nothing is written until flush()
+    for stage in ("image_loading", "background_removal", "shape_generation"):
+        for job in claimed:
+            buffer.record(job.id, stage)
+    assert store.get(jobs[0].id).stage == "starting"
+    assert buffer.flush() == {j.id for j in claimed}
+    assert {store.get(j.id).stage for j in jobs} == {"shape_generation"}
+    store.cancel(jobs[1].id)
+    buffer.record(jobs[0].id, "mesh_extraction")
+    buffer.record(jobs[1].id, "mesh_extraction")
+    assert buffer.flush() == {jobs[0].id}  # the canceled job is no longer ours
+
+
+@pytest.mark.parametrize(
+    ("error", "expected"),
+    [(MemoryError(), True), (type("OutOfMemoryError", (RuntimeError,), {})(), True), (ValueError(), False)],
+)
+def test_out_of_memory_is_recognised_by_type_or_framework_name(error, expected):
+    assert is_out_of_memory(error) is expected
