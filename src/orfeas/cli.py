@@ -140,6 +140,123 @@ def serve_command(
     uvicorn.run(application, host=host, port=port, log_level=log_level.lower())
 
 
+agents_app = typer.Typer(help="Manage the agents allowed to call the agent API (operator commands).")
+app.add_typer(agents_app, name="agents")
+
+DataDirOption = Annotated[Path | None, typer.Option(help="Data folder of the server [default: ./orfeas-data].")]
+DatabaseOption = Annotated[str | None, typer.Option(help="Database URL [default: SQLite in the data dir].")]
+
+
+def _agent_store(data_dir: Path | None, database: str | None):
+    from orfeas.store.agents import AgentStore, load_master_key
+    from orfeas.store.db import create_db_engine, init_db, sqlite_url
+
+    overrides = {key: value for key, value in {"data_dir": data_dir, "database_url": database}.items() if value}
+    settings = Settings(**overrides)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    engine = create_db_engine(settings.database_url or sqlite_url(settings.data_dir))
+    init_db(engine)
+    return AgentStore(engine, load_master_key(settings.agent_master_key, settings.data_dir))
+
+
+def _fail(message: str, code: int = 1) -> typer.Exit:
+    stderr.print(f"[red]error:[/red] {message}")
+    return typer.Exit(code)
+
+
+@agents_app.command("create")
+def agents_create(
+    name: Annotated[str, typer.Argument(help="A unique name for the agent.")],
+    ops: Annotated[str, typer.Option(help="Allowed operations: generate,batch,status,download.")] = (
+        "generate,batch,status,download"
+    ),
+    rate: Annotated[int, typer.Option(help="Requests per minute.")] = 100,
+    data_dir: DataDirOption = None,
+    database: DatabaseOption = None,
+) -> None:
+    """Register an agent and print its key id and secret (shown once: store the secret now)."""
+    from orfeas.store.agents import AgentExists
+
+    operations = [op.strip() for op in ops.split(",") if op.strip()]
+    try:
+        agent, secret = _agent_store(data_dir, database).create(name, operations, rate_per_minute=rate)
+    except (AgentExists, OrfeasError, ValueError) as exc:
+        raise _fail(str(exc)) from None
+    print(f"key_id: {agent.key_id}")
+    print(f"secret: {secret}")
+    stderr.print(f"agent {agent.name}: operations {', '.join(agent.operations)}, {agent.rate_per_minute}/min")
+
+
+@agents_app.command("list")
+def agents_list(data_dir: DataDirOption = None, database: DatabaseOption = None) -> None:
+    """List agents (never their secrets)."""
+    table = Table()
+    for column in ("name", "key_id", "operations", "rate/min", "status", "created"):
+        table.add_column(column)
+    for agent in _agent_store(data_dir, database).list():
+        status = "revoked" if agent.revoked_at else "active"
+        table.add_row(
+            agent.name, agent.key_id, ",".join(agent.operations), str(agent.rate_per_minute), status,
+            agent.created_at.strftime("%Y-%m-%d %H:%M"),
+        )  # fmt: skip
+    Console(file=sys.stdout).print(table)
+
+
+@agents_app.command("revoke")
+def agents_revoke(name: str, data_dir: DataDirOption = None, database: DatabaseOption = None) -> None:
+    """Refuse every further request from an agent."""
+    try:
+        agent = _agent_store(data_dir, database).revoke(name)
+    except (OrfeasError, LookupError) as exc:
+        raise _fail(str(exc)) from None
+    print(f"revoked {agent.name} ({agent.key_id})")
+
+
+@agents_app.command("rotate")
+def agents_rotate(name: str, data_dir: DataDirOption = None, database: DatabaseOption = None) -> None:
+    """Issue a new secret; the old one stops working at once."""
+    try:
+        agent, secret = _agent_store(data_dir, database).rotate(name)
+    except (OrfeasError, LookupError) as exc:
+        raise _fail(str(exc)) from None
+    print(f"key_id: {agent.key_id}")
+    print(f"secret: {secret}")
+
+
+@agents_app.command("audit")
+def agents_audit(
+    name: Annotated[str | None, typer.Argument(help="Only this agent.")] = None,
+    limit: Annotated[int, typer.Option(help="How many entries, newest first.")] = 50,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+    data_dir: DataDirOption = None,
+    database: DatabaseOption = None,
+) -> None:
+    """Show the audit log of agent requests (agent, operation, job, outcome)."""
+    entries = _agent_store(data_dir, database).audit_log(name, limit=limit)
+    if as_json:
+        for entry in entries:
+            print(json.dumps(entry, default=str))
+        return
+    table = Table()
+    for column in ("at", "agent", "operation", "job", "outcome", "detail"):
+        table.add_column(column)
+    for entry in entries:
+        table.add_row(
+            str(entry.get("at", ""))[:19], str(entry.get("agent") or entry.get("key_id") or ""),
+            str(entry.get("operation", "")), str(entry.get("job_id") or ""), str(entry.get("outcome", "")),
+            str(entry.get("detail") or "")[:60],
+        )  # fmt: skip
+    Console(file=sys.stdout).print(table)
+
+
+@app.command("mcp")
+def mcp_command() -> None:
+    """Run the MCP server on stdio (credentials from ORFEAS_AGENT_URL, ORFEAS_AGENT_KEY, ORFEAS_AGENT_SECRET)."""
+    from orfeas.mcp import run
+
+    run()
+
+
 @app.command("preview")
 def preview_command(
     model: Annotated[Path, typer.Argument(help="A model file (GLB, OBJ, PLY, STL).", show_default=False)],
@@ -163,6 +280,12 @@ def preview_command(
     print(out)
 
 
+def _mount_agent_client() -> None:
+    from orfeas.cli_agent import agent_app
+
+    app.add_typer(agent_app, name="agent")
+
+
 def _print_table(results: list[tuple[Path, GenerationResult]], out: Path) -> None:
     table = Table(title=f"Models written to {out.resolve()}")
     for column in ("image", "files", "faces", "watertight", "seconds", "slowest stage"):
@@ -180,6 +303,8 @@ def _print_table(results: list[tuple[Path, GenerationResult]], out: Path) -> Non
         )
     Console(file=sys.stdout, width=max(Console().width, 110)).print(table)
 
+
+_mount_agent_client()
 
 if __name__ == "__main__":
     app()

@@ -35,3 +35,12 @@ class Settings(BaseSettings):
     max_attempts: int = Field(3, description="A job whose worker died this many times is failed.")
     poll_seconds: float = Field(0.2, description="Idle worker's wait between queue checks.")
     retention_hours: float = Field(24 * 7, description="Finished jobs and their files are deleted after this.")
+
+    # agent API
+    agent_master_key: str | None = Field(
+        None,
+        description="Hex key from which agent secrets are derived; default: data_dir/agent-master.key (created). "
+        "Every API server of a cluster needs the same one.",
+    )
+    agent_window_seconds: int = Field(300, description="Signed requests older or newer than this are refused.")
+    max_agent_batch: int = Field(8, description="Most images in one POST /api/agent/batch.")

@@ -27,8 +27,11 @@ def free_port() -> int:
 class Server:
     """A running `orfeas serve`; `kill()` is kill -9, `start()` starts it again on the same data dir and port."""
 
-    def __init__(self, data_dir: Path, env: dict[str, str] | None = None, port: int | None = None):
+    def __init__(
+        self, data_dir: Path, env: dict[str, str] | None = None, port: int | None = None, args: tuple[str, ...] = ()
+    ):
         self.data_dir = data_dir
+        self.args = args
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = {
@@ -45,7 +48,17 @@ class Server:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(
-                [ORFEAS, "serve", "--port", str(self.port), "--data-dir", str(self.data_dir), "--log-level", "info"],
+                [
+                    ORFEAS,
+                    "serve",
+                    "--port",
+                    str(self.port),
+                    "--data-dir",
+                    str(self.data_dir),
+                    "--log-level",
+                    "info",
+                    *self.args,
+                ],
                 env=self.env,
                 stdout=log,
                 stderr=subprocess.STDOUT,

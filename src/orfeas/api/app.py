@@ -6,6 +6,7 @@ import logging
 import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
 
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
@@ -13,19 +14,22 @@ from prometheus_client import CollectorRegistry
 from orfeas import __version__
 from orfeas.api.deps import Services
 from orfeas.api.errors import BodySizeLimit, install_error_handlers
-from orfeas.api.routes import jobs, monitoring
+from orfeas.api.routes import agent, jobs, monitoring
 from orfeas.config import Settings
+from orfeas.service.agents import AgentAuthenticator
 from orfeas.service.jobs import JobService
 from orfeas.service.metrics import ServiceMetrics
 from orfeas.service.monitoring import UtilizationSampler
 from orfeas.service.optimizer import MemoryProbe, ResourceOptimizer
 from orfeas.service.worker import Worker
+from orfeas.store.agents import AgentStore, load_master_key
 from orfeas.store.artifacts import ArtifactStore
 from orfeas.store.db import create_db_engine, init_db, sqlite_url
 from orfeas.store.jobs import JobStore
 
 logger = logging.getLogger(__name__)
 SAMPLE_SECONDS = 2.0  # utilization sampling period for the trend
+HOUSEKEEPING_SECONDS = 60.0
 
 
 def build_services(settings: Settings) -> Services:
@@ -38,6 +42,7 @@ def build_services(settings: Settings) -> Services:
     probe = MemoryProbe(settings.device)
     optimizer = ResourceOptimizer(probe, settings.target_utilization, settings.max_batch)
     metrics = ServiceMetrics(CollectorRegistry(), store.count_by_status, probe)
+    agents = AgentStore(engine, load_master_key(settings.agent_master_key, settings.data_dir))
     return Services(
         settings=settings,
         store=store,
@@ -47,7 +52,20 @@ def build_services(settings: Settings) -> Services:
         optimizer=optimizer,
         sampler=UtilizationSampler(probe),
         metrics=metrics,
+        agents=agents,
+        authenticator=AgentAuthenticator(agents, settings.agent_window_seconds),
     )
+
+
+def _keep_agent_tables_small(services: Services, stop: threading.Event) -> None:
+    """Drop request rows past the replay window and audit entries past retention, once a minute."""
+    while not stop.wait(HOUSEKEEPING_SECONDS):
+        try:
+            services.agents.purge_requests(2 * services.settings.agent_window_seconds)
+            cutoff = datetime.now(UTC) - timedelta(hours=services.settings.retention_hours)
+            services.agents.delete_audit_before(cutoff)
+        except Exception:  # a database hiccup must not end the loop
+            logger.exception("agent housekeeping failed")
 
 
 def create_app(settings: Settings | None = None, *, run_worker: bool = True) -> FastAPI:
@@ -66,6 +84,11 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = True) -> 
             thread = threading.Thread(target=worker.run, args=(stop,), name="orfeas-worker", daemon=True)
             thread.start()
             threads.append(thread)
+        housekeeping = threading.Thread(
+            target=_keep_agent_tables_small, args=(services, stop), name="orfeas-housekeeping", daemon=True
+        )
+        housekeeping.start()
+        threads.append(housekeeping)
         try:
             yield
         finally:
@@ -85,4 +108,5 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = True) -> 
     install_error_handlers(app)
     app.include_router(jobs.router)
     app.include_router(monitoring.router)
+    app.include_router(agent.router)
     return app

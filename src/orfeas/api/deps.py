@@ -7,11 +7,13 @@ from dataclasses import dataclass, field
 from fastapi import Request
 
 from orfeas.config import Settings
+from orfeas.service.agents import AgentAuthenticator
 from orfeas.service.jobs import JobService
 from orfeas.service.metrics import ServiceMetrics
 from orfeas.service.monitoring import UtilizationSampler
 from orfeas.service.optimizer import MemoryProbe, ResourceOptimizer
 from orfeas.service.worker import Worker
+from orfeas.store.agents import AgentStore
 from orfeas.store.artifacts import ArtifactStore
 from orfeas.store.jobs import JobStore
 
@@ -26,6 +28,8 @@ class Services:
     optimizer: ResourceOptimizer
     sampler: UtilizationSampler
     metrics: ServiceMetrics
+    agents: AgentStore
+    authenticator: AgentAuthenticator
     workers: list[Worker] = field(default_factory=list)
 
 

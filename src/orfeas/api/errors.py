@@ -12,6 +12,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from orfeas.errors import GeneratorUnavailable, InvalidImage, InvalidOptions, OrfeasError
+from orfeas.service.agents import AuthenticationFailed, PermissionDenied, RateLimited, rate_limit_headers
 from orfeas.store.jobs import JobNotFound
 
 logger = logging.getLogger(__name__)
@@ -21,7 +22,15 @@ STATUS_BY_ERROR: list[tuple[type[Exception], int]] = [
     (InvalidImage, 400),
     (InvalidOptions, 422),
     (GeneratorUnavailable, 422),
+    (AuthenticationFailed, 401),
+    (PermissionDenied, 403),
+    (RateLimited, 429),
 ]
+
+
+def status_for(exc: Exception) -> int:
+    """The HTTP status an error maps to (400 for any other of our errors)."""
+    return next((code for kind, code in STATUS_BY_ERROR if isinstance(exc, kind)), 400)
 
 
 def error_body(kind: str, message: str, **extra) -> dict:
@@ -30,9 +39,13 @@ def error_body(kind: str, message: str, **extra) -> dict:
 
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(OrfeasError)
-    async def orfeas_error(_request: Request, exc: OrfeasError) -> JSONResponse:
-        status = next((code for kind, code in STATUS_BY_ERROR if isinstance(exc, kind)), 400)
-        return JSONResponse(error_body(type(exc).__name__, str(exc)), status_code=status)
+    async def orfeas_error(request: Request, exc: OrfeasError) -> JSONResponse:
+        headers = dict(getattr(request.state, "rate_limit_headers", {}))
+        if isinstance(exc, RateLimited):
+            headers.update(rate_limit_headers(exc.admission))
+        elif isinstance(exc, AuthenticationFailed):
+            headers["WWW-Authenticate"] = "ORFEAS-HMAC-SHA256"
+        return JSONResponse(error_body(type(exc).__name__, str(exc)), status_code=status_for(exc), headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:

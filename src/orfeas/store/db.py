@@ -112,7 +112,9 @@ def read_only(engine: sa.Engine) -> sa.Connection:
 
 
 def init_db(engine: sa.Engine) -> None:
-    """Create the tables that do not exist yet."""
+    """Create the tables that do not exist yet (every module that defines tables on `metadata` is imported)."""
+    import orfeas.store.agents  # noqa: F401  (registers the agent tables)
+
     metadata.create_all(engine)
 
 

@@ -101,15 +101,19 @@ def cancel_job(job_id: str, services: Annotated[Services, Depends(get_services)]
 @router.get("/{job_id}/result.{fmt}")
 def download_result(job_id: str, fmt: str, services: Annotated[Services, Depends(get_services)]) -> FileResponse:
     """The model in one of the formats the job asked for (OBJ as a zip with its MTL and texture)."""
-    job = services.store.get(checked_id(job_id))
+    return result_file_response(services, services.store.get(checked_id(job_id)), fmt)
+
+
+def result_file_response(services: Services, job: JobRecord, fmt: str) -> FileResponse:
+    """The download of a finished job's result in `fmt`, named after the uploaded image."""
     if fmt not in FORMATS:
         raise InvalidOptions(f"unknown format {fmt!r}; choose from {', '.join(FORMATS)}")
     if job.status != "succeeded":
-        raise JobNotFound(f"job {job_id} has no result yet (status {job.status})")
+        raise JobNotFound(f"job {job.id} has no result yet (status {job.status})")
     name = (job.result or {}).get("files", {}).get(fmt)
-    path = services.artifacts.result_file(job_id, name) if name else None
+    path = services.artifacts.result_file(job.id, name) if name else None
     if path is None:
-        raise JobNotFound(f"job {job_id} was not asked for {fmt}; it has {', '.join(job.result['files'])}")
+        raise JobNotFound(f"job {job.id} was not asked for {fmt}; it has {', '.join(job.result['files'])}")
     stem = re.sub(r"[^A-Za-z0-9_.-]", "_", job.input_name.rsplit(".", 1)[0]) or "model"
     filename = f"{stem}.obj.zip" if fmt == "obj" else f"{stem}.{fmt}"
     return FileResponse(path, media_type=MEDIA_TYPES[fmt], filename=filename)

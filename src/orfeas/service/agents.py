@@ -1,0 +1,152 @@
+"""Authenticating agent requests: signature, timestamp window, permission, replay and rate checks, HTTP-agnostic.
+
+The checks run cheapest and least revealing first, and the one that records anything (`AgentStore.admit`) runs last,
+so a forged, stale or unpermitted request never spends the agent's quota nor burns a nonce. The API layer maps the
+exceptions to 401, 403 and 429 and audits the outcome; each exception carries the presented key id and, once the key
+is known, the agent.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable, Mapping
+
+from orfeas.errors import OrfeasError
+from orfeas.signing import (
+    KEY_HEADER,
+    NONCE_HEADER,
+    NONCE_PATTERN,
+    SIGNATURE_HEADER,
+    TIMESTAMP_HEADER,
+    sign,
+    signature_matches,
+)
+from orfeas.store.agents import AGENT_OPERATIONS, Admission, AgentRecord, AgentStore
+
+_KEY_ID = re.compile(r"[A-Za-z0-9_-]{1,40}")
+_TIMESTAMP = re.compile(r"[0-9]{1,12}")  # not str.isdigit, which accepts non-ASCII digits
+_NONCE = re.compile(NONCE_PATTERN)
+_SIGNATURE = re.compile(r"[0-9a-fA-F]{64}")
+
+
+class AgentRequestRefused(OrfeasError):
+    """Base of the refusals below: the key id the request presented and, once it is known, the agent."""
+
+    def __init__(self, message: str, key_id: str | None = None, agent: AgentRecord | None = None) -> None:
+        super().__init__(message)
+        self.key_id = key_id
+        self.agent = agent
+
+
+class AuthenticationFailed(AgentRequestRefused):
+    """The request is not a valid signed request of an active agent (401); the message says which check failed."""
+
+
+class PermissionDenied(AgentRequestRefused):
+    """The agent may not perform this operation (403)."""
+
+    def __init__(self, operation: str, agent: AgentRecord) -> None:
+        super().__init__(f"agent {agent.name!r} may not {operation!r}", key_id=agent.key_id, agent=agent)
+        self.operation = operation
+
+
+class RateLimited(AgentRequestRefused):
+    """The agent used up its requests per minute (429); `retry_after` says when the next one is accepted."""
+
+    def __init__(self, admission: Admission, agent: AgentRecord) -> None:
+        super().__init__(
+            f"rate limit of {admission.limit} requests per minute reached; retry after {admission.retry_after} s",
+            key_id=agent.key_id,
+            agent=agent,
+        )
+        self.admission = admission
+        self.retry_after = admission.retry_after
+        self.limit = admission.limit
+        self.remaining = 0
+        self.reset = admission.reset
+
+
+class AgentAuthenticator:
+    """Verifies signed agent requests against the agent registry.
+
+    `window_seconds` bounds how far a request's timestamp may be from the server's clock, in either direction;
+    `now` is that clock (Unix seconds), injectable for tests.
+    """
+
+    def __init__(self, store: AgentStore, window_seconds: int = 300, now: Callable[[], float] = time.time) -> None:
+        self._store = store
+        self._window = window_seconds
+        self._now = now
+
+    def authenticate(
+        self,
+        method: str,
+        path: str,
+        query: str,
+        headers: Mapping[str, str],
+        body: bytes,
+        operation: str,
+    ) -> tuple[AgentRecord, Admission]:
+        """The agent that signed this request and its rate-limit state, once the request is admitted.
+
+        Raises AuthenticationFailed, PermissionDenied or RateLimited; only an admitted request is recorded.
+        """
+        if operation not in AGENT_OPERATIONS:
+            raise ValueError(f"unknown operation {operation!r}; choose from {list(AGENT_OPERATIONS)}")
+        key_id, timestamp, nonce, signature = _signed_headers(headers)
+        agent = self._store.get_by_key(key_id)
+        if agent is None:
+            raise AuthenticationFailed(f"unknown key {key_id!r}", key_id=key_id)
+        if not agent.active:
+            raise AuthenticationFailed(f"key {key_id!r} is revoked", key_id=key_id, agent=agent)
+        skew = int(timestamp) - self._now()
+        if abs(skew) > self._window:
+            raise AuthenticationFailed(
+                f"timestamp is {skew:+.0f} s from server time, outside ±{self._window} s", key_id=key_id, agent=agent
+            )
+        expected = sign(self._store.secret_for(agent), method, path, query, timestamp, nonce, body)
+        if not signature_matches(expected, signature.lower()):
+            raise AuthenticationFailed("bad signature", key_id=key_id, agent=agent)
+        if operation not in agent.operations:
+            raise PermissionDenied(operation, agent)
+        admission = self._store.admit(agent.id, nonce, window_seconds=self._window)
+        if admission.reason == "rate":
+            raise RateLimited(admission, agent)
+        if admission.reason == "replay":
+            raise AuthenticationFailed(f"nonce {nonce!r} was already used", key_id=key_id, agent=agent)
+        if admission.reason == "revoked":
+            raise AuthenticationFailed(f"key {key_id!r} is revoked", key_id=key_id, agent=agent)
+        return agent, admission
+
+
+def _signed_headers(headers: Mapping[str, str]) -> tuple[str, str, str, str]:
+    """The key id, timestamp, nonce and signature headers (looked up case-insensitively), checked for form."""
+    lowered = {name.lower(): value for name, value in headers.items()}
+    values = []
+    for name, pattern in (
+        (KEY_HEADER, _KEY_ID),
+        (TIMESTAMP_HEADER, _TIMESTAMP),
+        (NONCE_HEADER, _NONCE),
+        (SIGNATURE_HEADER, _SIGNATURE),
+    ):
+        value = lowered.get(name.lower())
+        if not value:
+            raise AuthenticationFailed(f"missing header {name}", key_id=values[0] if values else None)
+        if not pattern.fullmatch(value):
+            raise AuthenticationFailed(f"malformed header {name}", key_id=values[0] if values else None)
+        values.append(value)
+    key_id, timestamp, nonce, signature = values
+    return key_id, timestamp, nonce, signature
+
+
+def rate_limit_headers(admission: Admission) -> dict[str, str]:
+    """The RateLimit-* response headers for an admission, plus Retry-After when it was refused for the rate."""
+    headers = {
+        "RateLimit-Limit": str(admission.limit),
+        "RateLimit-Remaining": str(admission.remaining),
+        "RateLimit-Reset": str(admission.reset),
+    }
+    if admission.retry_after is not None:
+        headers["Retry-After"] = str(admission.retry_after)
+    return headers

@@ -1,0 +1,245 @@
+"""Authenticating signed agent requests against a real SQLite registry: every refusal leaves the quota untouched."""
+
+import dataclasses
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from orfeas.service.agents import (
+    AgentAuthenticator,
+    AuthenticationFailed,
+    PermissionDenied,
+    RateLimited,
+    rate_limit_headers,
+)
+from orfeas.signing import KEY_HEADER, NONCE_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, signed_headers
+from orfeas.store.agents import AgentRecord, AgentStore
+from orfeas.store.db import create_db_engine, init_db, sqlite_url
+from tests.store.test_agents import MASTER_KEY, Clock
+
+PATH = "/api/agent/generate-3d"
+QUERY = "b=2&a=x%20y"
+BODY = b'{"image": "aGVsbG8=", "options": {"formats": ["glb"]}}'
+
+
+@dataclass
+class Call:
+    """One agent request, signed by `agent` with `secret` unless a test changes it after signing."""
+
+    agent: AgentRecord
+    secret: str
+    clock: Clock
+    method: str = "POST"
+    path: str = PATH
+    query: str = QUERY
+    body: bytes = BODY
+    headers: dict[str, str] = field(default_factory=dict)
+    operation: str = "generate"
+
+    def sign(self, skew: float = 0.0) -> "Call":
+        self.headers = signed_headers(
+            self.agent.key_id, self.secret, self.method, self.path, self.query, self.body, now=self.clock.time() + skew
+        )
+        return self
+
+    def send(self, authenticator: AgentAuthenticator):
+        return authenticator.authenticate(self.method, self.path, self.query, self.headers, self.body, self.operation)
+
+
+@pytest.fixture
+def engine(tmp_path: Path) -> Iterator[sa.Engine]:
+    engine = create_db_engine(sqlite_url(tmp_path))
+    init_db(engine)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def store(engine: sa.Engine, clock: Clock) -> AgentStore:
+    return AgentStore(engine, MASTER_KEY, now=clock)
+
+
+@pytest.fixture
+def authenticator(store: AgentStore, clock: Clock) -> AgentAuthenticator:
+    return AgentAuthenticator(store, window_seconds=300, now=clock.time)
+
+
+@pytest.fixture
+def call(store: AgentStore, clock: Clock) -> Call:
+    agent, secret = store.create("builder", ["generate", "status"], rate_per_minute=5)
+    return Call(agent, secret, clock).sign()
+
+
+def test_a_signed_request_is_admitted(call: Call, authenticator: AgentAuthenticator, store: AgentStore) -> None:
+    agent, admission = call.send(authenticator)
+
+    assert agent == call.agent
+    assert (admission.allowed, admission.limit, admission.remaining) == (True, 5, 4)
+    assert rate_limit_headers(admission) == {
+        "RateLimit-Limit": "5",
+        "RateLimit-Remaining": "4",
+        "RateLimit-Reset": "60",
+    }
+    assert store.count_recent_requests(agent.id) == 1
+
+
+def test_headers_are_found_in_any_case(call: Call, authenticator: AgentAuthenticator) -> None:
+    call.headers = {name.lower(): value for name, value in call.headers.items()}
+    call.headers[SIGNATURE_HEADER.lower()] = call.headers[SIGNATURE_HEADER.lower()].upper()
+    assert call.send(authenticator)[1].allowed
+
+
+@pytest.mark.parametrize("skew", [-300, 300])
+def test_timestamps_at_the_edge_of_the_window_are_accepted(
+    call: Call, authenticator: AgentAuthenticator, skew: int
+) -> None:
+    assert call.sign(skew=skew).send(authenticator)[1].allowed
+
+
+def tamper(**changes) -> Callable[[Call, AgentStore], None]:
+    def apply(call: Call, _store: AgentStore) -> None:
+        for name, value in changes.items():
+            setattr(call, name, value)
+
+    return apply
+
+
+def set_header(name: str, value: str | None) -> Callable[[Call, AgentStore], None]:
+    def apply(call: Call, _store: AgentStore) -> None:
+        if value is None:
+            del call.headers[name]
+        else:
+            call.headers[name] = value
+
+    return apply
+
+
+def flip_signature(call: Call, _store: AgentStore) -> None:
+    signature = call.headers[SIGNATURE_HEADER]
+    call.headers[SIGNATURE_HEADER] = signature[:-1] + ("0" if signature[-1] != "0" else "1")
+
+
+def stale(call: Call, _store: AgentStore) -> None:
+    call.sign(skew=-301)
+
+
+def future(call: Call, _store: AgentStore) -> None:
+    call.sign(skew=301)
+
+
+def unknown_key(call: Call, _store: AgentStore) -> None:
+    call.agent = dataclasses.replace(call.agent, key_id="ak_" + "x" * 20)
+    call.sign()
+
+
+def revoked(call: Call, store: AgentStore) -> None:
+    store.revoke("builder")
+
+
+def rotated_away(call: Call, store: AgentStore) -> None:
+    store.rotate("builder")
+
+
+def not_permitted(call: Call, _store: AgentStore) -> None:
+    call.operation = "batch"
+
+
+ATTACKS = {
+    "bad signature": (flip_signature, AuthenticationFailed, "bad signature"),
+    "body tampered": (tamper(body=BODY.replace(b"glb", b"obj")), AuthenticationFailed, "bad signature"),
+    "path tampered": (tamper(path="/api/agent/batch"), AuthenticationFailed, "bad signature"),
+    "query tampered": (tamper(query="b=2&a=x%20z"), AuthenticationFailed, "bad signature"),
+    "query added": (tamper(query=QUERY + "&c=1"), AuthenticationFailed, "bad signature"),
+    "method tampered": (tamper(method="PUT"), AuthenticationFailed, "bad signature"),
+    "stale timestamp": (stale, AuthenticationFailed, "-301 s from server time"),
+    "future timestamp": (future, AuthenticationFailed, r"\+301 s from server time"),
+    "unknown key": (unknown_key, AuthenticationFailed, "unknown key"),
+    "revoked key": (revoked, AuthenticationFailed, "revoked"),
+    "rotated-away secret": (rotated_away, AuthenticationFailed, "bad signature"),
+    "missing permission": (not_permitted, PermissionDenied, "may not 'batch'"),
+    "non-digit timestamp": (set_header(TIMESTAMP_HEADER, "17e8"), AuthenticationFailed, "malformed header"),
+    "non-ASCII digit timestamp": (set_header(TIMESTAMP_HEADER, "١٧٠٠٠٠٠٠٠٠"), AuthenticationFailed, "malformed"),
+    "short nonce": (set_header(NONCE_HEADER, "abc123"), AuthenticationFailed, "malformed header X-Orfeas-Nonce"),
+    "nonce with odd characters": (set_header(NONCE_HEADER, "a/b" * 8), AuthenticationFailed, "malformed header"),
+    "non-hex signature": (set_header(SIGNATURE_HEADER, "z" * 64), AuthenticationFailed, "malformed header"),
+    "short signature": (set_header(SIGNATURE_HEADER, "a" * 63), AuthenticationFailed, "malformed header"),
+    "empty key": (set_header(KEY_HEADER, ""), AuthenticationFailed, "missing header X-Orfeas-Key"),
+    "missing key": (set_header(KEY_HEADER, None), AuthenticationFailed, "missing header X-Orfeas-Key"),
+    "missing timestamp": (set_header(TIMESTAMP_HEADER, None), AuthenticationFailed, "missing header"),
+    "missing nonce": (set_header(NONCE_HEADER, None), AuthenticationFailed, "missing header X-Orfeas-Nonce"),
+    "missing signature": (set_header(SIGNATURE_HEADER, None), AuthenticationFailed, "missing header"),
+}
+
+
+@pytest.mark.parametrize("attack", ATTACKS.values(), ids=ATTACKS.keys())
+def test_attacks_are_refused_without_spending_quota(
+    call: Call, authenticator: AgentAuthenticator, store: AgentStore, attack
+) -> None:
+    change, error, message = attack
+    Call(call.agent, call.secret, call.clock).sign().send(authenticator)  # one admitted request to compare against
+    change(call, store)
+
+    with pytest.raises(error, match=message):
+        call.send(authenticator)
+    assert store.count_recent_requests(call.agent.id) == 1
+
+
+def test_a_replayed_request_is_refused_without_spending_quota(
+    call: Call, authenticator: AgentAuthenticator, store: AgentStore, clock: Clock
+) -> None:
+    call.send(authenticator)
+    clock.advance(120)  # out of the rate window, inside the timestamp window
+
+    with pytest.raises(AuthenticationFailed, match="already used") as refused:
+        call.send(authenticator)
+    assert refused.value.agent == call.agent and refused.value.key_id == call.agent.key_id
+    assert store.count_recent_requests(call.agent.id, seconds=300) == 1
+
+
+def test_the_rate_limit_refuses_with_retry_after(
+    call: Call, authenticator: AgentAuthenticator, store: AgentStore, clock: Clock
+) -> None:
+    for _ in range(5):
+        call.sign().send(authenticator)
+        clock.advance(2)
+
+    with pytest.raises(RateLimited) as refused:
+        call.sign().send(authenticator)
+    error = refused.value
+    assert (error.retry_after, error.limit, error.remaining, error.reset) == (50, 5, 0, 50)
+    assert rate_limit_headers(error.admission) == {
+        "RateLimit-Limit": "5",
+        "RateLimit-Remaining": "0",
+        "RateLimit-Reset": "50",
+        "Retry-After": "50",
+    }
+    assert store.count_recent_requests(call.agent.id) == 5
+
+    clock.advance(50)
+    assert call.send(authenticator)[1].remaining == 0  # the refused nonce was not recorded, so it may be retried
+
+
+def test_refusals_carry_the_key_and_agent_for_the_audit(call: Call, authenticator: AgentAuthenticator) -> None:
+    flip_signature(call, None)
+    with pytest.raises(AuthenticationFailed) as bad_signature:
+        call.send(authenticator)
+    del call.headers[KEY_HEADER]
+    with pytest.raises(AuthenticationFailed) as missing:
+        call.send(authenticator)
+
+    assert (bad_signature.value.key_id, bad_signature.value.agent) == (call.agent.key_id, call.agent)
+    assert (missing.value.key_id, missing.value.agent) == (None, None)
+
+
+def test_an_unknown_operation_is_a_programming_error(call: Call, authenticator: AgentAuthenticator) -> None:
+    call.operation = "delete"
+    with pytest.raises(ValueError):
+        call.send(authenticator)
