@@ -252,7 +252,10 @@ def agents_audit(
 @app.command("mcp")
 def mcp_command() -> None:
     """Run the MCP server on stdio (credentials from ORFEAS_AGENT_URL, ORFEAS_AGENT_KEY, ORFEAS_AGENT_SECRET)."""
-    from orfeas.mcp import run
+    try:
+        from orfeas.mcp import run
+    except ImportError as exc:
+        raise _fail(f"the MCP server needs the 'mcp' package: pip install 'orfeas[mcp]' ({exc})") from None
 
     run()
 

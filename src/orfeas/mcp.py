@@ -38,7 +38,11 @@ def build_server(client_factory: Callable[[], AgentClient] = AgentClient.from_en
 
     @server.tool()
     def generate_3d(
-        image_path: str, ctx: Context, options: dict[str, Any] | None = None, wait: bool = True
+        image_path: str,
+        ctx: Context,
+        options: dict[str, Any] | None = None,
+        wait: bool = True,
+        out_dir: str | None = None,
     ) -> dict[str, Any]:
         """Turn one image of a single object into a 3D model on the ORFEAS server.
 
@@ -61,9 +65,12 @@ def build_server(client_factory: Callable[[], AgentClient] = AgentClient.from_en
         wait: true (default) waits up to 10 minutes for the job to finish and returns the final job; false returns
         the queued job at once (follow it with job_status).
 
+        out_dir: a folder on this machine; when given (and wait is true), every requested format is downloaded
+        there as <image stem>.<format> (OBJ as .obj.zip) and the paths are returned in "files".
+
         Returns the job: id, status (queued, running, succeeded, failed, canceled), progress (0-100), stage, error,
-        and result_urls mapping each format to its download path on the ORFEAS server (downloads need the agent's
-        signed requests, e.g. `orfeas agent` or the orfeas.client SDK).
+        result_urls mapping each format to its path on the ORFEAS server (fetching them needs the agent's signed
+        requests: use out_dir, `orfeas agent` or the orfeas.client SDK) and, with out_dir, "files".
         """
         path = Path(image_path).expanduser()
         if not path.is_file():
@@ -81,6 +88,8 @@ def build_server(client_factory: Callable[[], AgentClient] = AgentClient.from_en
                 job = client.generate(path, **(options or {}))
                 if wait:
                     job = client.wait(job["id"], on_progress=report, timeout=WAIT_TIMEOUT)
+                if wait and out_dir:
+                    job["files"] = _download_all(client, job, path.stem, Path(out_dir).expanduser())
         except TimeoutError as exc:
             raise ToolError(f"{exc}; it is still on the server: call job_status later") from exc
         except CLIENT_ERRORS as exc:
@@ -104,6 +113,16 @@ def build_server(client_factory: Callable[[], AgentClient] = AgentClient.from_en
             raise ToolError(str(exc)) from exc
 
     return server
+
+
+def _download_all(client: AgentClient, job: dict[str, Any], stem: str, folder: Path) -> dict[str, str]:
+    """Download every format of a finished job into folder; {format: local path}."""
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {}
+    for fmt in job.get("result_urls", {}):
+        target = folder / (f"{stem}.obj.zip" if fmt == "obj" else f"{stem}.{fmt}")
+        files[fmt] = str(client.download(job["id"], fmt, target))
+    return files
 
 
 def run() -> None:

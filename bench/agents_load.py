@@ -1,0 +1,183 @@
+"""Load test of the agent API: concurrent signed agents against a real server on 127.0.0.1 (bounded).
+
+    .venv/bin/python bench/agents_load.py [--agents 10] [--jobs 10] [--write docs/BENCHMARKS.md]
+
+Each agent (its own key, with a rate limit high enough not to be what is measured) submits `--jobs` jobs, half as
+single `generate-3d` requests and half in one `batch` request, then polls each to completion through the SDK.
+Reported: jobs lost (accepted but not succeeded), duplicated (a job id returned twice, or succeeded twice in the
+job's event log), requests rejected wrongly (any 4xx/5xx other than a 429 over the agent's own limit) and the
+latency of those signed requests. Then every agent sends signed status requests back to back for 5 s: the
+throughput of signed requests the machine sustains (each one verified, nonce stored and rate counted).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from tests.e2e.server import ORFEAS, Server  # noqa: E402
+
+from orfeas.client import AgentClient  # noqa: E402
+from orfeas.client.agent import ApiError, RateLimitError  # noqa: E402
+
+IMAGES = [REPO / "examples" / name for name in ("chair.png", "robot.png", "flamingo.png")]
+OPTIONS = {"faces": 2000, "resolution": 96}
+MARKER = "agents-load"
+HAMMER_SECONDS = 5.0
+
+
+class Recorder(httpx.HTTPTransport):
+    """An httpx transport that records the latency and status of every request it carries (thread-safe)."""
+
+    def __init__(self):
+        super().__init__()
+        self.lock = threading.Lock()
+        self.latencies: list[float] = []
+        self.refusals: list[int] = []
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        start = time.perf_counter()
+        response = super().handle_request(request)
+        with self.lock:
+            self.latencies.append(time.perf_counter() - start)
+            if response.status_code >= 400:
+                self.refusals.append(response.status_code)
+        return response
+
+
+def register(server: Server, name: str) -> tuple[str, str]:
+    out = subprocess.run(
+        [ORFEAS, "agents", "create", name, "--rate", "100000", "--data-dir", str(server.data_dir)],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=server.env,
+    ).stdout
+    fields = dict(line.split(": ", 1) for line in out.splitlines() if ": " in line)
+    return fields["key_id"], fields["secret"]
+
+
+def run_agent(server: Server, credentials: tuple[str, str], jobs: int) -> tuple[list[str], Recorder]:
+    """Submit `jobs` jobs (half single, half one batch) and wait for all; returns the accepted ids and timings."""
+    recorder = Recorder()
+    ids = []
+    with AgentClient(server.url, *credentials, transport=recorder) as client:
+        singles = jobs // 2
+        for index in range(singles):
+            ids.append(client.generate(IMAGES[index % len(IMAGES)], **OPTIONS)["id"])
+        batch = [IMAGES[i % len(IMAGES)] for i in range(jobs - singles)]
+        ids += [job["id"] for job in client.batch(batch, **OPTIONS)]
+        for job_id in ids:
+            while True:
+                try:
+                    client.wait(job_id, timeout=600, poll=1.0)
+                    break
+                except RateLimitError as exc:
+                    time.sleep(exc.retry_after)
+    return ids, recorder
+
+
+def hammer_status(server: Server, credentials: tuple[str, str], job_id: str, seconds: float) -> Recorder:
+    """Signed status requests back to back for `seconds`."""
+    recorder = Recorder()
+    with AgentClient(server.url, *credentials, transport=recorder) as client:
+        deadline = time.perf_counter() + seconds
+        while time.perf_counter() < deadline:
+            client.status(job_id)
+    return recorder
+
+
+def succeeded_counts(data_dir: Path) -> dict[str, int]:
+    with sqlite3.connect(data_dir / "orfeas.db") as db:
+        rows = db.execute("SELECT job_id, COUNT(*) FROM job_events WHERE status = 'succeeded' GROUP BY job_id")
+        return dict(rows.fetchall())
+
+
+def percentile(sorted_values: list[float], q: float) -> float:
+    return sorted_values[int(q * (len(sorted_values) - 1))]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--agents", type=int, default=10)
+    parser.add_argument("--jobs", type=int, default=10)
+    parser.add_argument("--write", type=Path)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        server = Server(Path(tmp) / "data", env={"ORFEAS_MAX_BATCH": "8"}).start()
+        try:
+            agents = [register(server, f"load-{i}") for i in range(args.agents)]
+            start = time.perf_counter()
+            with ThreadPoolExecutor(args.agents) as pool:
+                outcomes = [
+                    future.result() for future in [pool.submit(run_agent, server, a, args.jobs) for a in agents]
+                ]
+            accepted = [job_id for ids, _ in outcomes for job_id in ids]
+            elapsed = time.perf_counter() - start
+            with ThreadPoolExecutor(args.agents) as pool:
+                targets = [(agent, ids[0]) for agent, (ids, _) in zip(agents, outcomes, strict=True)]
+                hammers = list(pool.map(lambda t: hammer_status(server, t[0], t[1], HAMMER_SECONDS), targets))
+            with server.client() as http:
+                final = {job_id: http.get(f"/api/jobs/{job_id}").json()["status"] for job_id in accepted}
+            counts = succeeded_counts(server.data_dir)
+        except ApiError as exc:
+            raise SystemExit(f"load test failed: {exc}") from exc
+        finally:
+            server.stop()
+    lost = sum(1 for status in final.values() if status != "succeeded")
+    duplicated = (len(accepted) - len(set(accepted))) + sum(1 for job_id in accepted if counts.get(job_id, 0) > 1)
+    refusals = [code for _, recorder in outcomes for code in recorder.refusals]
+    wrong = [code for code in refusals if code != 429]
+    latencies = sorted(t for _, recorder in outcomes for t in recorder.latencies)
+    hammered = sorted(t for recorder in hammers for t in recorder.latencies)
+    wrong += [code for recorder in hammers for code in recorder.refusals]
+    body = "\n".join(
+        [
+            "Command: `make bench` (`.venv/bin/python bench/agents_load.py "
+            f"--agents {args.agents} --jobs {args.jobs}`), 2-core machine, server and load on the same machine, "
+            f"run {time.strftime('%Y-%m-%d')}; jobs are `inflate` at resolution 96 with 2,000 faces.",
+            "",
+            "| measure | value |",
+            "|---|---|",
+            f"| agents × jobs | {args.agents} × {args.jobs} = {len(accepted)} accepted |",
+            f"| jobs lost / duplicated | {lost} / {duplicated} |",
+            f"| requests rejected wrongly (not 429) | {len(wrong)} |",
+            f"| 429 (an agent over its own limit, retried) | {refusals.count(429)} |",
+            f"| signed requests while the jobs ran, latency p50 / p99 | {len(latencies)} requests, "
+            f"{1000 * statistics.median(latencies):.1f} ms / {1000 * percentile(latencies, 0.99):.1f} ms |",
+            f"| sustained signed status requests, {args.agents} agents back to back | "
+            f"{len(hammered) / HAMMER_SECONDS:.0f} requests/s, p50 {1000 * statistics.median(hammered):.1f} ms, "
+            f"p99 {1000 * percentile(hammered, 0.99):.1f} ms |",
+            f"| all {len(accepted)} jobs finished in | {elapsed:.1f} s ({len(accepted) / elapsed:.2f} jobs/s) |",
+        ]
+    )
+    print(body)
+    if args.write:
+        start_marker, end_marker = f"<!-- {MARKER} -->", f"<!-- /{MARKER} -->"
+        text = args.write.read_text()
+        block = f"{start_marker}\n{body}\n{end_marker}"
+        if start_marker in text:
+            before, rest = text.split(start_marker, 1)
+            text = before + block + rest.split(end_marker, 1)[1]
+        else:
+            text = text.rstrip() + f"\n\n## Agent API under load\n\n{block}\n"
+        args.write.write_text(text)
+    if lost or duplicated or wrong:
+        raise SystemExit("load test found lost, duplicated or wrongly rejected work")
+
+
+if __name__ == "__main__":
+    main()
