@@ -27,7 +27,7 @@ from orfeas.client import (
 )
 from orfeas.client.agent import retry_after_seconds
 from orfeas.signing import KEY_HEADER, NONCE_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
-from tests.synthetic import SHARED_IMAGES
+from tests.synthetic import EXAMPLES
 
 KEY_ID = "agent-key-1"
 SECRET = "s3cret-for-tests"
@@ -78,7 +78,7 @@ def client(recorder: Recorder) -> Iterator[AgentClient]:
 
 
 def test_generate_signs_and_sends_the_image_bytes_and_options(client: AgentClient, recorder: Recorder) -> None:
-    image = SHARED_IMAGES / "chair.png"
+    image = EXAMPLES / "chair.png"
     job = client.generate(image, faces=20_000, formats=["glb", "obj"], texture=False)
 
     assert job["id"] == "j1"
@@ -115,7 +115,7 @@ def test_raw_bytes_are_named_by_their_format_unless_named(client: AgentClient, r
 
 def test_batch_sends_every_image_in_order(client: AgentClient, recorder: Recorder) -> None:
     recorder.responses = [httpx.Response(202, json={"jobs": [job_view("a"), job_view("b")]})]
-    images = [SHARED_IMAGES / "teapot.png", SHARED_IMAGES / "robot.png"]
+    images = [EXAMPLES / "teapot.png", EXAMPLES / "robot.png"]
     jobs = client.batch(images, faces=5_000)
 
     assert [job["id"] for job in jobs] == ["a", "b"]

@@ -1,0 +1,146 @@
+import numpy as np
+import pytest
+import torch
+from scipy.spatial import cKDTree
+
+from orfeas.pipeline.extract import ExtractionStats, extract_neural_field, torch_field
+
+BOUNDS = ((-0.5, -0.5, -0.5), (0.5, 0.5, 0.5))
+RESOLUTION = 128
+VOXEL = 1.0 / RESOLUTION
+
+
+def sphere(center=(0.0, 0.0, 0.0), radius=0.3):
+    return lambda p: np.linalg.norm(p - np.asarray(center), axis=1) - radius
+
+
+def box(center=(0.0, 0.0, 0.0), half=(0.2, 0.2, 0.2)):
+    def sdf(p):
+        q = np.abs(p - np.asarray(center)) - np.asarray(half)
+        return np.linalg.norm(np.maximum(q, 0.0), axis=1) + np.minimum(q.max(axis=1), 0.0)
+
+    return sdf
+
+
+def torus(major=0.3, minor=0.08):
+    return lambda p: np.hypot(np.hypot(p[:, 0], p[:, 1]) - major, p[:, 2]) - minor
+
+
+def union(*parts):
+    return lambda p: np.min([part(p) for part in parts], axis=0)
+
+
+# (field, connected components). The plate is 0.02 thick and sits between the planes of a coarse 16^3 grid
+# (z = 0 and z = 0.0625), so no coarse corner is inside it: only the distance band can find it.
+FIELDS = {
+    "sphere": (sphere(), 1),
+    "torus": (torus(), 1),
+    "thin plate": (box(center=(0.0, 0.0, 0.03), half=(0.3, 0.3, 0.01)), 1),
+    "two spheres": (union(sphere((-0.25, 0, 0), 0.15), sphere((0.25, 0, 0), 0.15)), 2),
+    "parts": (
+        union(
+            box((0, -0.2, 0), (0.3, 0.05, 0.3)),
+            sphere((0, 0.05, 0), 0.15),
+            torus(0.3, 0.04),
+            sphere((0.35, 0.35, 0.35), 0.06),
+        ),
+        2,
+    ),
+}
+
+
+def chamfer(a: np.ndarray, b: np.ndarray) -> float:
+    """Symmetric mean nearest-neighbour distance between two point sets."""
+    return 0.5 * (cKDTree(b).query(a)[0].mean() + cKDTree(a).query(b)[0].mean())
+
+
+def components(mesh) -> int:
+    return len(mesh.split(only_watertight=False))
+
+
+@pytest.fixture(scope="module")
+def dense_meshes():
+    return {
+        name: extract_neural_field(field, BOUNDS, RESOLUTION, method="dense") for name, (field, _) in FIELDS.items()
+    }
+
+
+@pytest.mark.parametrize("name", FIELDS)
+@pytest.mark.parametrize("coarse", [16, 32])
+def test_hierarchical_matches_dense_with_far_fewer_queries(name, coarse, dense_meshes):
+    field, expected_components = FIELDS[name]
+    dense, dense_stats = dense_meshes[name]
+    mesh, stats = extract_neural_field(field, BOUNDS, RESOLUTION, coarse_resolution=coarse)
+    assert chamfer(mesh.vertices, dense.vertices) <= 0.25 * VOXEL
+    assert components(mesh) == components(dense) == expected_components
+    assert dense_stats.queries == (RESOLUTION + 1) ** 3
+    assert stats.queries <= dense_stats.queries / 5
+    assert (stats.method, stats.resolution) == ("hierarchical", RESOLUTION)
+
+
+def test_thin_plate_is_kept_in_full():
+    field, _ = FIELDS["thin plate"]
+    mesh, _ = extract_neural_field(field, BOUNDS, RESOLUTION, coarse_resolution=16)
+    assert np.allclose(mesh.extents, (0.6, 0.6, 0.02), atol=2 * VOXEL)
+
+
+def test_sign_test_alone_loses_the_thin_plate():
+    field, _ = FIELDS["thin plate"]
+    with pytest.raises(ValueError, match="no surface"):
+        extract_neural_field(field, BOUNDS, RESOLUTION, coarse_resolution=16, band=0.0)
+
+
+def test_level_and_non_cubic_bounds():
+    bounds = ((-0.5, -0.3, -0.2), (0.5, 0.3, 0.2))
+    mesh, _ = extract_neural_field(sphere(radius=0.1), bounds, 64, coarse_resolution=16, level=0.05)
+    assert np.allclose(np.linalg.norm(mesh.vertices, axis=1), 0.15, atol=0.01)
+    dense, _ = extract_neural_field(sphere(radius=0.1), bounds, 64, method="dense", level=0.05)
+    assert chamfer(mesh.vertices, dense.vertices) < 1e-6
+
+
+class TinyMLP(torch.nn.Module):
+    """An MLP whose zero set is close to a sphere: the sphere's SDF plus a small random perturbation."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = torch.nn.Sequential(torch.nn.Linear(3, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1))
+
+    def forward(self, points):
+        return points.norm(dim=1, keepdim=True) - 0.3 + 0.01 * self.net(points)
+
+
+def test_torch_module_is_wrapped_and_counted():
+    mesh, stats = extract_neural_field(torch_field(TinyMLP()), BOUNDS, 64, chunk_size=5000, coarse_resolution=16)
+    assert mesh.is_watertight
+    assert np.allclose(np.linalg.norm(mesh.vertices, axis=1), 0.3, atol=0.02)
+    assert stats.queries >= 17**3
+    assert stats.chunks >= stats.queries / 5000
+    assert stats.seconds > 0
+
+
+@pytest.mark.parametrize("method", ["dense", "hierarchical"])
+def test_chunk_size_is_respected(method):
+    calls = ExtractionStats()
+
+    def field(points):
+        assert points.shape[1] == 3 and 0 < len(points) <= 1000
+        assert points.dtype == np.float32
+        calls.queries += len(points)
+        calls.chunks += 1
+        return sphere()(points)
+
+    _, stats = extract_neural_field(field, BOUNDS, 64, method=method, chunk_size=1000, coarse_resolution=16)
+    assert (stats.queries, stats.chunks) == (calls.queries, calls.chunks)
+    assert stats.chunks >= stats.queries / 1000
+
+
+@pytest.mark.parametrize(("resolution", "coarse"), [(100, 32), (48, 32), (16, 32), (0, 32)])
+def test_resolution_that_is_not_a_power_of_two_multiple_is_refused(resolution, coarse):
+    with pytest.raises(ValueError, match="resolution"):
+        extract_neural_field(sphere(), BOUNDS, resolution, coarse_resolution=coarse)
+
+
+def test_unknown_method_is_refused():
+    with pytest.raises(ValueError, match="method"):
+        extract_neural_field(sphere(), BOUNDS, 32, method="octree")
