@@ -12,6 +12,8 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	# CPU PyTorch for the neural-field tests: this exact version installs from the machine's local wheel
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install --quiet torch==2.13.0
 	touch $@
 
 # The Khronos glTF validator checks every GLB we write (tests/pipeline/test_gltf_validator.py).

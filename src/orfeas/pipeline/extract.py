@@ -236,12 +236,23 @@ def _upsample(values: np.ndarray) -> np.ndarray:
 
 
 def _upsample_axis(values: np.ndarray, axis: int) -> np.ndarray:
-    """Linear upsampling along one axis: the old samples at even indices, their midpoints at odd ones."""
-    moved = np.moveaxis(values, axis, 0)
-    out = np.empty((2 * moved.shape[0] - 1, *moved.shape[1:]), dtype=values.dtype)
-    out[::2] = moved
-    out[1::2] = 0.5 * (moved[:-1] + moved[1:])
-    return np.moveaxis(out, 0, axis)
+    """Linear upsampling along one axis: the old samples at even indices, their midpoints at odd ones.
+
+    The result is C-contiguous, so that writes through `reshape(-1)` reach it.
+    """
+    shape = list(values.shape)
+    shape[axis] = 2 * shape[axis] - 1
+    out = np.empty(shape, dtype=values.dtype)
+    out[_along(axis, slice(None, None, 2))] = values
+    out[_along(axis, slice(1, None, 2))] = 0.5 * (
+        values[_along(axis, slice(None, -1))] + values[_along(axis, slice(1, None))]
+    )
+    return out
+
+
+def _along(axis: int, part: slice) -> tuple[slice, ...]:
+    """An index that takes `part` along one axis of a 3-D array and everything along the others."""
+    return tuple(part if a == axis else slice(None) for a in range(3))
 
 
 def _upsample_mask(mask: np.ndarray) -> np.ndarray:
