@@ -20,9 +20,11 @@ from pathlib import Path
 from orfeas import GenerateOptions, Settings, generate, save_result
 from orfeas.cli import parse_generator_options
 from orfeas.pipeline.generators import create_generator
+from report import write_section
 
 REPO = Path(__file__).resolve().parents[1]
 GT = REPO.parent / "shared" / "gt"
+HEADING = "3D accuracy of the default generator"
 MARKER = "accuracy-bench"
 # The two rows ../shared/gt/README.md reports for the same set, for comparison.
 REFERENCES = [
@@ -75,19 +77,6 @@ def render(rows: list[dict], options: GenerateOptions) -> str:
     return "\n".join(lines)
 
 
-def write_section(path: Path, body: str) -> None:
-    """Replace the text between this benchmark's markers (appending the section if it is missing)."""
-    start, end = f"<!-- {MARKER} -->", f"<!-- /{MARKER} -->"
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    block = f"{start}\n{body}\n{end}"
-    if start in text and end in text:
-        before, rest = text.split(start, 1)
-        text = before + block + rest.split(end, 1)[1]
-    else:
-        text = text.rstrip() + f"\n\n## 3D accuracy of the default generator\n\n{block}\n"
-    path.write_text(text)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--write", type=Path, help="Replace this benchmark's section in a markdown file.")
@@ -98,7 +87,7 @@ def main() -> None:
     print(render(rows, options))
     print(json.dumps(summarise(rows)))
     if args.write:
-        write_section(args.write, render(rows, options))
+        write_section(args.write, MARKER, HEADING, render(rows, options))
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ from tests.e2e.server import ORFEAS, Server  # noqa: E402
 
 from orfeas.client import AgentClient  # noqa: E402
 from orfeas.client.agent import ApiError, RateLimitError  # noqa: E402
+from report import write_section  # noqa: E402
 
 IMAGES = [REPO / "examples" / name for name in ("chair.png", "robot.png", "flamingo.png")]
 OPTIONS = {"faces": 2000, "resolution": 96}
@@ -166,15 +167,7 @@ def main() -> None:
     )
     print(body)
     if args.write:
-        start_marker, end_marker = f"<!-- {MARKER} -->", f"<!-- /{MARKER} -->"
-        text = args.write.read_text()
-        block = f"{start_marker}\n{body}\n{end_marker}"
-        if start_marker in text:
-            before, rest = text.split(start_marker, 1)
-            text = before + block + rest.split(end_marker, 1)[1]
-        else:
-            text = text.rstrip() + f"\n\n## Agent API under load\n\n{block}\n"
-        args.write.write_text(text)
+        write_section(args.write, MARKER, "Agent API under load", body)
     if lost or duplicated or wrong:
         raise SystemExit("load test found lost, duplicated or wrongly rejected work")
 

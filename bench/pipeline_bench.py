@@ -31,9 +31,11 @@ from orfeas import GenerateOptions, Settings, generate, save_result
 from orfeas.evaluation import silhouette_iou
 from orfeas.pipeline.generators import create_generator
 from orfeas.pipeline.image import load_image
+from report import write_section
 
 REPO = Path(__file__).resolve().parents[1]
 IMAGES = REPO.parent / "shared" / "images"
+HEADING = "Pipeline: fidelity, speed, memory"
 MARKER = "pipeline-bench"
 
 
@@ -126,7 +128,7 @@ def main() -> None:
     print(report)
     print(json.dumps(summary, indent=2), file=sys.stderr)
     if args.write:
-        write_section(args.write, report)
+        write_section(args.write, MARKER, HEADING, report)
 
 
 def render(rows: list[dict], stage_share: dict, summary: dict, repeats: int) -> str:
@@ -156,19 +158,6 @@ def render(rows: list[dict], stage_share: dict, summary: dict, repeats: int) -> 
         + ".",
     ]
     return "\n".join(lines)
-
-
-def write_section(path: Path, body: str) -> None:
-    """Replace the text between this benchmark's markers (appending the section if it is missing)."""
-    start, end = f"<!-- {MARKER} -->", f"<!-- /{MARKER} -->"
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    block = f"{start}\n{body}\n{end}"
-    if start in text and end in text:
-        before, rest = text.split(start, 1)
-        text = before + block + rest.split(end, 1)[1]
-    else:
-        text = text.rstrip() + f"\n\n## Pipeline: fidelity, speed, memory\n\n{block}\n"
-    path.write_text(text)
 
 
 if __name__ == "__main__":

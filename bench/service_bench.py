@@ -32,8 +32,10 @@ from orfeas.pipeline.generate import batch_key  # noqa: E402
 from orfeas.service.worker import ProgressBuffer  # noqa: E402
 from orfeas.store.db import create_db_engine, init_db, sqlite_url  # noqa: E402
 from orfeas.store.jobs import JobStore, NewJob  # noqa: E402
+from report import write_section  # noqa: E402
 
 IMAGE = REPO / "examples" / "chair.png"
+HEADING = "Job service"
 MARKER = "service-bench"
 
 
@@ -150,18 +152,6 @@ def render(count: int, direct: float, service: float, scheduler_ms: tuple[float,
     )
 
 
-def write_section(path: Path, body: str) -> None:
-    start, end = f"<!-- {MARKER} -->", f"<!-- /{MARKER} -->"
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    block = f"{start}\n{body}\n{end}"
-    if start in text and end in text:
-        before, rest = text.split(start, 1)
-        text = before + block + rest.split(end, 1)[1]
-    else:
-        text = text.rstrip() + f"\n\n## Job service\n\n{block}\n"
-    path.write_text(text)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--jobs", type=int, default=12)
@@ -179,7 +169,7 @@ def main() -> None:
     report = render(args.jobs, direct, service, scheduler_ms, poll)
     print(report)
     if args.write:
-        write_section(args.write, report)
+        write_section(args.write, MARKER, HEADING, report)
 
 
 if __name__ == "__main__":

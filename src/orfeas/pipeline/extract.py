@@ -183,9 +183,10 @@ def _refinement_depth(resolution: int, coarse_resolution: int) -> int:
     while size < resolution:
         depth, size = depth + 1, size * 2
     if size != resolution:
+        divisors = [resolution >> k for k in range(1, 8) if resolution % (1 << k) == 0 and resolution >> k >= 8]
         raise ValueError(
             f"hierarchical extraction needs resolution = coarse_resolution * 2**k; {resolution} is not a power-of-two"
-            f" multiple of {coarse_resolution} (nearest above: {size})"
+            f" multiple of coarse_resolution {coarse_resolution} (coarse resolutions that fit: {divisors or 'none'})"
         )
     return depth
 

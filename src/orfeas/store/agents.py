@@ -32,7 +32,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
 from orfeas.errors import OrfeasError
-from orfeas.store.db import metadata, read_only
+from orfeas.store.db import as_utc, iso_timestamps, metadata, read_only, utcnow
 
 AGENT_OPERATIONS = ("generate", "batch", "status", "download")
 DEFAULT_RATE_PER_MINUTE = 100
@@ -123,10 +123,7 @@ class AgentRecord:
         out = dataclasses.asdict(self)
         out["operations"] = list(self.operations)
         out["active"] = self.active
-        for key, value in out.items():
-            if isinstance(value, datetime):
-                out[key] = value.isoformat()
-        return out
+        return iso_timestamps(out)
 
     @classmethod
     def from_row(cls, row: sa.Row) -> AgentRecord:
@@ -134,7 +131,7 @@ class AgentRecord:
         values = dict(row._mapping)
         values["operations"] = tuple(values["operations"])
         for field in ("created_at", "revoked_at", "rotated_at"):
-            values[field] = _as_utc(values[field])
+            values[field] = as_utc(values[field])
         return cls(**values)
 
 
@@ -203,19 +200,6 @@ def _create_master_key_file(path: Path) -> None:
         temporary.unlink(missing_ok=True)
 
 
-def _utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
-def _as_utc(value: datetime | None) -> datetime | None:
-    """SQLite returns naive datetimes (we store UTC); PostgreSQL returns them in the session's time zone."""
-    if value is None:
-        return None
-    if value.tzinfo is None:
-        return value.replace(tzinfo=UTC)
-    return value.astimezone(UTC)
-
-
 def _seconds_until(moment: datetime, now: datetime) -> int:
     """Whole seconds from `now` until `moment`, rounded up and at least 1."""
     return max(1, math.ceil((moment - now).total_seconds()))
@@ -250,7 +234,7 @@ class AgentStore:
     tests can move the rate window without waiting.
     """
 
-    def __init__(self, engine: sa.Engine, master_key: bytes, now: Callable[[], datetime] = _utcnow) -> None:
+    def __init__(self, engine: sa.Engine, master_key: bytes, now: Callable[[], datetime] = utcnow) -> None:
         if len(master_key) < _MIN_MASTER_KEY_BYTES:
             raise ValueError(f"the agent master key must be at least {_MIN_MASTER_KEY_BYTES} bytes")
         self._engine = engine
@@ -372,7 +356,7 @@ class AgentStore:
             )
             count, oldest = conn.execute(in_window).one()
             limit = agent.rate_per_minute
-            frees_at = (_as_utc(oldest) if oldest is not None else now) + timedelta(seconds=RATE_WINDOW_SECONDS)
+            frees_at = (as_utc(oldest) if oldest is not None else now) + timedelta(seconds=RATE_WINDOW_SECONDS)
             reset = _seconds_until(frees_at, now)
             left = max(0, limit - count)
             if agent.revoked_at is not None:
@@ -445,7 +429,7 @@ class AgentStore:
             query = query.where(agents.c.name == agent_name)
         with read_only(self._engine) as conn:
             rows = conn.execute(query).all()
-        return [dict(row._mapping) | {"at": _as_utc(row.at).isoformat()} for row in rows]
+        return [dict(row._mapping) | {"at": as_utc(row.at).isoformat()} for row in rows]
 
     def delete_audit_before(self, cutoff: datetime) -> int:
         """Delete audit rows recorded before `cutoff`; returns how many."""

@@ -1,7 +1,9 @@
 """Database engine and the table definitions of the job store (SQLite by default, PostgreSQL for several hosts)."""
 
+from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import JSONB
@@ -136,3 +138,21 @@ def _begin_sqlite(connection: sa.Connection) -> None:
         connection.exec_driver_sql("BEGIN DEFERRED")
     else:
         connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def as_utc(value: datetime | None) -> datetime | None:
+    """SQLite returns naive datetimes (we store UTC); PostgreSQL returns them in the session's time zone."""
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value.astimezone(UTC)
+
+
+def iso_timestamps(values: dict[str, Any]) -> dict[str, Any]:
+    """The same mapping with every datetime as an ISO 8601 string (JSON-ready)."""
+    return {key: value.isoformat() if isinstance(value, datetime) else value for key, value in values.items()}

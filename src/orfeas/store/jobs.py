@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
 from orfeas.errors import OrfeasError
-from orfeas.store.db import FINISHED_STATUSES, JobStatus, job_events, jobs, read_only
+from orfeas.store.db import FINISHED_STATUSES, JobStatus, as_utc, iso_timestamps, job_events, jobs, read_only, utcnow
 
 _ACTIVE_STATUSES = (JobStatus.QUEUED, JobStatus.RUNNING)
 _QUEUE_ORDER = (jobs.c.created_at, jobs.c.request_index, jobs.c.id)
@@ -72,10 +72,7 @@ class JobRecord:
         """The record as JSON-ready values (status as a plain string, timestamps in ISO 8601)."""
         out = dataclasses.asdict(self)
         out["status"] = self.status.value
-        for key, value in out.items():
-            if isinstance(value, datetime):
-                out[key] = value.isoformat()
-        return out
+        return iso_timestamps(out)
 
     @classmethod
     def from_row(cls, row: sa.Row) -> "JobRecord":
@@ -83,26 +80,13 @@ class JobRecord:
         values = dict(row._mapping)
         values["status"] = JobStatus(values["status"])
         for field in ("lease_expires_at", "created_at", "updated_at", "started_at", "finished_at"):
-            values[field] = _as_utc(values[field])
+            values[field] = as_utc(values[field])
         return cls(**values)
 
 
 def new_job_id() -> str:
     """A fresh job id (uuid4 hex, 32 characters)."""
     return uuid.uuid4().hex
-
-
-def _utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
-def _as_utc(value: datetime | None) -> datetime | None:
-    """SQLite returns naive datetimes (we store UTC); PostgreSQL returns them in the session's time zone."""
-    if value is None:
-        return None
-    if value.tzinfo is None:
-        return value.replace(tzinfo=UTC)
-    return value.astimezone(UTC)
 
 
 def _owned_by(worker_id: str) -> sa.ColumnElement[bool]:
@@ -136,7 +120,7 @@ class JobStore:
     `now` is the clock (timezone-aware), injectable so tests can expire leases without waiting.
     """
 
-    def __init__(self, engine: sa.Engine, now: Callable[[], datetime] = _utcnow) -> None:
+    def __init__(self, engine: sa.Engine, now: Callable[[], datetime] = utcnow) -> None:
         self._engine = engine
         self._clock = now
 
@@ -504,6 +488,6 @@ class JobStore:
         )
         with read_only(self._engine) as conn:
             return [
-                {"status": row.status, "at": _as_utc(row.at).isoformat(), "worker": row.worker, "detail": row.detail}
+                {"status": row.status, "at": as_utc(row.at).isoformat(), "worker": row.worker, "detail": row.detail}
                 for row in conn.execute(query)
             ]
