@@ -20,10 +20,12 @@ import trimesh
 from scipy.spatial import cKDTree
 
 from orfeas.pipeline.extract import ExtractionStats, extract_neural_field, torch_field
+from report import write_section
 
 REPO = Path(__file__).resolve().parents[1]
 MESH = REPO.parent / "shared" / "gt" / "placed" / "busted.ply"
 MARKER = "extract-bench"
+HEADING = "Mesh extraction for neural fields"
 BOUNDS = ((-0.5, -0.5, -0.5), (0.5, 0.5, 0.5))
 RESOLUTIONS = (128, 256, 384)
 CHUNK = 8000
@@ -105,7 +107,7 @@ def coarse_resolution_for(resolution: int) -> int:
     return resolution // 8
 
 
-def measure(model: SDFNet, resolution: int) -> dict:
+def measure(model: SDFNet, resolution: int, band: float) -> dict:
     """Extract at one resolution with both methods; queries, chunks, seconds, Chamfer and component counts."""
     field = torch_field(model)
     row: dict = {"resolution": resolution, "coarse": coarse_resolution_for(resolution)}
@@ -113,7 +115,7 @@ def measure(model: SDFNet, resolution: int) -> dict:
     stats: dict[str, ExtractionStats] = {}
     for method in ("dense", "hierarchical"):
         meshes[method], stats[method] = extract_neural_field(
-            field, BOUNDS, resolution, method=method, chunk_size=CHUNK, coarse_resolution=row["coarse"]
+            field, BOUNDS, resolution, method=method, chunk_size=CHUNK, coarse_resolution=row["coarse"], band=band
         )
     row["stats"] = stats
     row["chamfer"] = chamfer_voxels(meshes["dense"], meshes["hierarchical"], resolution)
@@ -121,11 +123,12 @@ def measure(model: SDFNet, resolution: int) -> dict:
     return row
 
 
-def render(rows: list[dict], fit_seconds: float, threads: int) -> str:
+def render(rows: list[dict], fit_seconds: float, threads: int, band: float) -> str:
     """A markdown table, the command in its first line."""
     lines = [
         "`.venv/bin/python bench/extract_bench.py`: an MLP SDF (Fourier features, 3 x 128) fitted to busted.ply,"
-        f" meshed on the CPU ({threads} torch threads) in chunks of {CHUNK} points; fitting took {fit_seconds:.0f} s.",
+        f" meshed on the CPU ({threads} torch threads) in chunks of {CHUNK} points, band {band} cells;"
+        f" fitting took {fit_seconds:.0f} s.",
         "",
         "| resolution | method | coarse | queries | chunks | seconds | components | Chamfer vs dense (voxels) |",
         "|---:|---|---:|---:|---:|---:|---:|---:|",
@@ -158,34 +161,22 @@ def summary(rows: list[dict]) -> list[str]:
     return lines
 
 
-def write_section(path: Path, body: str) -> None:
-    """Replace the text between this benchmark's markers (appending the section if it is missing)."""
-    start, end = f"<!-- {MARKER} -->", f"<!-- /{MARKER} -->"
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    block = f"{start}\n{body}\n{end}"
-    if start in text and end in text:
-        before, rest = text.split(start, 1)
-        text = before + block + rest.split(end, 1)[1]
-    else:
-        text = text.rstrip() + f"\n\n## Mesh extraction for neural fields\n\n{block}\n"
-    path.write_text(text)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--write", type=Path, help="Replace this benchmark's section in a markdown file.")
     parser.add_argument("--samples", type=int, default=30_000, help="Training points (signed distances are slow).")
     parser.add_argument("--steps", type=int, default=600, help="Adam steps.")
     parser.add_argument("--resolution", type=int, action="append", help="Resolutions to measure (default 128 256 384).")
+    parser.add_argument("--band", type=float, default=1.5, help="Refinement band in cells (extract_neural_field).")
     args = parser.parse_args()
     start = time.perf_counter()
     model = fit_sdf(*training_samples(load_normalised(MESH), args.samples), steps=args.steps)
     fit_seconds = time.perf_counter() - start
-    rows = [measure(model, resolution) for resolution in args.resolution or RESOLUTIONS]
-    body = render(rows, fit_seconds, torch.get_num_threads())
+    rows = [measure(model, resolution, args.band) for resolution in args.resolution or RESOLUTIONS]
+    body = render(rows, fit_seconds, torch.get_num_threads(), args.band)
     print(body)
     if args.write:
-        write_section(args.write, body)
+        write_section(args.write, MARKER, HEADING, body)
 
 
 if __name__ == "__main__":

@@ -230,25 +230,24 @@ def _unqueried_points(cells: np.ndarray, queried: np.ndarray) -> np.ndarray:
 
 
 def _upsample(values: np.ndarray) -> np.ndarray:
-    """Trilinear upsampling of a grid of n^3 samples to (2n - 1)^3 (one new sample between each pair)."""
-    for axis in range(3):
-        values = _upsample_axis(values, axis)
-    return values
+    """Trilinear upsampling of a grid of n^3 samples to (2n - 1)^3 (one new sample between each pair).
 
-
-def _upsample_axis(values: np.ndarray, axis: int) -> np.ndarray:
-    """Linear upsampling along one axis: the old samples at even indices, their midpoints at odd ones.
-
-    The result is C-contiguous, so that writes through `reshape(-1)` reach it.
+    Written in place into one C-contiguous array (so that writes through `reshape(-1)` reach it), one axis at a
+    time: each pass fills the midpoints along an axis from the samples the previous passes already placed.
     """
-    shape = list(values.shape)
-    shape[axis] = 2 * shape[axis] - 1
-    out = np.empty(shape, dtype=values.dtype)
-    out[_along(axis, slice(None, None, 2))] = values
-    out[_along(axis, slice(1, None, 2))] = 0.5 * (
-        values[_along(axis, slice(None, -1))] + values[_along(axis, slice(1, None))]
-    )
+    out = np.empty(tuple(2 * s - 1 for s in values.shape), dtype=values.dtype)
+    out[::2, ::2, ::2] = values
+    _fill_midpoints(out[:, ::2, ::2], axis=0)
+    _fill_midpoints(out[:, :, ::2], axis=1)
+    _fill_midpoints(out, axis=2)
     return out
+
+
+def _fill_midpoints(grid: np.ndarray, axis: int) -> None:
+    """Set the odd samples along one axis of a view to the mean of their even neighbours."""
+    midpoints = grid[_along(axis, slice(1, None, 2))]
+    np.add(grid[_along(axis, slice(None, -1, 2))], grid[_along(axis, slice(2, None, 2))], out=midpoints)
+    midpoints *= 0.5
 
 
 def _along(axis: int, part: slice) -> tuple[slice, ...]:
