@@ -19,7 +19,7 @@ import torch
 import trimesh
 from scipy.spatial import cKDTree
 
-from orfeas.pipeline.extract import ExtractionStats, extract_neural_field, torch_field
+from orfeas.pipeline.extract import BAND, ExtractionStats, extract_neural_field, torch_field
 from report import write_section
 
 REPO = Path(__file__).resolve().parents[1]
@@ -101,23 +101,16 @@ def chamfer_voxels(a: trimesh.Trimesh, b: trimesh.Trimesh, resolution: int) -> f
     return float(mean * resolution)
 
 
-def coarse_resolution_for(resolution: int) -> int:
-    """An eighth of the target resolution: 16, 32 and 48 for 128, 256 and 384 (384 is no power-of-two multiple
-    of 32)."""
-    return resolution // 8
-
-
-def measure(model: SDFNet, resolution: int, band: float) -> dict:
+def measure(model: SDFNet, resolution: int, band: float, coarse: int | None) -> dict:
     """Extract at one resolution with both methods; queries, chunks, seconds, Chamfer and component counts."""
     field = torch_field(model)
-    row: dict = {"resolution": resolution, "coarse": coarse_resolution_for(resolution)}
     meshes: dict[str, trimesh.Trimesh] = {}
     stats: dict[str, ExtractionStats] = {}
     for method in ("dense", "hierarchical"):
         meshes[method], stats[method] = extract_neural_field(
-            field, BOUNDS, resolution, method=method, chunk_size=CHUNK, coarse_resolution=row["coarse"], band=band
+            field, BOUNDS, resolution, method=method, chunk_size=CHUNK, coarse_resolution=coarse, band=band
         )
-    row["stats"] = stats
+    row: dict = {"resolution": resolution, "coarse": stats["hierarchical"].coarse_resolution, "stats": stats}
     row["chamfer"] = chamfer_voxels(meshes["dense"], meshes["hierarchical"], resolution)
     row["components"] = {m: len(mesh.split(only_watertight=False)) for m, mesh in meshes.items()}
     return row
@@ -167,12 +160,13 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=30_000, help="Training points (signed distances are slow).")
     parser.add_argument("--steps", type=int, default=600, help="Adam steps.")
     parser.add_argument("--resolution", type=int, action="append", help="Resolutions to measure (default 128 256 384).")
-    parser.add_argument("--band", type=float, default=1.5, help="Refinement band in cells (extract_neural_field).")
+    parser.add_argument("--band", type=float, default=BAND, help="Refinement band in cells (extract_neural_field).")
+    parser.add_argument("--coarse", type=int, help="Coarse resolution (default: extract_neural_field's choice).")
     args = parser.parse_args()
     start = time.perf_counter()
     model = fit_sdf(*training_samples(load_normalised(MESH), args.samples), steps=args.steps)
     fit_seconds = time.perf_counter() - start
-    rows = [measure(model, resolution, args.band) for resolution in args.resolution or RESOLUTIONS]
+    rows = [measure(model, resolution, args.band, args.coarse) for resolution in args.resolution or RESOLUTIONS]
     body = render(rows, fit_seconds, torch.get_num_threads(), args.band)
     print(body)
     if args.write:

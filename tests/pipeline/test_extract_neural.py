@@ -144,3 +144,10 @@ def test_resolution_that_is_not_a_power_of_two_multiple_is_refused(resolution, c
 def test_unknown_method_is_refused():
     with pytest.raises(ValueError, match="method"):
         extract_neural_field(sphere(), BOUNDS, 32, method="octree")
+
+
+@pytest.mark.parametrize(("resolution", "coarse"), [(64, 32), (100, 25), (384, 48), (97, 97)])
+def test_coarse_resolution_is_chosen_when_not_given(resolution, coarse):
+    field = sphere() if resolution < 384 else box(half=(0.4, 0.4, 0.4))
+    _, stats = extract_neural_field(field, BOUNDS, resolution)
+    assert stats.coarse_resolution == coarse
