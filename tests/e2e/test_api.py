@@ -198,3 +198,20 @@ def test_monitoring_endpoints(client):
     assert "orfeas_stage_duration_seconds_bucket" in metrics and "orfeas_queue_depth" in metrics
     assert client.get("/readyz").json()["status"] == "ready"
     assert client.get("/docs").status_code == 200
+
+
+def test_generators_lists_what_this_machine_can_run(client):
+    listing = client.get("/api/generators").json()
+    names = {g["name"]: g for g in listing["generators"]}
+    assert names["inflate"]["default_resolution"] == 192 and listing["default"] == "inflate"
+
+
+def test_cutout_preview_is_the_background_removed_image(client):
+    response = client.post("/api/cutout", files=[("image", ("teapot.png", TEAPOT, "image/png"))])
+    assert response.status_code == 200 and response.headers["content-type"] == "image/png"
+    cut = Image.open(io.BytesIO(response.content))
+    assert cut.mode == "RGBA" and cut.size == (256, 256)
+    alpha = cut.getchannel("A")
+    assert alpha.getpixel((0, 0)) == 0 and alpha.getpixel((128, 128)) == 255
+    bad = client.post("/api/cutout", files=[("image", ("x.png", b"nope", "image/png"))])
+    assert bad.status_code == 400

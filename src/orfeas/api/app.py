@@ -9,12 +9,13 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 
 from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
 from prometheus_client import CollectorRegistry
 
 from orfeas import __version__
 from orfeas.api.deps import Services
 from orfeas.api.errors import BodySizeLimit, install_error_handlers
-from orfeas.api.routes import agent, jobs, monitoring
+from orfeas.api.routes import agent, jobs, monitoring, studio
 from orfeas.config import Settings
 from orfeas.service.agents import AgentAuthenticator
 from orfeas.service.jobs import JobService
@@ -109,4 +110,6 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = True) -> 
     app.include_router(jobs.router)
     app.include_router(monitoring.router)
     app.include_router(agent.router)
+    app.include_router(studio.router)
+    app.mount("/static", StaticFiles(directory=str(studio.WEB / "static"), check_dir=False), name="static")
     return app

@@ -72,7 +72,7 @@ class JobService:
         if options.backend not in available_generators(self.settings):
             known = ", ".join(available_generators(self.settings))
             raise InvalidOptions(f"unknown backend {options.backend!r}; available: {known}")
-        self._generator(options.backend).check_options(options.generator_options)
+        self.generator(options.backend).check_options(options.generator_options)
         if idempotency_key:
             existing = self.store.find_idempotent(idempotency_key, owner)
             if existing:
@@ -96,7 +96,8 @@ class JobService:
                 self.artifacts.delete(job.id)
         return jobs, created
 
-    def _generator(self, name: str) -> Generator:
+    def generator(self, name: str) -> Generator:
+        """The named generator, built once (building is cheap; weights load on first use)."""
         if name not in self._generators:
             self._generators[name] = create_generator(name, self.settings)
         return self._generators[name]
