@@ -6,7 +6,7 @@ VALIDATOR := tools/gltf-validator
 
 .PHONY: setup run examples test lint bench clean
 
-setup: $(VENV)/.installed $(VALIDATOR)/node_modules/.installed
+setup: $(VENV)/.installed $(VALIDATOR)/node_modules/.installed studio
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,25 @@ $(VALIDATOR)/node_modules/.installed: $(VALIDATOR)/package.json
 		npm install --silent --no-audit --no-fund --prefix $(VALIDATOR) && touch $@; \
 	else \
 		echo "npm not found: the glTF validator test will be skipped (install Node.js to run it)"; \
+	fi
+
+# The studio page's bundle (three.js viewer and all) is committed, so a pip install needs no npm; this rebuilds it
+# when web/src or web/package.json change.
+STUDIO := src/orfeas/web/static/app.js
+.PHONY: studio
+studio: $(STUDIO)
+
+web/node_modules/.installed: web/package.json $(wildcard web/package-lock.json)
+	@if command -v npm >/dev/null 2>&1; then \
+		if [ -f web/package-lock.json ]; then npm ci --silent --no-audit --no-fund --prefix web; \
+		else npm install --silent --no-audit --no-fund --prefix web; fi && touch $@; \
+	fi
+
+$(STUDIO): web/package.json $(wildcard web/src/*.js) | web/node_modules/.installed
+	@if [ -f web/node_modules/.installed ]; then \
+		npx --prefix web esbuild web/src/main.js --bundle --format=esm --minify --log-level=warning --outfile=$@; \
+	else \
+		echo "npm not found: keeping the committed $@ (install Node.js to rebuild the studio page)"; \
 	fi
 
 run: setup
