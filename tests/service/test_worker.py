@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from orfeas.config import Settings
@@ -60,7 +62,7 @@ def test_progress_buffer_writes_the_latest_stage_per_job_in_one_go(parts):
     jobs, _ = service.submit([CHAIR, CHAIR], GenerateOptions(resolution=64))
     claimed = store.claim_batch("w1", 2, 30)
     buffer = ProgressBuffer(store, "w1", interval=60)
-    buffer.last_flush = float("inf")  # nothing is written until flush()
+    buffer.last_flush = time.monotonic()  # the timer's write is a minute away: only flush() writes
     for stage in ("image_loading", "background_removal", "shape_generation"):
         for job in claimed:
             buffer.record(job.id, stage)
@@ -71,6 +73,18 @@ def test_progress_buffer_writes_the_latest_stage_per_job_in_one_go(parts):
     buffer.record(jobs[0].id, "mesh_extraction")
     buffer.record(jobs[1].id, "mesh_extraction")
     assert buffer.flush() == {jobs[0].id}  # the canceled job is no longer ours
+
+
+def test_a_stage_recorded_too_soon_is_still_written_when_the_interval_is_up(parts):
+    store, _, service, _ = parts
+    (job,), _ = service.submit([CHAIR], GenerateOptions(resolution=64))
+    store.claim_batch("w1", 1, 30)
+    buffer = ProgressBuffer(store, "w1", interval=0.2)
+    buffer.record(job.id, "image_loading")  # written at once
+    buffer.record(job.id, "shape_generation")  # too soon: the timer writes it
+    assert store.get(job.id).stage == "image_loading"
+    time.sleep(0.5)  # a long generator call, with nothing else recorded
+    assert store.get(job.id).stage == "shape_generation"
 
 
 @pytest.mark.parametrize(

@@ -41,7 +41,11 @@ def is_out_of_memory(exc: BaseException) -> bool:
 
 class ProgressBuffer:
     """Coalesces progress updates: the latest stage of each job, written in one transaction at most every
-    `interval` seconds (a batch of fast stages would otherwise cost one database commit per stage per job)."""
+    `interval` seconds (a batch of fast stages would otherwise cost one database commit per stage per job).
+
+    An update that arrives too soon after a write is written by a timer when the interval is up, so a stage that
+    starts just after another and then runs long (the generator's call) is still shown while it runs.
+    """
 
     def __init__(self, store: JobStore, worker_id: str, interval: float = 0.1):
         self.store = store
@@ -49,17 +53,36 @@ class ProgressBuffer:
         self.interval = interval
         self.pending: dict[str, tuple[int, str]] = {}
         self.last_flush = 0.0
+        self._lock = threading.Lock()
+        self._timer: threading.Timer | None = None
 
     def record(self, job_id: str, stage: str) -> None:
-        self.pending[job_id] = (STAGE_PROGRESS.get(stage, 0), stage)
-        if time.monotonic() - self.last_flush >= self.interval:
-            self.flush()
+        with self._lock:
+            self.pending[job_id] = (STAGE_PROGRESS.get(stage, 0), stage)
+            wait = self.interval - (time.monotonic() - self.last_flush)
+            if wait > 0:
+                if self._timer is None:
+                    self._timer = threading.Timer(wait, self._flush_from_timer)
+                    self._timer.daemon = True
+                    self._timer.start()
+                return
+        self.flush()
 
     def flush(self) -> set[str]:
         """Write what is pending; returns the ids of those jobs the worker still runs."""
-        updates, self.pending = self.pending, {}
-        self.last_flush = time.monotonic()
+        with self._lock:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            updates, self.pending = self.pending, {}
+            self.last_flush = time.monotonic()
         return self.store.update_progress_many(self.worker_id, updates) if updates else set()
+
+    def _flush_from_timer(self) -> None:
+        try:
+            self.flush()
+        except Exception:  # a lost progress write must not take the worker down; the next one will land
+            logger.exception("progress write failed", extra={"worker": self.worker_id})
 
 
 class Worker:
