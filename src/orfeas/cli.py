@@ -23,7 +23,7 @@ from orfeas.pipeline.generators import create_generator
 from orfeas.pipeline.preview import render_preview
 
 app = typer.Typer(help="ORFEAS: turn images into 3D models.", no_args_is_help=True, add_completion=False)
-stderr = Console(stderr=True)
+stderr = Console(stderr=True, soft_wrap=True)  # one error, one line: no wrapping
 
 
 @app.callback()
@@ -130,9 +130,12 @@ def serve_command(
     overrides = {key: value for key, value in {"data_dir": data_dir, "database_url": database}.items() if value}
     settings = Settings(**overrides)
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if database and not settings.data_dir.exists():
+        stderr.print(f"[red]error:[/red] the shared data directory {settings.data_dir} does not exist")
+        raise typer.Exit(2)
     try:
         application = create_app(settings, run_worker=worker)
-    except OrfeasError as exc:
+    except (OrfeasError, ValueError) as exc:
         stderr.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None
     stderr.print(f"ORFEAS is serving on http://{host}:{port}  (API docs: http://{host}:{port}/docs)")
@@ -258,6 +261,49 @@ def mcp_command() -> None:
         raise _fail(f"the MCP server needs the 'mcp' package: pip install 'orfeas[mcp]' ({exc})") from None
 
     run()
+
+
+@app.command("worker")
+def worker_command(
+    data_dir: Annotated[Path, typer.Option(help="Result folder shared with the API servers (must exist).")] = Path(
+        "orfeas-data"
+    ),
+    database: DatabaseOption = None,
+    device: Annotated[str, typer.Option(help="'auto', 'cpu' or 'cuda:N': whose memory sizes the batches.")] = "auto",
+    log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
+) -> None:
+    """Run a worker without the API: it claims batches from the shared database until stopped (SIGTERM/Ctrl-C)."""
+    import signal
+    import threading
+
+    from orfeas.service.optimizer import MemoryProbe, ResourceOptimizer
+    from orfeas.service.worker import Worker
+    from orfeas.store.artifacts import ArtifactStore
+    from orfeas.store.db import sqlite_url
+    from orfeas.store.jobs import JobStore
+    from orfeas.store.startup import open_database
+
+    if not data_dir.is_dir():
+        raise _fail(f"the shared data directory {data_dir} does not exist (mount it or create it first)", code=2)
+    overrides = {key: value for key, value in {"database_url": database}.items() if value}
+    settings = Settings(data_dir=data_dir, device=device, **overrides)
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        engine = open_database(settings.database_url or sqlite_url(settings.data_dir))
+        probe = MemoryProbe(settings.device)
+    except (OrfeasError, ValueError) as exc:
+        raise _fail(str(exc), code=2) from None
+    worker = Worker(
+        JobStore(engine),
+        ArtifactStore(settings.data_dir),
+        settings,
+        ResourceOptimizer(probe, settings.target_utilization, settings.max_batch),
+    )
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    stderr.print(f"worker {worker.worker_id} on {engine.url.render_as_string(hide_password=True)}")
+    worker.run(stop)
 
 
 @app.command("preview")

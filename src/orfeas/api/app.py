@@ -25,8 +25,9 @@ from orfeas.service.optimizer import MemoryProbe, ResourceOptimizer
 from orfeas.service.worker import Worker
 from orfeas.store.agents import AgentStore, load_master_key
 from orfeas.store.artifacts import ArtifactStore
-from orfeas.store.db import create_db_engine, init_db, sqlite_url
+from orfeas.store.db import sqlite_url
 from orfeas.store.jobs import JobStore
+from orfeas.store.startup import open_database
 
 logger = logging.getLogger(__name__)
 SAMPLE_SECONDS = 2.0  # utilization sampling period for the trend
@@ -36,8 +37,7 @@ HOUSEKEEPING_SECONDS = 60.0
 def build_services(settings: Settings) -> Services:
     """Open the database and the result folder and build the objects the routes and the worker share."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    engine = create_db_engine(settings.database_url or sqlite_url(settings.data_dir))
-    init_db(engine)
+    engine = open_database(settings.database_url or sqlite_url(settings.data_dir))
     store = JobStore(engine)
     artifacts = ArtifactStore(settings.data_dir)
     probe = MemoryProbe(settings.device)
