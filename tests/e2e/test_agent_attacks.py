@@ -251,3 +251,18 @@ def test_batch_submits_several_jobs_through_one_request(client, agent):
     jobs = response.json()["jobs"]
     assert [job["input_name"] for job in jobs] == ["c0.png", "c1.png", "c2.png"]
     assert all(job["status"] == "succeeded" for job in wait_for(client, [job["id"] for job in jobs]))
+
+
+def test_multipart_submission_and_its_bad_options(client, agent):
+    key_id, secret = agent
+    chair = (EXAMPLES / "chair.png").read_bytes()
+    for options, status in (('{"faces": 2000}', 202), ("{not json", 422), ("[1, 2]", 422)):
+        request = client.build_request(
+            "POST", GENERATE, files=[("image", ("chair.png", chair, "image/png"))], data={"options": options}
+        )
+        body = request.read()
+        request.headers.update(signed(key_id, secret, "POST", GENERATE, body))
+        response = client.send(request)
+        assert response.status_code == status, response.text
+        if status == 422:
+            assert "options" in response.json()["error"]["message"]

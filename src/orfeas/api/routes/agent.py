@@ -13,7 +13,7 @@ from fastapi.responses import FileResponse, JSONResponse
 
 from orfeas.api.deps import Services, get_services
 from orfeas.api.errors import status_for
-from orfeas.api.routes.jobs import checked_id, job_view, result_file_response
+from orfeas.api.routes.jobs import checked_id, job_view, parse_json_object, result_file_response
 from orfeas.errors import InvalidImage, InvalidOptions, OrfeasError
 from orfeas.options import GenerateOptions
 from orfeas.service.agents import rate_limit_headers
@@ -166,7 +166,8 @@ async def _read_submission(call: AgentRequest, services: Services, many: bool) -
         form = await call.request.form()
         files = form.getlist("image")
         uploads = [Upload(name=f.filename or "image", data=await f.read()) for f in files if hasattr(f, "read")]
-        raw_options = json.loads(form.get("options") or "{}") if isinstance(form.get("options", "{}"), str) else {}
+        options_field = form.get("options")
+        raw_options = parse_json_object(options_field if isinstance(options_field, str) else "{}", "options")
     else:
         try:
             payload = json.loads(call.body or b"{}")

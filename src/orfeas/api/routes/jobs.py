@@ -68,7 +68,7 @@ async def submit_jobs(
         texture=texture,
         formats=formats,
         seed=seed,
-        generator_options=_parse_json_object(generator_options),
+        generator_options=parse_json_object(generator_options, "generator_options"),
     )
     uploads = [Upload(name=file.filename or "image", data=await file.read()) for file in image or []]
     jobs, created = await asyncio.to_thread(services.jobs.submit, uploads, options, idempotency_key)
@@ -160,11 +160,12 @@ async def job_events(websocket: WebSocket, job_id: str) -> None:
         return
 
 
-def _parse_json_object(text: str) -> dict[str, Any]:
+def parse_json_object(text: str, field: str) -> dict[str, Any]:
+    """A form field holding a JSON object; InvalidOptions (422) naming the field when it is not one."""
     try:
         value = json.loads(text or "{}")
     except json.JSONDecodeError as exc:
-        raise InvalidOptions(f"generator_options is not valid JSON: {exc}") from None
+        raise InvalidOptions(f"{field} is not valid JSON: {exc}") from None
     if not isinstance(value, dict):
-        raise InvalidOptions("generator_options must be a JSON object")
+        raise InvalidOptions(f"{field} must be a JSON object")
     return value
