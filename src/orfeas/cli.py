@@ -252,6 +252,66 @@ def agents_audit(
     Console(file=sys.stdout).print(table)
 
 
+db_app = typer.Typer(help="The job database's schema (operator commands; servers and workers upgrade at start too).")
+app.add_typer(db_app, name="db")
+
+
+def _database_url(data_dir: Path | None, database: str | None) -> str:
+    from orfeas.store.db import sqlite_url
+
+    overrides = {key: value for key, value in {"data_dir": data_dir, "database_url": database}.items() if value}
+    settings = Settings(**overrides)
+    if not settings.database_url:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+    return settings.database_url or sqlite_url(settings.data_dir)
+
+
+def _shown_url(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return "(not a database URL)"
+
+
+@db_app.command("upgrade")
+def db_upgrade(data_dir: DataDirOption = None, database: DatabaseOption = None) -> None:
+    """Bring the database to the newest schema revision (an existing one keeps its jobs and agents)."""
+    from orfeas.store.startup import upgrade_database
+
+    try:
+        engine, before, head = upgrade_database(_database_url(data_dir, database))
+    except OrfeasError as exc:
+        raise _fail(str(exc), code=2) from None
+    shown = engine.url.render_as_string(hide_password=True)
+    engine.dispose()
+    if before == head:
+        print(f"{shown}: already at revision {head}")
+    else:
+        print(f"{shown}: upgraded from {before or 'no revision'} to {head}")
+
+
+@db_app.command("current")
+def db_current(data_dir: DataDirOption = None, database: DatabaseOption = None) -> None:
+    """Print the database's schema revision and the newest one this version knows; changes nothing."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from orfeas.store.db import create_db_engine
+    from orfeas.store.migrate import current_revision, head_revision
+
+    url = _database_url(data_dir, database)
+    try:
+        engine = create_db_engine(url)
+        current = current_revision(engine)
+    except (SQLAlchemyError, ValueError) as exc:
+        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+        raise _fail(f"cannot read the database {_shown_url(url)}: {reason}", code=2) from None
+    engine.dispose()
+    print(f"current: {current or 'none'}")
+    print(f"head: {head_revision()}")
+
+
 @app.command("mcp")
 def mcp_command() -> None:
     """Run the MCP server on stdio (credentials from ORFEAS_AGENT_URL, ORFEAS_AGENT_KEY, ORFEAS_AGENT_SECRET)."""

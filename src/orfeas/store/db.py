@@ -1,5 +1,6 @@
 """Database engine and the table definitions of the job store (SQLite by default, PostgreSQL for several hosts)."""
 
+import os
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
@@ -92,8 +93,12 @@ def sqlite_url(data_dir: Path) -> str:
     return f"sqlite:///{Path(data_dir) / 'orfeas.db'}"
 
 
-def create_db_engine(url: str) -> sa.Engine:
-    """An engine for a SQLite file or a PostgreSQL server, set up for several concurrent claimers."""
+def create_db_engine(url: str, application_name: str | None = None) -> sa.Engine:
+    """An engine for a SQLite file or a PostgreSQL server, set up for several concurrent claimers.
+
+    On PostgreSQL every connection carries `application_name` (default `orfeas-<pid>`; a URL's own wins), so an
+    operator can tell the API's connections from a worker's in pg_stat_activity.
+    """
     parsed = sa.make_url(url)
     if parsed.get_backend_name() == "sqlite":
         # Shared by the API thread and the worker thread; the pool hands each thread its own connection at a time.
@@ -104,7 +109,11 @@ def create_db_engine(url: str) -> sa.Engine:
     if parsed.get_backend_name() == "postgresql":
         if parsed.drivername == "postgresql":
             parsed = parsed.set(drivername="postgresql+psycopg")
-        return sa.create_engine(parsed, pool_pre_ping=True)
+        connect_args = {}
+        if "application_name" not in parsed.query:
+            connect_args["application_name"] = application_name or f"orfeas-{os.getpid()}"
+        # pre-ping replaces a pooled connection the server closed (restart, pg_terminate_backend) before it is used
+        return sa.create_engine(parsed, pool_pre_ping=True, connect_args=connect_args)
     raise ValueError(f"unsupported database URL {parsed.render_as_string()!r}: use sqlite:/// or postgresql://")
 
 
@@ -113,11 +122,20 @@ def read_only(engine: sa.Engine) -> sa.Connection:
     return engine.connect().execution_options(**{_READ_ONLY: True})
 
 
-def init_db(engine: sa.Engine) -> None:
-    """Create the tables that do not exist yet (every module that defines tables on `metadata` is imported)."""
-    import orfeas.store.agents  # noqa: F401  (registers the agent tables)
+def is_database_outage(exc: BaseException) -> bool:
+    """True for errors that say the database cannot be reached right now (server down, connection cut, SQLite
+    locked past its timeout) rather than that a statement is wrong: worth retrying later, and a 503 for the API."""
+    if isinstance(exc, sa.exc.OperationalError | sa.exc.InterfaceError):
+        return True
+    return isinstance(exc, sa.exc.DBAPIError) and exc.connection_invalidated
 
-    metadata.create_all(engine)
+
+def init_db(engine: sa.Engine) -> None:
+    """Bring the database to the newest schema revision (see `orfeas.store.migrate.upgrade`); safe to run at once
+    from several processes, and only a read when the database is up to date."""
+    from orfeas.store.migrate import upgrade  # migrate imports this module
+
+    upgrade(engine)
 
 
 def _configure_sqlite(dbapi_connection, _connection_record) -> None:

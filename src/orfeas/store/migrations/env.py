@@ -1,0 +1,11 @@
+"""Alembic's entry point: runs the migrations on the connection that `orfeas.store.migrate` hands over."""
+
+from alembic import context
+
+import orfeas.store.agents  # noqa: F401  (registers the agent tables on metadata)
+from orfeas.store.db import metadata
+
+connection = context.config.attributes["connection"]
+context.configure(connection=connection, target_metadata=metadata, render_as_batch=True)
+with context.begin_transaction():  # inside the caller's transaction this is a no-op: the caller commits
+    context.run_migrations()
