@@ -192,6 +192,44 @@ def test_docker_compose_refuses_to_start_without_the_secrets(tmp_path):
     assert "in deploy/.env" in proc.stderr
 
 
+def deploy_guide_compose_commands() -> list[list[str]]:
+    """The `docker compose ...` commands of docs/DEPLOY.md: lines of its shell blocks and inline code spans."""
+    text = (REPO / "docs" / "DEPLOY.md").read_text()
+    lines = [line for block in re.findall(r"```bash\n(.*?)```", text, re.S) for line in block.splitlines()]
+    lines += re.findall(r"`([^`]*docker compose [^`]*)`", re.sub(r"```.*?```", "", text, flags=re.S))
+    commands = []
+    for line in lines:
+        line = re.sub(r"\s+#.*", "", line.strip())  # a trailing comment
+        words = shlex.split(line[line.index("docker compose") :]) if "docker compose" in line else []
+        if words and "…" not in line:
+            commands.append(words[2:])
+    return commands
+
+
+def test_the_guide_names_real_services_and_real_orfeas_commands():
+    services = compose()["services"]
+    valued = {"-p", "--profile", "--scale", "-f", "--env-file"}
+    checked = set()
+    for words in deploy_guide_compose_commands():
+        options_done = [w for i, w in enumerate(words) if not w.startswith("-") and words[i - 1] not in valued]
+        subcommand, *rest = options_done
+        assert subcommand in {"up", "stop", "logs", "ps", "build", "exec", "run"}, words
+        if subcommand in {"exec", "run"}:
+            start = words.index(rest[0])
+            service, command = words[start], words[start + 1 :]
+            assert service in services, words
+            if service in orfeas_services():
+                argv = command[1:] if subcommand == "exec" else command  # `run` goes through the entry point
+                if subcommand == "exec":
+                    assert command[0] == "orfeas", words
+                parse_with_cli(argv)
+                checked.add(" ".join(argv[:2]))
+        else:
+            for service in rest:
+                assert service in services, words
+    assert {"agents create", "db upgrade"} <= checked, checked
+
+
 # --- Dockerfile ----------------------------------------------------------------------------------------------------
 
 
