@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import uuid
+from collections.abc import Iterator
+
 import pytest
 
 from orfeas.pipeline.background import Cutout
@@ -16,3 +20,36 @@ def disc_cutout() -> Cutout:
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+POSTGRES_ADMIN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres connect_timeout=3"
+
+
+@pytest.fixture(scope="session")
+def postgres_reachable() -> None:
+    """Skip where no PostgreSQL answers at 127.0.0.1:5432 (fail instead when ORFEAS_REQUIRE_POSTGRES is set, as on
+    CI, so a broken database set-up cannot pass as skipped tests)."""
+    try:
+        import psycopg
+
+        psycopg.connect(POSTGRES_ADMIN).close()
+    except Exception as exc:
+        reason = f"PostgreSQL is not reachable at 127.0.0.1:5432: {exc}"
+        if os.environ.get("ORFEAS_REQUIRE_POSTGRES"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+
+
+@pytest.fixture
+def postgres_url(postgres_reachable) -> Iterator[str]:
+    """A throwaway PostgreSQL database (`orfeas_<random>`) for one test, dropped afterwards; its URL."""
+    import psycopg
+
+    name = f"orfeas_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(POSTGRES_ADMIN, autocommit=True) as admin:
+        admin.execute(f"CREATE DATABASE {name}")
+    try:
+        yield f"postgresql://postgres@127.0.0.1:5432/{name}"
+    finally:
+        with psycopg.connect(POSTGRES_ADMIN, autocommit=True) as admin:
+            admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")

@@ -1,13 +1,15 @@
 """Generators for service tests, loaded by a server subprocess through ORFEAS_GENERATORS.
 
-They wrap `inflate` and add the behaviour a test needs: slowness (to kill a server mid-batch) or out-of-memory
-errors (to exercise batch splitting).
+They wrap `inflate` and add the behaviour a test needs: slowness (to kill a server mid-batch), out-of-memory
+errors (to exercise batch splitting), or a fixed wait per batch and no CPU work (cluster tests and benchmarks).
 """
 
 from __future__ import annotations
 
 import os
 import time
+
+import trimesh
 
 from orfeas.config import Settings
 from orfeas.pipeline.generators.inflate import InflateGenerator
@@ -49,9 +51,34 @@ class MemoryLimitedGenerator(InflateGenerator):
         return 1  # let the optimizer choose large batches, so the split path runs
 
 
+class SleepyGenerator(InflateGenerator):
+    """A small sphere per image after sleeping ORFEAS_TEST_BATCH_DELAY seconds per batch plus ORFEAS_TEST_DELAY per
+    image: almost no CPU, so several worker processes on a 2-core machine scale on the generator's wait, the way GPU
+    workers do, rather than competing for the cores."""
+
+    name = "sleepy"
+
+    def __init__(self, batch_delay: float, delay: float):
+        self.batch_delay = batch_delay
+        self.delay = delay
+
+    def generate_batch(self, images, params):
+        time.sleep(self.batch_delay + self.delay * len(images))
+        return [trimesh.creation.icosphere(subdivisions=2) for _ in images]
+
+    def memory_per_image(self, params) -> int:
+        return 1  # batches are capped by ORFEAS_MAX_BATCH only
+
+
 def slow(settings: Settings) -> SlowGenerator:
     return SlowGenerator(float(os.environ.get("ORFEAS_TEST_DELAY", "0.5")))
 
 
 def memory_limited(settings: Settings) -> MemoryLimitedGenerator:
     return MemoryLimitedGenerator(int(os.environ.get("ORFEAS_TEST_OOM_LIMIT", "2")))
+
+
+def sleepy(settings: Settings) -> SleepyGenerator:
+    return SleepyGenerator(
+        float(os.environ.get("ORFEAS_TEST_BATCH_DELAY", "0.3")), float(os.environ.get("ORFEAS_TEST_DELAY", "0.02"))
+    )

@@ -333,6 +333,7 @@ def worker_command(
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
 ) -> None:
     """Run a worker without the API: it claims batches from the shared database until stopped (SIGTERM/Ctrl-C)."""
+    import os
     import signal
     import threading
 
@@ -349,7 +350,7 @@ def worker_command(
     settings = Settings(data_dir=data_dir, device=device, **overrides)
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        engine = open_database(settings.database_url or sqlite_url(settings.data_dir))
+        engine = open_database(settings.database_url or sqlite_url(settings.data_dir), f"orfeas-worker-{os.getpid()}")
         probe = MemoryProbe(settings.device)
     except (OrfeasError, ValueError) as exc:
         raise _fail(str(exc), code=2) from None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -15,7 +16,13 @@ import httpx
 from tests.synthetic import REPO
 
 ORFEAS = str(Path(sys.executable).with_name("orfeas"))
-TEST_GENERATORS = '{"slow": "tests.fake_generators:slow", "oom": "tests.fake_generators:memory_limited"}'
+TEST_GENERATORS = json.dumps(
+    {
+        "slow": "tests.fake_generators:slow",
+        "oom": "tests.fake_generators:memory_limited",
+        "sleepy": "tests.fake_generators:sleepy",
+    }
+)
 
 
 def free_port() -> int:
@@ -28,7 +35,12 @@ class Server:
     """A running `orfeas serve`; `kill()` is kill -9, `start()` starts it again on the same data dir and port."""
 
     def __init__(
-        self, data_dir: Path, env: dict[str, str] | None = None, port: int | None = None, args: tuple[str, ...] = ()
+        self,
+        data_dir: Path,
+        env: dict[str, str] | None = None,
+        port: int | None = None,
+        args: tuple[str, ...] = (),
+        log: Path | None = None,
     ):
         self.data_dir = data_dir
         self.args = args
@@ -42,7 +54,7 @@ class Server:
             **(env or {}),
         }
         self.process: subprocess.Popen | None = None
-        self.log = data_dir / "server.log"
+        self.log = log or data_dir / "server.log"
 
     def start(self, timeout: float = 30.0) -> Server:
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -90,6 +102,59 @@ class Server:
 
     def client(self) -> httpx.Client:
         return httpx.Client(base_url=self.url, timeout=30)
+
+
+class WorkerProcess:
+    """A running `orfeas worker` on a shared data dir and database; `kill()` is kill -9."""
+
+    def __init__(self, data_dir: Path, database: str, env: dict[str, str], log: Path):
+        self.data_dir = data_dir
+        self.database = database
+        self.env = env
+        self.log = log
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> WorkerProcess:
+        with open(self.log, "ab") as log:
+            self.process = subprocess.Popen(
+                [ORFEAS, "worker", "--data-dir", str(self.data_dir), "--database", self.database],
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        return self
+
+    def wait_started(self, timeout: float = 60.0) -> WorkerProcess:
+        """Block until the worker logged that its loop runs (imports and database check done)."""
+        deadline = time.monotonic() + timeout
+        while "worker started" not in self.log.read_text():
+            if self.process.poll() is not None:
+                raise RuntimeError(f"worker exited with {self.process.returncode}:\n{self.log.read_text()[-3000:]}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"worker did not start:\n{self.log.read_text()[-3000:]}")
+            time.sleep(0.1)
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def kill(self) -> None:
+        """kill -9: no shutdown code runs, its leases stay until they expire."""
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait(timeout=10)
+
+    def stop(self) -> int | None:
+        """SIGTERM, then kill -9 after 20 s; the exit status."""
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        return self.process.returncode if self.process else None
 
 
 def wait_for(client: httpx.Client, job_ids: list[str], timeout: float = 60.0) -> list[dict]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -37,7 +38,7 @@ HOUSEKEEPING_SECONDS = 60.0
 def build_services(settings: Settings) -> Services:
     """Open the database and the result folder and build the objects the routes and the worker share."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    engine = open_database(settings.database_url or sqlite_url(settings.data_dir))
+    engine = open_database(settings.database_url or sqlite_url(settings.data_dir), f"orfeas-api-{os.getpid()}")
     store = JobStore(engine)
     artifacts = ArtifactStore(settings.data_dir)
     probe = MemoryProbe(settings.device)

@@ -7,12 +7,13 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from orfeas.errors import GeneratorUnavailable, InvalidImage, InvalidOptions, OrfeasError
 from orfeas.service.agents import AuthenticationFailed, PermissionDenied, RateLimited, rate_limit_headers
+from orfeas.store.db import is_database_outage
 from orfeas.store.jobs import JobNotFound
 
 logger = logging.getLogger(__name__)
@@ -60,9 +61,13 @@ def install_error_handlers(app: FastAPI) -> None:
     async def http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
         return JSONResponse(error_body("HTTPError", str(exc.detail)), status_code=exc.status_code, headers=exc.headers)
 
-    @app.exception_handler(OperationalError)
-    async def database_unavailable(_request: Request, exc: OperationalError) -> JSONResponse:
-        logger.warning("database unavailable: %s", exc.orig)
+    @app.exception_handler(DBAPIError)
+    async def database_error(request: Request, exc: DBAPIError) -> JSONResponse:
+        if not is_database_outage(exc):
+            logger.error("database error on %s %s", request.method, request.url.path, exc_info=exc)
+            return JSONResponse(error_body("InternalError", "unexpected database error"), status_code=500)
+        # server down or connection cut: the pool's pre-ping replaces dead connections, so a retry soon succeeds
+        logger.warning("database unavailable: %s", str(exc.orig or exc).strip().splitlines()[0])
         return JSONResponse(
             error_body("ServiceUnavailable", "the job database is unavailable; retry shortly"),
             status_code=503,

@@ -3,11 +3,17 @@
 Crash safety comes from the store: a claimed job carries a lease that a heartbeat renews; a worker that dies
 stops renewing, and `requeue_expired` (run by every worker at start and then periodically) puts its jobs back.
 A job completes only while its lease is ours, so it completes at most once.
+
+When the database cannot be reached (restart, cut connections), the loop backs off exponentially with jitter and
+resumes; a finished batch retries its completion for as long as its lease would last, and a job is never failed
+because of the database.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import random
 import socket
 import sys
 import threading
@@ -26,12 +32,31 @@ from orfeas.service.jobs import STAGE_PROGRESS
 from orfeas.service.metrics import ServiceMetrics
 from orfeas.service.optimizer import BatchPlan, ResourceOptimizer
 from orfeas.store.artifacts import ArtifactStore
+from orfeas.store.db import is_database_outage
 from orfeas.store.jobs import JobRecord, JobStore
 
 logger = logging.getLogger(__name__)
 
 RESULT_STEM = "model"
 MAINTENANCE_SECONDS = 10.0  # how often an idle worker requeues expired leases and applies retention
+BACKOFF_FIRST_SECONDS = 0.2  # first wait after a failed loop iteration; doubles per failure in a row
+BACKOFF_MAX_SECONDS = 5.0  # bound, so a worker notices a recovered database within about 5 s
+
+
+def backoff_seconds(failures: int, rng: random.Random | None = None) -> float:
+    """Wait after `failures` failed iterations in a row: exponential, bounded, with "equal jitter" (between half and
+    all of the step) so that workers cut off together do not all come back in the same instant."""
+    step = min(BACKOFF_MAX_SECONDS, BACKOFF_FIRST_SECONDS * 2 ** max(failures - 1, 0))
+    return step * (rng or random).uniform(0.5, 1.0)
+
+
+def log_database_error(message: str, exc: BaseException, **context) -> None:
+    """One warning line for a database outage (they come in bursts), a full traceback for anything else."""
+    if is_database_outage(exc):
+        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+        logger.warning("%s: database unavailable: %s", message, reason, extra=context)
+    else:
+        logger.exception(message, extra=context)
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
@@ -66,7 +91,7 @@ class ProgressBuffer:
                     self._timer.daemon = True
                     self._timer.start()
                 return
-        self.flush()
+        self.flush_quietly()
 
     def flush(self) -> set[str]:
         """Write what is pending; returns the ids of those jobs the worker still runs."""
@@ -81,8 +106,17 @@ class ProgressBuffer:
     def _flush_from_timer(self) -> None:
         try:
             self.flush()
-        except Exception:  # a lost progress write must not take the worker down; the next one will land
-            logger.exception("progress write failed", extra={"worker": self.worker_id})
+        except Exception as exc:  # a lost progress write must not take the worker down; the next one will land
+            log_database_error("progress write failed", exc, worker=self.worker_id)
+
+    def flush_quietly(self) -> None:
+        """`flush`, logging instead of raising when the database is unreachable (progress is best effort)."""
+        try:
+            self.flush()
+        except Exception as exc:
+            if not is_database_outage(exc):
+                raise
+            log_database_error("progress write failed", exc, worker=self.worker_id)
 
 
 class Worker:
@@ -102,7 +136,8 @@ class Worker:
         self.settings = settings
         self.optimizer = optimizer
         self.metrics = metrics
-        self.worker_id = worker_id or f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
+        # host and pid tell an operator which process holds a lease; the suffix keeps restarted pids apart
+        self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.generators: dict[str, Generator] = {}  # loaded once, kept for the worker's lifetime
         self.last_beat = time.monotonic()
         self._active: list[str] = []
@@ -114,20 +149,30 @@ class Worker:
         heartbeat = threading.Thread(target=self._heartbeat, args=(stop,), name="orfeas-heartbeat", daemon=True)
         heartbeat.start()
         next_maintenance = 0.0
+        failures = 0  # loop iterations in a row that raised
         while not stop.is_set():
             self.last_beat = time.monotonic()
-            if time.monotonic() >= next_maintenance:
-                self.maintain()
-                # often enough that a dead worker's jobs come back soon after their lease ends
-                next_maintenance = time.monotonic() + min(MAINTENANCE_SECONDS, self.settings.lease_seconds / 2)
             try:
+                if time.monotonic() >= next_maintenance:
+                    self.maintain()
+                    # often enough that a dead worker's jobs come back soon after their lease ends
+                    next_maintenance = time.monotonic() + min(MAINTENANCE_SECONDS, self.settings.lease_seconds / 2)
                 ran = self.run_once()
-            except Exception:  # the loop must survive anything one batch does (database hiccups included)
-                logger.exception("worker loop error", extra={"worker": self.worker_id})
-                ran = False
+            except Exception as exc:  # the loop must survive anything one batch does (database outages included)
+                failures += 1
+                wait = backoff_seconds(failures)
+                log_database_error(f"worker loop error, retrying in {wait:.2f} s", exc, worker=self.worker_id)
+                stop.wait(wait)
+                continue
+            if failures:
+                logger.info("worker resumed", extra={"worker": self.worker_id, "after_failures": failures})
+                failures = 0
             if not ran:
                 stop.wait(self.settings.poll_seconds)
-        self.store.requeue_owned(self.worker_id)
+        try:
+            self.store.requeue_owned(self.worker_id)
+        except Exception as exc:  # the leases then expire and another worker requeues the jobs
+            log_database_error("could not requeue this worker's jobs at shutdown", exc, worker=self.worker_id)
         logger.info("worker stopped", extra={"worker": self.worker_id})
 
     def run_once(self) -> bool:
@@ -183,6 +228,8 @@ class Worker:
         try:
             results, still_ours = self._generate(jobs)
         except Exception as exc:
+            if is_database_outage(exc):
+                raise  # not the jobs' fault: the loop backs off, the leases expire, the jobs run again
             if len(jobs) == 1:
                 reason = f"out of memory: {exc}" if is_out_of_memory(exc) else str(exc)
                 if not isinstance(exc, OrfeasError) and not is_out_of_memory(exc):
@@ -226,7 +273,15 @@ class Worker:
         )
         for job in jobs:
             progress.pending[job.id] = (STAGE_PROGRESS["export"], "export")
-        return results, progress.flush()
+        try:
+            still_ours = progress.flush()
+        except Exception as exc:
+            if not is_database_outage(exc):
+                raise
+            # cannot ask now: export them all, `complete_many` decides which are still ours
+            log_database_error("progress write failed", exc, worker=self.worker_id)
+            still_ours = {job.id for job in jobs}
+        return results, still_ours
 
     def _store_results(self, jobs: list[JobRecord], results: list[GenerationResult], still_ours: set[str]) -> None:
         """Write the files of the jobs still ours, then mark them all succeeded in one transaction."""
@@ -241,12 +296,29 @@ class Worker:
             summary = {key: report[key] for key in ("generator", "vertices", "faces", "watertight", "batch_size")}
             files = _result_files(folder, result.options.formats)
             outcomes.append((job.id, {**summary, "files": files}, report["profile"]))
-        completed = self.store.complete_many(self.worker_id, outcomes)
+        completed = self._complete_with_retries(outcomes)
         if self.metrics:
             for job_id, _result, profile in outcomes:
                 if job_id in completed:
                     self.metrics.observe_profile(profile)
                     self.metrics.job_finished("succeeded")
+
+    def _complete_with_retries(self, outcomes: list[tuple[str, dict, dict]]) -> set[str]:
+        """`complete_many`, retried with backoff while the database is unreachable, for up to one lease time: the
+        results are on disk, and a completion that lands within the lease saves running the batch again. Safe to
+        repeat: a job completes only while it runs under our lease, so a retry after a lost reply finds it done."""
+        deadline = time.monotonic() + self.settings.lease_seconds
+        failures = 0
+        while True:
+            try:
+                return self.store.complete_many(self.worker_id, outcomes)
+            except Exception as exc:
+                failures += 1
+                wait = backoff_seconds(failures)
+                if not is_database_outage(exc) or time.monotonic() + wait > deadline:
+                    raise
+                log_database_error(f"completion failed, retrying in {wait:.2f} s", exc, worker=self.worker_id)
+                time.sleep(wait)
 
     def _finish_failed(self, job: JobRecord, reason: str) -> None:
         logger.warning("job failed", extra={"job": job.id, "reason": reason})
@@ -261,8 +333,8 @@ class Worker:
             if active:
                 try:
                     self.store.renew_leases(self.worker_id, active, self.settings.lease_seconds)
-                except Exception:
-                    logger.exception("lease renewal failed", extra={"worker": self.worker_id})
+                except Exception as exc:
+                    log_database_error("lease renewal failed", exc, worker=self.worker_id)
 
 
 def _result_files(folder: Path, formats: tuple[str, ...]) -> dict[str, str]:

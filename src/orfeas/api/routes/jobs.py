@@ -5,21 +5,25 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import time
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, File, Form, Header, Query, UploadFile, WebSocket, WebSocketDisconnect
 from fastapi.responses import FileResponse, JSONResponse
+from sqlalchemy.exc import DBAPIError
 
 from orfeas.api.deps import Services, get_services
 from orfeas.errors import InvalidOptions
 from orfeas.options import GenerateOptions
 from orfeas.pipeline.export import FORMATS
 from orfeas.service.jobs import Upload
+from orfeas.store.db import is_database_outage
 from orfeas.store.jobs import JobNotFound, JobRecord
 
 router = APIRouter(prefix="/api/jobs", tags=["jobs"])
 JOB_ID = re.compile(r"[0-9a-f]{32}")
 FINISHED = {"succeeded", "failed", "canceled"}
+OUTAGE_SECONDS = 60.0  # how long a progress socket waits for an unreachable database before it gives up
 MEDIA_TYPES = {
     "glb": "model/gltf-binary",
     "obj": "application/zip",
@@ -128,10 +132,16 @@ def preview(job_id: str, services: Annotated[Services, Depends(get_services)]) -
 
 @router.websocket("/{job_id}/events")
 async def job_events(websocket: WebSocket, job_id: str) -> None:
-    """Progress events {status, progress, stage, ...} from the current state until the job ends."""
+    """Progress events {status, progress, stage, ...} from the current state until the job ends.
+
+    The socket polls the job's row (one primary-key read per `poll_seconds / 2`), so it sees progress written by a
+    worker anywhere in the cluster, whichever API server took the job; see docs/BENCHMARKS.md for the cost. While the
+    database is unreachable it keeps waiting, and gives up with an error event after OUTAGE_SECONDS.
+    """
     services: Services = websocket.app.state.services
     await websocket.accept()
     last = None
+    outage_since: float | None = None
     try:
         while True:
             try:
@@ -140,6 +150,20 @@ async def job_events(websocket: WebSocket, job_id: str) -> None:
                 await websocket.send_json({"type": "error", "error": {"type": "JobNotFound", "message": str(exc)}})
                 await websocket.close(code=4404)
                 return
+            except DBAPIError as exc:
+                if not is_database_outage(exc):
+                    raise
+                outage_since = outage_since or time.monotonic()
+                if time.monotonic() - outage_since > OUTAGE_SECONDS:
+                    message = "the job database is unavailable; reconnect later"
+                    await websocket.send_json(
+                        {"type": "error", "error": {"type": "ServiceUnavailable", "message": message}}
+                    )
+                    await websocket.close(code=1011)
+                    return
+                await asyncio.sleep(1.0)
+                continue
+            outage_since = None
             event = {
                 "type": "progress",
                 "job_id": job.id,
