@@ -1,6 +1,7 @@
 """The one Settings object: read from ORFEAS_* environment variables, built once and passed down."""
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -21,6 +22,33 @@ class Settings(BaseSettings):
         default_factory=dict,
         description='Extra generators as {"name": "module:factory"}; factory(settings) returns a Generator.',
     )
+
+    # hunyuan3d generator (optional extra orfeas[hunyuan]; pipeline/generators/hunyuan.py)
+    hunyuan_model_path: Path | None = Field(
+        None,
+        description="Folder with the shape model's config.yaml and checkpoint (or with <subfolder>/ holding them); "
+        "unset: $HY3DGEN_MODELS/<repo>/<subfolder> (default ~/.cache/hy3dgen), then the Hugging Face cache. "
+        "Weights are never downloaded.",
+    )
+    hunyuan_repo: str = Field("tencent/Hunyuan3D-2", description="Hub name of the weights, for the default places.")
+    hunyuan_subfolder: str = Field("hunyuan3d-dit-v2-0", description="The model's folder inside the repository.")
+    hunyuan_variant: str | None = Field(
+        "fp16", description="Checkpoint model.<variant>.safetensors (or .ckpt); empty for model.safetensors."
+    )
+    hunyuan_dtype: Literal["auto", "float16", "bfloat16", "float32"] = Field(
+        "auto", description="Weights and activations; auto: float16 on a GPU, float32 on the CPU."
+    )
+    hunyuan_steps: int = Field(30, ge=1, le=200, description="Diffusion steps (per request: option 'steps').")
+    hunyuan_guidance_scale: float = Field(
+        5.0, ge=0.0, le=30.0, description="Classifier-free guidance scale (per request: option 'guidance_scale')."
+    )
+    hunyuan_octree_resolution: int = Field(
+        384, ge=32, le=1024, description="Default decoding grid cells across [-1.01, 1.01] (request 'resolution')."
+    )
+    hunyuan_decoder: Literal["dense", "hierarchical", "flashvdm"] = Field(
+        "hierarchical", description="Volume decoding: every grid point, ours near the surface, or hy3dgen's FlashVDM."
+    )
+    hunyuan_chunk_size: int = Field(8000, ge=1, description="Points per shape-decoder call.")
 
     # service
     data_dir: Path = Field(Path("orfeas-data"), description="Database (SQLite) and result files live here.")

@@ -19,11 +19,16 @@ __all__ = [
 ]
 
 BUILT_IN = {"inflate": lambda settings: InflateGenerator()}
+# Generators of optional extras, by module: each has missing_modules() (listed when it returns nothing) and
+# build(settings), which raises GeneratorUnavailable with the install command; neither imports the heavy packages.
+OPTIONAL = {"hunyuan3d": "orfeas.pipeline.generators.hunyuan"}
 
 
 def available_generators(settings: Settings) -> list[str]:
-    """Names of the generators this installation knows: the built-in ones and those named in settings."""
-    return [*BUILT_IN, *settings.generators]
+    """Names of the generators this installation can build: the built-in ones, the optional ones whose packages
+    are installed, and those named in settings."""
+    optional = [name for name, module in OPTIONAL.items() if not importlib.import_module(module).missing_modules()]
+    return [*BUILT_IN, *optional, *settings.generators]
 
 
 def create_generator(name: str, settings: Settings) -> Generator:
@@ -34,6 +39,8 @@ def create_generator(name: str, settings: Settings) -> Generator:
     """
     if name in BUILT_IN:
         return BUILT_IN[name](settings)
+    if name in OPTIONAL:
+        return importlib.import_module(OPTIONAL[name]).build(settings)
     target = settings.generators.get(name)
     if target is None:
         known = ", ".join(available_generators(settings))

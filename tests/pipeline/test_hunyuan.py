@@ -1,0 +1,213 @@
+"""The hunyuan3d generator on a tiny random model of Hunyuan3D-2's architecture, saved and loaded like real weights.
+
+The tests that run the model need the optional extra (`pip install 'orfeas[hunyuan]'`: hy3dgen, torchvision and
+friends); they are skipped, with the reason, where it is missing. Everything runs on the CPU with the network cut.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from orfeas.config import Settings
+from orfeas.errors import GeneratorUnavailable, InvalidOptions
+from orfeas.pipeline.background import Cutout
+from orfeas.pipeline.generators import GenerationParams, available_generators, create_generator
+from orfeas.pipeline.generators.hunyuan import INSTALL, HunyuanGenerator, find_weights, missing_modules
+
+REPO = Path(__file__).resolve().parents[2]
+STEPS = 2
+TWO_STEPS = {"options": {"steps": STEPS}}
+RESOLUTION = 64  # coarse grid 32, one refinement level
+
+
+def _unavailable() -> str | None:
+    missing = missing_modules()
+    if missing:
+        return f"hunyuan3d extra not installed (missing {', '.join(missing)}; {INSTALL})"
+    try:
+        import hy3dgen.shapegen  # noqa: F401
+    except (ImportError, RuntimeError) as exc:  # e.g. a torchvision built for another torch
+        return f"hy3dgen does not import here: {exc}"
+    return None
+
+
+UNAVAILABLE = _unavailable()
+needs_hy3dgen = pytest.mark.skipif(UNAVAILABLE is not None, reason=UNAVAILABLE or "")
+
+
+class NetworkUsed(AssertionError):
+    pass
+
+
+@pytest.fixture(scope="module")
+def offline():
+    """Any connection or name lookup fails the test: the generator must never reach the network."""
+
+    def refuse(*args, **kwargs):
+        raise NetworkUsed(f"network access attempted: {args[1:] or kwargs}")
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(socket.socket, "connect", refuse)
+        patch.setattr(socket, "getaddrinfo", refuse)
+        patch.setattr(socket, "create_connection", refuse)
+        yield
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> Path:
+    """$HY3DGEN_MODELS holding a tiny random Hunyuan3D-2 at tencent/Hunyuan3D-2/hunyuan3d-dit-v2-0."""
+    from orfeas.pipeline.generators.hunyuan_random import model_config, save_random_weights
+
+    root = tmp_path_factory.mktemp("hy3dgen")
+    save_random_weights(root / "tencent" / "Hunyuan3D-2" / "hunyuan3d-dit-v2-0", model_config(tiny=True))
+    return root
+
+
+@pytest.fixture(scope="module")
+def generator(models, offline, tmp_path_factory) -> HunyuanGenerator:
+    """The generator as the service builds it, weights found in hy3dgen's default layout and loaded once."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("HY3DGEN_MODELS", str(models))
+        patch.setenv("HF_HUB_CACHE", str(tmp_path_factory.mktemp("empty-hub")))
+        built = create_generator("hunyuan3d", Settings(device="cpu"))
+        built.pipeline  # noqa: B018 - load now, inside the patched environment
+    return built
+
+
+def disc(radius: int, colour: tuple[int, int, int], size: int = 64) -> Cutout:
+    rows, cols = np.mgrid[:size, :size]
+    rgba = np.zeros((size, size, 4), dtype=np.uint8)
+    rgba[(rows - size / 2) ** 2 + (cols - size / 2) ** 2 < radius**2] = (*colour, 255)
+    return Cutout(rgba=rgba, method="test")
+
+
+IMAGES = [disc(24, (220, 40, 40)), disc(14, (40, 200, 40)), disc(28, (40, 40, 220))]
+
+
+def test_registry_lists_hunyuan3d_only_where_installed():
+    settings = Settings()
+    if missing_modules():
+        assert "hunyuan3d" not in available_generators(settings)
+        with pytest.raises(GeneratorUnavailable, match=r"pip install 'orfeas\[hunyuan\]'"):
+            create_generator("hunyuan3d", settings)
+    else:
+        assert "hunyuan3d" in available_generators(settings)
+        built = create_generator("hunyuan3d", settings)  # cheap: no weights are read yet
+        assert built.name == "hunyuan3d" and built.default_resolution == settings.hunyuan_octree_resolution
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"step": 10}, {"steps": 0}, {"steps": 2.5}, {"steps": True}, {"guidance_scale": -1}, {"decoder": "marching"}],
+)
+def test_bad_options_are_refused_before_queueing(options):
+    with pytest.raises(InvalidOptions):
+        HunyuanGenerator(Settings()).check_options(options)
+
+
+def test_good_options_are_accepted():
+    HunyuanGenerator(Settings()).check_options({"steps": 12, "guidance_scale": 7.5, "decoder": "flashvdm"})
+
+
+def test_missing_weights_say_where_they_must_go(tmp_path, monkeypatch):
+    monkeypatch.setenv("HY3DGEN_MODELS", str(tmp_path / "models"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    with pytest.raises(GeneratorUnavailable) as default_places:
+        find_weights(Settings())
+    message = str(default_places.value)
+    assert str(tmp_path / "models" / "tencent" / "Hunyuan3D-2" / "hunyuan3d-dit-v2-0") in message
+    assert "model.fp16.safetensors" in message and "ORFEAS_HUNYUAN_MODEL_PATH" in message
+    with pytest.raises(GeneratorUnavailable, match="never downloads"):
+        find_weights(Settings(hunyuan_model_path=tmp_path / "elsewhere"))
+
+
+@needs_hy3dgen
+def test_missing_weights_fail_the_generation_without_a_download(tmp_path, offline):
+    generator = create_generator("hunyuan3d", Settings(device="cpu", hunyuan_model_path=tmp_path))
+    with pytest.raises(GeneratorUnavailable, match=str(tmp_path)):
+        generator.generate_batch(IMAGES[:1], GenerationParams(resolution=32, options={"steps": STEPS}))
+
+
+@needs_hy3dgen
+def test_weights_in_a_named_folder_load(models, offline):
+    folder = models / "tencent" / "Hunyuan3D-2"  # the repository folder: <subfolder>/ is found inside
+    settings = Settings(device="cpu", hunyuan_model_path=folder)
+    assert find_weights(settings).checkpoint == folder / "hunyuan3d-dit-v2-0" / "model.fp16.safetensors"
+    generator = create_generator("hunyuan3d", settings)
+    assert generator.pipeline.vae.latent_shape == (64, 8)
+
+
+@needs_hy3dgen
+def test_a_batch_is_one_forward_pass_per_step_and_equals_its_images_one_by_one(generator, offline):
+    """N images in, N meshes out, each the mesh its image gives alone with the same seed.
+
+    Not bit-equal: float32 matrix products over a batch of 6 sequences and over one of 2 sum in different orders
+    (about 1e-7 relative), so latents and vertices agree to 1e-5 (the grid spacing here is 3e-2), with the same
+    triangles.
+    """
+    calls: list[int] = []
+    hook = generator.pipeline.model.register_forward_hook(lambda _m, args, _out: calls.append(args[0].shape[0]))
+    try:
+        meshes = generator.generate_batch(
+            IMAGES, GenerationParams(resolution=RESOLUTION, seeds=(11, 12, 13), **TWO_STEPS)
+        )
+    finally:
+        hook.remove()
+    assert calls == [2 * len(IMAGES)] * STEPS  # one pass per step: conditional + unconditional copy of every image
+
+    assert len(meshes) == len(IMAGES)
+    for index, (image, mesh) in enumerate(zip(IMAGES, meshes, strict=True)):
+        alone = generator.generate_batch(
+            [image], GenerationParams(resolution=RESOLUTION, seed=11 + index, **TWO_STEPS)
+        )[0]
+        assert mesh.faces.shape == alone.faces.shape and np.array_equal(mesh.faces, alone.faces)
+        np.testing.assert_allclose(mesh.vertices, alone.vertices, atol=1e-5)
+        assert mesh.volume > 0  # outward-facing
+        assert np.all(np.abs(mesh.vertices) <= 1.01 + 1e-6)
+    # different images and seeds give different shapes
+    assert len({len(m.faces) for m in meshes}) == len(meshes)
+
+
+@needs_hy3dgen
+def test_the_seed_decides_the_shape(generator):
+    params = {"resolution": 32, "options": {"steps": STEPS}}
+    first = generator.generate_batch(IMAGES[:1], GenerationParams(seed=5, **params))[0]
+    again = generator.generate_batch(IMAGES[:1], GenerationParams(seed=5, **params))[0]
+    other = generator.generate_batch(IMAGES[:1], GenerationParams(seed=6, **params))[0]
+    np.testing.assert_array_equal(first.vertices, again.vertices)
+    assert first.vertices.shape != other.vertices.shape or not np.allclose(first.vertices, other.vertices)
+
+
+@needs_hy3dgen
+@pytest.mark.parametrize("decoder", ["dense", "hierarchical", "flashvdm"])
+def test_every_decoder_gives_a_closed_outward_mesh(generator, decoder):
+    params = GenerationParams(resolution=32, seed=3, options={"steps": STEPS, "decoder": decoder})
+    mesh = generator.generate_batch(IMAGES[:1], params)[0]
+    assert len(mesh.faces) > 100 and mesh.volume > 0
+
+
+def test_memory_estimate_counts_guidance_copies_and_precision():
+    gpu = HunyuanGenerator(Settings(device="cuda:0")).memory_per_image(GenerationParams())
+    cpu = HunyuanGenerator(Settings(device="cpu")).memory_per_image(GenerationParams())
+    # full size, float16: 2 sequences of 3072 + 1370 tokens x 1024 x 10 values x 2 bytes, plus the conditioner
+    assert 150 * 2**20 < gpu < 400 * 2**20
+    assert cpu > 2 * gpu  # float32 and the attention score matrices
+
+
+@needs_hy3dgen
+def test_gpu_benchmark_runs_in_its_tiny_cpu_mode(tmp_path):
+    out = tmp_path / "bench.json"
+    command = [sys.executable, "bench/gpu_hunyuan.py", "--tiny", "--device", "cpu", "--json", str(out)]
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = json.loads(out.read_text())["rows"]
+    stages = {(r["stage"], r["batch"]) for r in rows}
+    assert {("diffusion", 1), ("diffusion", 2), ("decode dense", 1), ("decode hierarchical", 1)} <= stages
+    assert all(r["seconds_per_image"] > 0 for r in rows)
