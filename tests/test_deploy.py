@@ -230,6 +230,74 @@ def test_the_guide_names_real_services_and_real_orfeas_commands():
     assert {"agents create", "db upgrade"} <= checked, checked
 
 
+def interpolate(value: str, env: dict[str, str]) -> str:
+    """Compose's `${VAR}`, `${VAR:-default}` and `${VAR:?message}` against `env`."""
+    return re.sub(
+        r"\$\{(\w+)(?::([-?])([^}]*))?\}",
+        lambda m: env.get(m[1]) or (m[3] if m[2] == "-" else ""),
+        value,
+    )
+
+
+def outside_docker(argv: list[str], data_dir: Path, port: int) -> list[str]:
+    """A compose command line for this machine: the volume's path for /data, loopback and a free port."""
+    argv = [str(data_dir) if arg == "/data" else arg for arg in argv]
+    for flag, value in (("--host", "127.0.0.1"), ("--port", str(port))):
+        if flag in argv:
+            argv[argv.index(flag) + 1] = value
+    return argv
+
+
+def test_the_compose_api_and_worker_commands_run_a_job_on_postgresql(postgres_url, tmp_path):
+    """The api and worker-cpu services as compose starts them (command, environment), minus Docker: a job succeeds,
+    and the image's HEALTHCHECK command passes against the API."""
+    data, port = tmp_path / "data", free_port()
+    data.mkdir()
+    services = orfeas_services()
+    environment = {}
+    for name in ("api", "worker-cpu"):
+        environment[name] = {
+            **os.environ,
+            **{key: interpolate(str(value), REQUIRED_ENV) for key, value in services[name]["environment"].items()},
+            "ORFEAS_DATABASE_URL": postgres_url,  # the compose URL names the `postgres` service host
+            "ORFEAS_DATA_DIR": str(data),
+        }
+    assert environment["api"]["ORFEAS_AGENT_MASTER_KEY"] == REQUIRED_ENV["ORFEAS_AGENT_MASTER_KEY"]
+    log = (tmp_path / "log").open("wb")
+    api = subprocess.Popen(
+        [ORFEAS, *outside_docker(services["api"]["command"], data, port)],
+        env=environment["api"],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    worker = subprocess.Popen(
+        [ORFEAS, *outside_docker(services["worker-cpu"]["command"], data, port)],
+        env=environment["worker-cpu"],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    (healthcheck,) = [line for line in dockerfile_stages()["cpu"] if line.startswith("HEALTHCHECK")]
+    probe = json.loads(healthcheck[healthcheck.index("CMD ") + 4 :].replace("127.0.0.1:8000", f"127.0.0.1:{port}"))
+    try:
+        deadline = time.monotonic() + 60
+        while subprocess.run([sys.executable, *probe[1:]], capture_output=True).returncode != 0:
+            assert api.poll() is None and time.monotonic() < deadline, (tmp_path / "log").read_text()[-3000:]
+            time.sleep(0.5)
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+            files = [("image", ("chair.png", (EXAMPLES / "chair.png").read_bytes(), "image/png"))]
+            job = client.post("/api/jobs", files=files, data={"faces": "1000", "resolution": "64"}).json()["jobs"][0]
+            (done,) = wait_for(client, [job["id"]], timeout=120)
+            assert done["status"] == "succeeded", done
+            assert client.get("/readyz").status_code == 200
+        assert (data / "results" / job["id"]).is_dir()  # the worker wrote where the API reads
+    finally:
+        for process in (worker, api):
+            process.terminate()
+            process.wait(timeout=30)
+        log.close()
+    assert worker.returncode == 0
+
+
 # --- Dockerfile ----------------------------------------------------------------------------------------------------
 
 
