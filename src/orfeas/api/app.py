@@ -25,7 +25,7 @@ from orfeas.service.monitoring import UtilizationSampler
 from orfeas.service.optimizer import MemoryProbe, ResourceOptimizer
 from orfeas.service.worker import Worker
 from orfeas.store.agents import AgentStore, load_master_key
-from orfeas.store.artifacts import ArtifactStore
+from orfeas.store.artifacts import LocalArtifactStore
 from orfeas.store.db import sqlite_url
 from orfeas.store.jobs import JobStore
 from orfeas.store.startup import open_database
@@ -40,7 +40,7 @@ def build_services(settings: Settings) -> Services:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     engine = open_database(settings.database_url or sqlite_url(settings.data_dir), f"orfeas-api-{os.getpid()}")
     store = JobStore(engine)
-    artifacts = ArtifactStore(settings.data_dir)
+    artifacts = LocalArtifactStore(settings.data_dir)
     probe = MemoryProbe(settings.device)
     optimizer = ResourceOptimizer(probe, settings.target_utilization, settings.max_batch)
     metrics = ServiceMetrics(CollectorRegistry(), store.count_by_status, probe)

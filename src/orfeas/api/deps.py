@@ -14,7 +14,7 @@ from orfeas.service.monitoring import UtilizationSampler
 from orfeas.service.optimizer import MemoryProbe, ResourceOptimizer
 from orfeas.service.worker import Worker
 from orfeas.store.agents import AgentStore
-from orfeas.store.artifacts import ArtifactStore
+from orfeas.store.artifacts import ArtifactStorage
 from orfeas.store.jobs import JobStore
 
 
@@ -22,7 +22,7 @@ from orfeas.store.jobs import JobStore
 class Services:
     settings: Settings
     store: JobStore
-    artifacts: ArtifactStore
+    artifacts: ArtifactStorage
     jobs: JobService
     probe: MemoryProbe
     optimizer: ResourceOptimizer

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import os
+import io
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +17,7 @@ from orfeas.pipeline.generate import batch_key
 from orfeas.pipeline.generators import Generator, available_generators, create_generator
 from orfeas.pipeline.image import load_image
 from orfeas.pipeline.preview import render_preview
-from orfeas.store.artifacts import ArtifactStore
+from orfeas.store.artifacts import ArtifactStorage
 from orfeas.store.jobs import JobNotFound, JobRecord, JobStore, NewJob
 
 PREVIEW_NAME = "preview.png"
@@ -47,7 +47,7 @@ class Upload:
 class JobService:
     """Validates uploads, stores them with their jobs, and reads jobs back."""
 
-    def __init__(self, store: JobStore, artifacts: ArtifactStore, settings: Settings):
+    def __init__(self, store: JobStore, artifacts: ArtifactStorage, settings: Settings):
         self.store = store
         self.artifacts = artifacts
         self.settings = settings
@@ -113,11 +113,10 @@ class JobService:
         if job.status != "succeeded" or source is None:
             raise JobNotFound(f"job {job.id} has no preview (status {job.status})")
         image = render_preview(trimesh.load(source, force="mesh"), size=256)
-        target = self.artifacts.result_dir(job.id) / PREVIEW_NAME
-        tmp = target.with_name(f".{target.name}.tmp")
-        Image.fromarray(image).save(tmp, format="PNG")
-        os.replace(tmp, target)
-        return target
+        png = io.BytesIO()
+        Image.fromarray(image).save(png, format="PNG")
+        self.artifacts.save_result(job.id, PREVIEW_NAME, png.getvalue())
+        return self.artifacts.result_file(job.id, PREVIEW_NAME)
 
     def get(self, job_id: str) -> JobRecord:
         return self.store.get(job_id)

@@ -31,7 +31,7 @@ from orfeas.pipeline.generators import GenerationParams, Generator, create_gener
 from orfeas.service.jobs import STAGE_PROGRESS
 from orfeas.service.metrics import ServiceMetrics
 from orfeas.service.optimizer import BatchPlan, ResourceOptimizer
-from orfeas.store.artifacts import ArtifactStore
+from orfeas.store.artifacts import ArtifactStorage
 from orfeas.store.db import is_database_outage
 from orfeas.store.jobs import JobRecord, JobStore
 
@@ -125,7 +125,7 @@ class Worker:
     def __init__(
         self,
         store: JobStore,
-        artifacts: ArtifactStore,
+        artifacts: ArtifactStorage,
         settings: Settings,
         optimizer: ResourceOptimizer,
         metrics: ServiceMetrics | None = None,
@@ -290,11 +290,11 @@ class Worker:
             if job.id not in still_ours:
                 logger.info("job canceled or taken over before export", extra={"job": job.id})
                 continue
-            folder = self.artifacts.result_dir(job.id)
-            save_result(result, folder, RESULT_STEM)
+            with self.artifacts.write_results(job.id) as folder:  # published together when the block ends
+                save_result(result, folder, RESULT_STEM)
+                files = _result_files(folder, result.options.formats)
             report = result.report()
             summary = {key: report[key] for key in ("generator", "vertices", "faces", "watertight", "batch_size")}
-            files = _result_files(folder, result.options.formats)
             outcomes.append((job.id, {**summary, "files": files}, report["profile"]))
         completed = self._complete_with_retries(outcomes)
         if self.metrics:

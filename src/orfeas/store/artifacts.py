@@ -1,19 +1,62 @@
-"""Files that belong to jobs: the uploaded input and the results, one folder per job under the data directory."""
+"""Files that belong to jobs: the uploaded input and the results.
+
+`ArtifactStorage` is what the service and the API need from wherever those files live; `LocalArtifactStore` keeps
+them in a directory, one machine's disk or a directory every machine of a cluster mounts (NFS-style). An object
+store (S3 and the like) implements the same methods next:
+
+- `save_input` / `load_input`: the uploaded image, written durably before its job is queued.
+- `write_results`: a context manager that yields an empty local folder; the worker writes the job's files there
+  and they are published together when the block ends without an exception (an object store uploads them then),
+  and thrown away when it raises. Writing the same job's results again replaces the files of the same names.
+- `save_result`: one more file among a finished job's results (the preview rendered on first request).
+- `has_result` / `result_file`: whether a result exists, and a local file to read or serve it from (an object store
+  downloads it into a local cache, or the API redirects to a signed URL instead); None for unknown or unsafe names.
+- `delete`: everything of a job (retention, a lost idempotency race); missing files are fine.
+
+Job ids are 32 lower-case hex digits and result names have no separators or leading dot; any other value is
+refused, so no request can reach outside a job's files.
+"""
 
 from __future__ import annotations
 
 import os
 import re
+import secrets
 import shutil
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
+from typing import Protocol
 
 # Names a caller may ask for inside a job's folder: no separators, no leading dot.
 _SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 _JOB_ID = re.compile(r"[0-9a-f]{32}")
 
 
-class ArtifactStore:
-    """Job files on a local (or shared, NFS-style) directory."""
+class ArtifactStorage(Protocol):
+    """Where the inputs and results of jobs are kept; see the module docstring for the contract of each method."""
+
+    def save_input(self, job_id: str, data: bytes) -> None: ...
+
+    def load_input(self, job_id: str) -> bytes: ...
+
+    def write_results(self, job_id: str) -> AbstractContextManager[Path]: ...
+
+    def save_result(self, job_id: str, name: str, data: bytes) -> None: ...
+
+    def has_result(self, job_id: str, name: str) -> bool: ...
+
+    def result_file(self, job_id: str, name: str) -> Path | None: ...
+
+    def delete(self, job_id: str) -> None: ...
+
+
+class LocalArtifactStore:
+    """Job files in a directory: `inputs/<job id>` and `results/<job id>/<name>`, each file written durably.
+
+    Every file is written to a temporary name, synced and renamed into place, so a reader (another machine on the
+    shared directory included) sees a whole file or none, and a crash leaves no half-written result behind.
+    """
 
     def __init__(self, root: Path):
         self.root = Path(root)
@@ -22,22 +65,38 @@ class ArtifactStore:
 
     def save_input(self, job_id: str, data: bytes) -> None:
         """Store an uploaded image durably (written, synced, then renamed into place)."""
-        path = self._input_path(job_id)
-        tmp = path.with_name(f".{path.name}.tmp")
-        with open(tmp, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
+        _write_durably(self._input_path(job_id), data)
 
     def load_input(self, job_id: str) -> bytes:
         return self._input_path(job_id).read_bytes()
 
-    def result_dir(self, job_id: str) -> Path:
-        """The job's result folder (created)."""
-        path = self.root / "results" / _checked_id(job_id)
-        path.mkdir(parents=True, exist_ok=True)
-        return path
+    @contextmanager
+    def write_results(self, job_id: str) -> Iterator[Path]:
+        """A staging folder next to the job's results; on a clean exit its files are synced and renamed in."""
+        staging = self.root / "results" / f".{_checked_id(job_id)}.{secrets.token_hex(4)}.tmp"
+        staging.mkdir()
+        try:
+            yield staging
+            target = self.result_dir(job_id)
+            for path in sorted(staging.iterdir()):
+                if path.name.startswith("."):  # a writer's own temporary file
+                    continue
+                if not path.is_file():
+                    raise ValueError(f"results are a flat folder of files; {path.name} is not a file")
+                _sync_file(path)
+                os.replace(path, target / path.name)
+            _sync_directory(target)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+    def save_result(self, job_id: str, name: str, data: bytes) -> None:
+        """Add one file to the job's results (durably, replacing a file of that name)."""
+        if not _SAFE_NAME.fullmatch(name):
+            raise ValueError(f"not a result file name: {name!r}")
+        _write_durably(self.result_dir(job_id) / name, data)
+
+    def has_result(self, job_id: str, name: str) -> bool:
+        return self.result_file(job_id, name) is not None
 
     def result_file(self, job_id: str, name: str) -> Path | None:
         """Path of a result file if it exists; None for unknown or unsafe names."""
@@ -47,15 +106,58 @@ class ArtifactStore:
         return path if path.is_file() else None
 
     def delete(self, job_id: str) -> None:
-        """Remove the job's input and results (missing files are fine)."""
+        """Remove the job's input and results, and what an interrupted write left (missing files are fine)."""
         self._input_path(job_id).unlink(missing_ok=True)
-        shutil.rmtree(self.root / "results" / _checked_id(job_id), ignore_errors=True)
+        results = self.root / "results"
+        shutil.rmtree(results / job_id, ignore_errors=True)
+        for staging in results.glob(f".{job_id}.*.tmp"):
+            shutil.rmtree(staging, ignore_errors=True)
+
+    def result_dir(self, job_id: str) -> Path:
+        """The job's result folder (created); local to this class, not part of ArtifactStorage."""
+        path = self.root / "results" / _checked_id(job_id)
+        path.mkdir(parents=True, exist_ok=True)
+        return path
 
     def _input_path(self, job_id: str) -> Path:
         return self.root / "inputs" / _checked_id(job_id)
+
+
+# The name of LocalArtifactStore before ArtifactStorage existed; existing callers and tests build it by that name.
+ArtifactStore = LocalArtifactStore
 
 
 def _checked_id(job_id: str) -> str:
     if not _JOB_ID.fullmatch(job_id):
         raise ValueError(f"not a job id: {job_id!r}")
     return job_id
+
+
+def _write_durably(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    _sync_directory(path.parent)
+
+
+def _sync_file(path: Path) -> None:
+    with open(path, "rb") as handle:
+        os.fsync(handle.fileno())
+
+
+def _sync_directory(path: Path) -> None:
+    """Make renames into `path` durable (a no-op where directories cannot be opened, as on Windows)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
