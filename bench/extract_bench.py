@@ -5,7 +5,10 @@
 A small MLP signed distance field (positional encoding, 3 hidden layers of 128) is fitted on the CPU to
 ../shared/gt/placed/busted.ply scaled into [-0.45, 0.45]^3, then meshed at 128, 256 and 384 with both methods of
 `orfeas.pipeline.extract.extract_neural_field`, 8000 points per chunk as in the brief. Chamfer is the symmetric mean
-vertex-to-nearest-vertex distance between the two meshes of a resolution, in voxels (1 voxel = 1 / resolution).
+vertex-to-nearest-vertex distance between the two meshes of a resolution, in voxels (1 voxel = 1 / resolution);
+open edges are edges of one face only (the rims of holes). Each extraction runs `--repeat` times, the two methods
+alternating, and the fastest run of each is reported, so that a burst of load from other jobs on a shared machine
+does not land on one method only.
 """
 
 from __future__ import annotations
@@ -101,30 +104,45 @@ def chamfer_voxels(a: trimesh.Trimesh, b: trimesh.Trimesh, resolution: int) -> f
     return float(mean * resolution)
 
 
-def measure(model: SDFNet, resolution: int, band: float, coarse: int | None) -> dict:
-    """Extract at one resolution with both methods; queries, chunks, seconds, Chamfer and component counts."""
+def open_edges(mesh: trimesh.Trimesh) -> int:
+    """Edges used by one face only: the rims of holes (0 for a closed mesh)."""
+    edges = np.sort(mesh.edges, axis=1)
+    _, counts = np.unique(edges[:, 0].astype(np.int64) * len(mesh.vertices) + edges[:, 1], return_counts=True)
+    return int((counts == 1).sum())
+
+
+def measure(model: SDFNet, resolution: int, band: float, coarse: int | None, repeat: int) -> dict:
+    """Extract at one resolution with both methods, `repeat` times alternating; the fastest run of each, Chamfer,
+    component and open-edge counts."""
     field = torch_field(model)
     meshes: dict[str, trimesh.Trimesh] = {}
     stats: dict[str, ExtractionStats] = {}
-    for method in ("dense", "hierarchical"):
-        meshes[method], stats[method] = extract_neural_field(
-            field, BOUNDS, resolution, method=method, chunk_size=CHUNK, coarse_resolution=coarse, band=band
-        )
+    for _ in range(repeat):
+        for method in ("dense", "hierarchical"):
+            mesh, run = extract_neural_field(
+                field, BOUNDS, resolution, method=method, chunk_size=CHUNK, coarse_resolution=coarse, band=band
+            )
+            if method not in stats or run.seconds < stats[method].seconds:
+                meshes[method], stats[method] = mesh, run
     row: dict = {"resolution": resolution, "coarse": stats["hierarchical"].coarse_resolution, "stats": stats}
     row["chamfer"] = chamfer_voxels(meshes["dense"], meshes["hierarchical"], resolution)
     row["components"] = {m: len(mesh.split(only_watertight=False)) for m, mesh in meshes.items()}
+    row["open_edges"] = {m: open_edges(mesh) for m, mesh in meshes.items()}
+    row["faces"] = {m: len(mesh.faces) for m, mesh in meshes.items()}
     return row
 
 
-def render(rows: list[dict], fit_seconds: float, threads: int, band: float) -> str:
+def render(rows: list[dict], fit_seconds: float, threads: int, band: float, repeat: int) -> str:
     """A markdown table, the command in its first line."""
     lines = [
         "`.venv/bin/python bench/extract_bench.py`: an MLP SDF (Fourier features, 3 x 128) fitted to busted.ply,"
-        f" meshed on the CPU ({threads} torch threads) in chunks of {CHUNK} points, band {band} cells;"
-        f" fitting took {fit_seconds:.0f} s.",
+        f" meshed on the CPU ({threads} torch threads) in chunks of {CHUNK} points, band {band} cells; fastest of"
+        f" {repeat} alternating runs per method; fitting took {fit_seconds:.0f} s. Run {time.strftime('%Y-%m-%d')}"
+        " on a machine shared with other jobs: the ratios compare runs made side by side.",
         "",
-        "| resolution | method | coarse | queries | chunks | seconds | components | Chamfer vs dense (voxels) |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|",
+        "| resolution | method | coarse | queries | chunks | seconds | in the field | faces | open edges | components"
+        " | Chamfer vs dense (voxels) |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in rows:
         for method, stats in row["stats"].items():
@@ -132,7 +150,8 @@ def render(rows: list[dict], fit_seconds: float, threads: int, band: float) -> s
             chamfer = f"{row['chamfer']:.4f}" if method == "hierarchical" else "-"
             lines.append(
                 f"| {row['resolution']} | {method} | {coarse} | {stats.queries:,} | {stats.chunks:,} |"
-                f" {stats.seconds:.2f} | {row['components'][method]} | {chamfer} |"
+                f" {stats.seconds:.2f} | {stats.field_seconds:.2f} | {row['faces'][method]:,} |"
+                f" {row['open_edges'][method]:,} | {row['components'][method]} | {chamfer} |"
             )
     lines += ["", *summary(rows)]
     return "\n".join(lines)
@@ -145,7 +164,8 @@ def summary(rows: list[dict]) -> list[str]:
         dense, fine = row["stats"]["dense"], row["stats"]["hierarchical"]
         lines.append(
             f"- {row['resolution']}: hierarchical needs 1/{dense.queries / fine.queries:.1f} of the dense queries"
-            f" and is {dense.seconds / fine.seconds:.1f}x faster."
+            f" and is {dense.seconds / fine.seconds:.1f}x faster; {fine.seconds - fine.field_seconds:.2f} s of its"
+            f" {fine.seconds:.2f} s are spent outside the field (dense: {dense.seconds - dense.field_seconds:.2f} s)."
         )
     lines.append(
         f"- Targets at 384 (issue): at most 1/30 of the {BRIEF_DENSE_QUERIES / 1e6:.1f} M dense queries, at least 20x"
@@ -162,12 +182,19 @@ def main() -> None:
     parser.add_argument("--resolution", type=int, action="append", help="Resolutions to measure (default 128 256 384).")
     parser.add_argument("--band", type=float, default=BAND, help="Refinement band in cells (extract_neural_field).")
     parser.add_argument("--coarse", type=int, help="Coarse resolution (default: extract_neural_field's choice).")
+    parser.add_argument("--repeat", type=int, default=2, help="Runs per method and resolution; the fastest counts.")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads; 0 for torch's own choice.")
     args = parser.parse_args()
+    if args.threads:
+        # one thread by default: where other jobs share the cores, torch's threads wait on each other (on the
+        # 2-core machine of docs/BENCHMARKS.md, 18-36 us a query with 2 threads against 1.5-3.3 us with one)
+        torch.set_num_threads(args.threads)
     start = time.perf_counter()
     model = fit_sdf(*training_samples(load_normalised(MESH), args.samples), steps=args.steps)
     fit_seconds = time.perf_counter() - start
-    rows = [measure(model, resolution, args.band, args.coarse) for resolution in args.resolution or RESOLUTIONS]
-    body = render(rows, fit_seconds, torch.get_num_threads(), args.band)
+    resolutions = args.resolution or RESOLUTIONS
+    rows = [measure(model, resolution, args.band, args.coarse, args.repeat) for resolution in resolutions]
+    body = render(rows, fit_seconds, torch.get_num_threads(), args.band, args.repeat)
     print(body)
     if args.write:
         write_section(args.write, MARKER, HEADING, body)

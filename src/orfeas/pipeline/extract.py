@@ -46,11 +46,13 @@ NO_SURFACE = "the field has no surface at this level (all inside or all outside)
 
 @dataclass
 class ExtractionStats:
-    """What an extraction cost: field queries, calls to the field, wall time (and the coarse grid it started from)."""
+    """What an extraction cost: field queries, calls to the field, wall time and the part of it spent inside the
+    field (and the coarse grid it started from)."""
 
     queries: int = 0
     chunks: int = 0
     seconds: float = 0.0
+    field_seconds: float = 0.0
     method: str = ""
     resolution: int = 0
     coarse_resolution: int = 0
@@ -211,7 +213,8 @@ def _evaluate_hierarchical(
 class _Samples:
     """Field values minus the level at points of the finest grid, each queried once, when a cell first needs it.
 
-    The arrays span the whole grid but only the memory pages that samples fall on are ever touched.
+    One array spans the whole grid, but only the memory pages that samples fall on are ever touched. A queried
+    value is never exactly zero (`_nudge`), so zero marks a point not queried yet.
     """
 
     def __init__(
@@ -234,21 +237,20 @@ class _Samples:
         )
         self.shape = (points,) * 3
         self.values = np.zeros(points**3, dtype=np.float32)
-        self.known = np.zeros(points**3, dtype=bool)
 
     def at(self, cells: np.ndarray, stride: int) -> np.ndarray:
         """The (cells, 8) corner values of cells `stride` points on a side, given by their lowest corners / stride."""
         index = _corner_index(cells * stride, self.shape, stride)
-        flat = index.reshape(-1)
-        missing = flat[~self.known[flat]]
-        if missing.size:
-            missing = _distinct(missing)
+        corners = self.values[index]
+        unknown = corners == 0
+        if unknown.any():
+            missing = _distinct(index[unknown])
             values = _evaluate_points(
                 self.field, missing, self.shape, self.lo, self.spacing, self.chunk_size, self.stats
             )
             self.values[missing] = _nudge(values - self.level)
-            self.known[missing] = True
-        return self.values[index]
+            corners[unknown] = self.values[index[unknown]]
+        return corners
 
 
 def _close_surface(
@@ -261,20 +263,22 @@ def _close_surface(
     piece of surface that was found complete: the dense grid's surface, piece for piece.
     """
     grid = (size,) * 3
+    steps = (size * size, size, 1)  # flat index steps along the axes
+    keys = _flat_index(cells, grid)
     member = np.zeros(size**3, dtype=bool)
-    member[_flat_index(cells, grid)] = True
+    member[keys] = True
     found_cells, found_corners = [cells], [corners]
     bits = _inside_bits(corners)
     while True:
         crossing = _straddles(bits)
-        cells, bits = cells[crossing], bits[crossing]
+        cells, keys, bits = cells[crossing], keys[crossing], bits[crossing]
         reached = []
         for axis, side, face in _FACES:
             on_face = bits & face
-            neighbours = cells[(on_face != 0) & (on_face != face)]
-            neighbours[:, axis] += side
-            reached.append(neighbours[(neighbours[:, axis] >= 0) & (neighbours[:, axis] < size)])
-        keys = _flat_index(np.concatenate(reached), grid)
+            # a face on the grid's boundary has no neighbour
+            inner = cells[:, axis] != (0 if side < 0 else size - 1)
+            reached.append(keys[(on_face != 0) & (on_face != face) & inner] + side * steps[axis])
+        keys = np.concatenate(reached)
         keys = _distinct(keys[~member[keys]])
         if not keys.size:
             break
@@ -290,9 +294,9 @@ def _close_surface(
 
 
 def _distinct(keys: np.ndarray) -> np.ndarray:
-    """The distinct values of an integer array, sorted. np.unique does the same but, in numpy 2.3+, through a hash
-    table that is about 100 times slower than this sort on the few million grid indices of a refinement step."""
-    keys = np.sort(keys)
+    """The distinct values of an integer array (sorted in place), sorted. np.unique does the same but, in numpy 2.3+,
+    through a hash table that is about 100 times slower than this sort on the few million indices of a level."""
+    keys.sort()
     return keys[np.concatenate([keys[:1] == keys[:1], keys[1:] != keys[:-1]])]
 
 
@@ -399,7 +403,9 @@ def _evaluate_points(
 
 def _call_field(field: FieldFunction, points: np.ndarray, stats: ExtractionStats) -> np.ndarray:
     """One call to the field, counted, with its output checked to be one value per point."""
+    start = time.perf_counter()
     values = np.asarray(field(points), dtype=np.float32).reshape(-1)
+    stats.field_seconds += time.perf_counter() - start
     if values.size != len(points):
         raise ValueError(f"the field returned {values.size} values for {len(points)} points")
     stats.queries += len(points)
