@@ -1,13 +1,28 @@
-"""The job-file storage interface and its directory implementation, on a real temporary directory."""
+"""The job-file storage interface: its directory implementation on a real temporary directory, and the service and
+worker running on a second implementation that is not a directory."""
 
 from __future__ import annotations
 
 import inspect
+import tempfile
 import uuid
+import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
+import trimesh
 
+from orfeas.config import Settings
+from orfeas.options import GenerateOptions
+from orfeas.service.jobs import JobService, Upload
+from orfeas.service.optimizer import MemoryProbe, ResourceOptimizer
+from orfeas.service.worker import Worker
 from orfeas.store.artifacts import ArtifactStorage, LocalArtifactStore
+from orfeas.store.db import create_db_engine, init_db, sqlite_url
+from orfeas.store.jobs import JobStore
+from tests.synthetic import EXAMPLES
 
 
 @pytest.fixture
@@ -106,3 +121,69 @@ def test_delete_removes_input_results_and_interrupted_writes(storage):
     assert not storage.has_result(job, "model.glb") and not leftover.exists()
     assert not (storage.root / "inputs" / job).exists()
     assert storage.has_result(other, "model.glb") and storage.load_input(other) == b"x"
+
+
+class MemoryArtifactStore:
+    """A second ArtifactStorage, shaped like an object store: files live in a dict under their keys, and
+    `result_file` materializes one into a local cache, as an S3 implementation would download it."""
+
+    def __init__(self, cache: Path) -> None:
+        self.objects: dict[str, bytes] = {}
+        self.cache = cache
+
+    def save_input(self, job_id: str, data: bytes) -> None:
+        self.objects[f"inputs/{job_id}"] = data
+
+    def load_input(self, job_id: str) -> bytes:
+        return self.objects[f"inputs/{job_id}"]
+
+    @contextmanager
+    def write_results(self, job_id: str) -> Iterator[Path]:
+        with tempfile.TemporaryDirectory() as staging:
+            yield Path(staging)
+            for path in Path(staging).iterdir():
+                if not path.name.startswith("."):
+                    self.objects[f"results/{job_id}/{path.name}"] = path.read_bytes()
+
+    def save_result(self, job_id: str, name: str, data: bytes) -> None:
+        self.objects[f"results/{job_id}/{name}"] = data
+
+    def has_result(self, job_id: str, name: str) -> bool:
+        return f"results/{job_id}/{name}" in self.objects
+
+    def result_file(self, job_id: str, name: str) -> Path | None:
+        data = self.objects.get(f"results/{job_id}/{name}")
+        if data is None:
+            return None
+        path = self.cache / job_id / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        return path
+
+    def delete(self, job_id: str) -> None:
+        for key in [k for k in self.objects if k == f"inputs/{job_id}" or k.startswith(f"results/{job_id}/")]:
+            del self.objects[key]
+
+
+def test_the_service_and_the_worker_need_nothing_but_the_interface(tmp_path):
+    """Submit, generate, preview and retention against a storage that is not a directory."""
+    settings = Settings(data_dir=tmp_path, retention_hours=0.0)
+    engine = create_db_engine(sqlite_url(tmp_path))
+    init_db(engine)
+    store = JobStore(engine)
+    storage = MemoryArtifactStore(tmp_path / "cache")
+    service = JobService(store, storage, settings)
+    worker = Worker(store, storage, settings, ResourceOptimizer(MemoryProbe("cpu"), max_batch=2), worker_id="w1")
+    chair = Upload("chair.png", (EXAMPLES / "chair.png").read_bytes())
+    (job,), _ = service.submit([chair], GenerateOptions(resolution=64, faces=2000, formats=("glb", "obj")))
+    assert storage.objects[f"inputs/{job.id}"] == chair.data
+    assert worker.run_once()
+    done = store.get(job.id)
+    assert done.status == "succeeded" and done.result["files"] == {"glb": "model.glb", "obj": "model.obj.zip"}
+    assert trimesh.load(storage.result_file(job.id, "model.glb"), force="mesh").faces.shape[0] > 0
+    assert zipfile.ZipFile(storage.result_file(job.id, "model.obj.zip")).namelist()[0].startswith("model")
+    assert service.preview_path(done).read_bytes().startswith(b"\x89PNG")
+    assert storage.has_result(job.id, "preview.png")
+    worker.maintain()  # retention 0 h: the job and every one of its objects go
+    assert not storage.objects
+    engine.dispose()
