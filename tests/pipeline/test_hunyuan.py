@@ -211,3 +211,26 @@ def test_gpu_benchmark_runs_in_its_tiny_cpu_mode(tmp_path):
     stages = {(r["stage"], r["batch"]) for r in rows}
     assert {("diffusion", 1), ("diffusion", 2), ("decode dense", 1), ("decode hierarchical", 1)} <= stages
     assert all(r["seconds_per_image"] > 0 for r in rows)
+
+
+@needs_hy3dgen
+def test_a_photo_becomes_model_files_through_the_pipeline(generator, tmp_path):
+    """The user's path: image file -> cut-out -> hunyuan3d -> cleanup, texture, export frame -> GLB and STL."""
+    from orfeas import GenerateOptions, generate, save_result
+
+    options = GenerateOptions(backend="hunyuan3d", resolution=32, generator_options={"steps": STEPS}, formats="glb,stl")
+    result = generate(REPO / "examples" / "chair.png", options, generator.settings, generator=generator)
+    assert result.report()["generator"] == "hunyuan3d"
+    assert np.isclose(np.max(result.mesh.extents), 1.0) and result.mesh.volume > 0
+    files = save_result(result, tmp_path, "chair")
+    assert {f.suffix for f in files} == {".glb", ".stl", ".json"} and all(f.stat().st_size > 0 for f in files)
+
+
+@needs_hy3dgen
+def test_flashvdm_leaves_the_decoder_as_it_found_it(generator):
+    """hy3dgen's FlashVDM installs its own attention on the shape decoder; later decodings must not see it."""
+    params = {"resolution": 32, "seed": 4}
+    before = generator.generate_batch(IMAGES[:1], GenerationParams(options={"steps": STEPS}, **params))[0]
+    generator.generate_batch(IMAGES[:1], GenerationParams(options={"steps": STEPS, "decoder": "flashvdm"}, **params))
+    after = generator.generate_batch(IMAGES[:1], GenerationParams(options={"steps": STEPS}, **params))[0]
+    np.testing.assert_array_equal(before.vertices, after.vertices)

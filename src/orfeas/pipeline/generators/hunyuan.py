@@ -364,6 +364,7 @@ def _decode_flashvdm(vae: Any, tokens: torch.Tensor, resolution: int, chunk_size
     resolution, a uniform scale the export frame removes.
     """
     from hy3dgen.shapegen.models.autoencoders import FlashVDMVolumeDecoding
+    from hy3dgen.shapegen.models.autoencoders.attention_processors import CrossAttentionProcessor
     from hy3dgen.shapegen.pipelines import export_to_trimesh
 
     try:
@@ -377,7 +378,9 @@ def _decode_flashvdm(vae: Any, tokens: torch.Tensor, resolution: int, chunk_size
             enable_pbar=False,
         )
     finally:
-        vae.geo_decoder.set_default_cross_attention_processor()
+        # FlashVDM leaves its processor on the decoder; put the plain one back for dense and hierarchical decoding
+        # (hy3dgen's set_default_cross_attention_processor installs the class, not an instance, and then fails)
+        vae.geo_decoder.set_cross_attention_processor(CrossAttentionProcessor())
     output = vae.surface_extractor(logits, mc_level=0.0, bounds=BOX, octree_resolution=resolution)[0]
     if output is None:
         raise ValueError("the decoded field has no surface")
