@@ -347,7 +347,9 @@ def test_the_images_install_extras_that_pyproject_declares():
         for extra in args["EXTRAS"].split(","):
             assert extra in extras, (name, extra)
         install = " ".join(stages[name])
-        assert re.search(r'pip install "\$\(echo /tmp/wheels/orfeas-\*\.whl\)\[\$(EXTRAS|extras)\]"', install), name
+        assert re.search(r'pip install [^&]*"\$\(echo /tmp/wheels/orfeas-\*\.whl\)\[\$(EXTRAS|extras)\]"', install), (
+            name
+        )
         assert "require_extras.py" in install  # an extra pip does not know fails the build instead of a warning
         # numeric, so that Kubernetes' runAsNonRoot can verify it; the same uid the orfeas user is made with
         assert "USER ${UID}:${UID}" in stages[name] and stage_args(stages[name])["UID"] == "10001", name
@@ -361,6 +363,8 @@ def test_the_images_install_extras_that_pyproject_declares():
     # Hunyuan3D-2's licence excludes the EU, the UK and South Korea: the extra is opt-in, and says so.
     assert stage_args(stages["cuda"])["HUNYUAN"] == "0"
     assert "hunyuan" not in stage_args(stages["cuda"])["EXTRAS"]
+    assert "hunyuan" in extras and 'extras="$extras,hunyuan"' in " ".join(stages["cuda"])
+    assert 'pip install --no-deps "hy3dgen==$HY3DGEN_VERSION"' in " ".join(stages["cuda"])  # as the README says
     assert "South Korea" in DOCKERFILE.read_text()
     assert stages["cuda"][0].startswith("FROM ${CUDA_IMAGE}")
     assert re.search(r"ARG CUDA_IMAGE=nvidia/cuda:\S+-runtime-", DOCKERFILE.read_text())
