@@ -42,22 +42,21 @@ UNAVAILABLE = _unavailable()
 needs_hy3dgen = pytest.mark.skipif(UNAVAILABLE is not None, reason=UNAVAILABLE or "")
 
 
-class NetworkUsed(AssertionError):
-    pass
-
-
 @pytest.fixture(scope="module")
 def offline():
-    """Any connection or name lookup fails the test: the generator must never reach the network."""
+    """Cut the network: every connection or name lookup is refused and recorded (a library may catch the error,
+    the record stays). Tests that load or run the model assert that nothing was attempted."""
+    attempts: list[tuple] = []
 
     def refuse(*args, **kwargs):
-        raise NetworkUsed(f"network access attempted: {args[1:] or kwargs}")
+        attempts.append(args[1:])
+        raise OSError(f"network access attempted: {args[1:]}")
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(socket.socket, "connect", refuse)
         patch.setattr(socket, "getaddrinfo", refuse)
         patch.setattr(socket, "create_connection", refuse)
-        yield
+        yield attempts
 
 
 @pytest.fixture(scope="module")
@@ -133,6 +132,29 @@ def test_missing_weights_fail_the_generation_without_a_download(tmp_path, offlin
     generator = create_generator("hunyuan3d", Settings(device="cpu", hunyuan_model_path=tmp_path))
     with pytest.raises(GeneratorUnavailable, match=str(tmp_path)):
         generator.generate_batch(IMAGES[:1], GenerationParams(resolution=32, options={"steps": STEPS}))
+    assert offline == []
+
+
+@needs_hy3dgen
+def test_an_image_encoder_named_by_hub_id_is_not_fetched(models, offline, tmp_path, monkeypatch):
+    """config.yaml may name the image encoder by hub id instead of giving its config: the hub stays offline, so
+    a model missing from the local cache is an error, not a download."""
+    import shutil
+
+    import yaml
+
+    folder = tmp_path / "hunyuan3d-dit-v2-0"
+    shutil.copytree(models / "tencent" / "Hunyuan3D-2" / "hunyuan3d-dit-v2-0", folder)
+    config = yaml.safe_load((folder / "config.yaml").read_text())
+    encoder = config["conditioner"]["params"]["main_image_encoder"]["kwargs"]
+    encoder.pop("config")
+    encoder["version"] = "facebook/dinov2-giant"
+    (folder / "config.yaml").write_text(yaml.safe_dump(config))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-hub"))
+    generator = create_generator("hunyuan3d", Settings(device="cpu", hunyuan_model_path=folder))
+    with pytest.raises(GeneratorUnavailable, match="cannot build the model"):
+        generator.pipeline  # noqa: B018
+    assert offline == []
 
 
 @needs_hy3dgen
@@ -142,6 +164,7 @@ def test_weights_in_a_named_folder_load(models, offline):
     assert find_weights(settings).checkpoint == folder / "hunyuan3d-dit-v2-0" / "model.fp16.safetensors"
     generator = create_generator("hunyuan3d", settings)
     assert generator.pipeline.vae.latent_shape == (64, 8)
+    assert offline == []
 
 
 @needs_hy3dgen
@@ -173,6 +196,7 @@ def test_a_batch_is_one_forward_pass_per_step_and_equals_its_images_one_by_one(g
         assert np.all(np.abs(mesh.vertices) <= 1.01 + 1e-6)
     # different images and seeds give different shapes
     assert len({len(m.faces) for m in meshes}) == len(meshes)
+    assert offline == []  # loading (the fixture) and generating never reached for the network
 
 
 @needs_hy3dgen

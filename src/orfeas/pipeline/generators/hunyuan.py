@@ -157,17 +157,17 @@ def hub_offline() -> Iterator[None]:
 
 
 def resolve_device(device: str) -> str:
-    """ "auto" becomes the first GPU when torch sees one, else the CPU."""
+    """The device to run on: "auto" becomes the first GPU when torch sees one, else the CPU."""
+    if device != "auto":
+        return device
     import torch
 
-    if device == "auto":
-        return "cuda:0" if torch.cuda.is_available() else "cpu"
-    return device
+    return "cuda:0" if torch.cuda.is_available() else "cpu"
 
 
 def resolve_dtype(name: str, device: str) -> torch.dtype:
-    """ "auto": float16 on a GPU (as the published weights), float32 on the CPU (half-precision CPU kernels are slow
-    or missing)."""
+    """The torch dtype of a dtype setting; "auto" is float16 on a GPU (as the published weights) and float32 on the
+    CPU, where half-precision kernels are slow or missing."""
     import torch
 
     if name == "auto":
@@ -187,13 +187,16 @@ def load_pipeline(settings: Settings, device: str | None = None, dtype: torch.dt
             from hy3dgen.shapegen import Hunyuan3DDiTFlowMatchingPipeline
         except (ImportError, RuntimeError) as exc:  # torchvision built for another torch fails with RuntimeError
             raise GeneratorUnavailable(f"hunyuan3d cannot import hy3dgen ({exc}); reinstall with {INSTALL}") from None
-        pipeline = Hunyuan3DDiTFlowMatchingPipeline.from_single_file(
-            str(weights.checkpoint),
-            str(weights.config),
-            device=device,
-            dtype=dtype,
-            use_safetensors=weights.checkpoint.suffix == ".safetensors",
-        )
+        try:
+            pipeline = Hunyuan3DDiTFlowMatchingPipeline.from_single_file(
+                str(weights.checkpoint),
+                str(weights.config),
+                device=device,
+                dtype=dtype,
+                use_safetensors=weights.checkpoint.suffix == ".safetensors",
+            )
+        except (OSError, KeyError) as exc:  # e.g. a config naming a hub model that is not in the local cache
+            raise GeneratorUnavailable(f"hunyuan3d cannot build the model of {weights.config}: {exc}") from None
     logger.info(
         "hunyuan3d loaded",
         extra={
@@ -250,6 +253,8 @@ class HunyuanGenerator:
 
     def generate_batch(self, images: Sequence[Cutout], params: GenerationParams) -> list[trimesh.Trimesh]:
         options = read_options(params.options, self.settings)
+        if not images:
+            return []
         seeds = [params.seed_for(i) for i in range(len(images))]
         start = time.perf_counter()
         latents = sample_latents(self.pipeline, images, seeds, options["steps"], options["guidance_scale"])
@@ -282,14 +287,14 @@ class HunyuanGenerator:
         that bench/gpu_hunyuan.py measures.
         """
         size = self._size()
-        device = self.settings.device
-        bytes_per = 2 if self.settings.hunyuan_dtype in ("float16", "bfloat16") else 4
-        if self.settings.hunyuan_dtype == "auto" and device != "cpu":
-            bytes_per = 2
+        device = resolve_device(self.settings.device)
+        dtype = self.settings.hunyuan_dtype
+        half = dtype in ("float16", "bfloat16") or (dtype == "auto" and device.startswith("cuda"))
+        bytes_per = 2 if half else 4
         tokens = size["latents"] + size["cond_tokens"]
         dit = 2 * tokens * size["hidden"] * ACTIVATION_WIDTH * bytes_per
         conditioner = size["cond_tokens"] * size["cond_hidden"] * ACTIVATION_WIDTH * bytes_per
-        scores = 2 * tokens**2 * size["heads"] * 4 if device == "cpu" else 0
+        scores = 0 if device.startswith("cuda") else 2 * tokens**2 * size["heads"] * 4
         return int(dit + conditioner + scores + size["latents"] * size["hidden"] * 4)
 
     def _size(self) -> dict[str, int]:
