@@ -273,8 +273,10 @@ class JobStore:
         if not updates:
             return set()
         with self._engine.begin() as conn:
-            # the write transaction holds the lock, so the jobs found ours here are still ours when updated
-            ours = set(conn.scalars(sa.select(jobs.c.id).where(jobs.c.id.in_(list(updates)), _owned_by(worker_id))))
+            # FOR UPDATE keeps the jobs found ours here ours until the update (a PostgreSQL SELECT alone does not: a
+            # requeue could commit in between); on SQLite the write transaction already holds the database lock
+            owned = sa.select(jobs.c.id).where(jobs.c.id.in_(list(updates)), _owned_by(worker_id))
+            ours = set(conn.scalars(owned.order_by(jobs.c.id).with_for_update()))  # one lock order: no deadlock
             rows = [
                 {"job_id": job_id, "progress": progress, "stage": stage}
                 for job_id, (progress, stage) in updates.items()
@@ -296,14 +298,11 @@ class JobStore:
             return set()
         with self._engine.begin() as conn:
             now = self._now()
-            # the write transaction holds the lock, so the jobs found ours here are still ours when updated
-            ours = set(
-                conn.scalars(
-                    sa.select(jobs.c.id).where(
-                        jobs.c.id.in_([job_id for job_id, _, _ in outcomes]), _owned_by(worker_id)
-                    )
-                )
+            # FOR UPDATE keeps the jobs found ours here ours until the update (see update_progress_many)
+            owned = sa.select(jobs.c.id).where(
+                jobs.c.id.in_([job_id for job_id, _, _ in outcomes]), _owned_by(worker_id)
             )
+            ours = set(conn.scalars(owned.order_by(jobs.c.id).with_for_update()))  # one lock order: no deadlock
             rows = [
                 {"job_id": job_id, "result": result, "profile": profile}
                 for job_id, result, profile in outcomes
