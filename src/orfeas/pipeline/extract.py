@@ -93,11 +93,31 @@ def extract_neural_field(
 ) -> tuple[trimesh.Trimesh, ExtractionStats]:
     """Mesh the level set of a queryable field on a (resolution + 1)^3 grid spanning `bounds`.
 
-    `dense` queries every grid point (what a shape decoder does by default). `hierarchical` queries a
-    (coarse_resolution + 1)^3 grid and then, level by level, halves only the cells that may hold surface (see
-    `_children_near_surface` for the test, which assumes the field is roughly a distance, and `band`, its margin),
-    so the cost grows with the surface area instead of the volume. `resolution` must be `coarse_resolution * 2**k`;
-    None picks one (`_default_coarse_resolution`). The field is always called with at most `chunk_size` points.
+    Args:
+        field: points (N, 3) float32 numpy, in world units, to N values, negative inside; `torch_field` wraps a
+            torch module or function (on any device) as one. It is called with 1 to `chunk_size` points at a time.
+        bounds: ((x0, y0, z0), (x1, y1, z1)), the box the grid spans, hi > lo on every axis.
+        resolution: cells per axis of the finest grid.
+        method: `dense` queries every grid point (what a shape decoder does by default); `hierarchical` queries a
+            (coarse_resolution + 1)^3 grid and then, level by level, halves only the cells that may hold surface
+            (`_children_near_surface`) and follows the surface into the cells it reaches from there
+            (`_close_surface`), so the cost grows with the surface area instead of the volume.
+        chunk_size: the most points per call to the field.
+        level: the iso-value to mesh.
+        coarse_resolution: the first grid of `hierarchical`; `resolution` must be `coarse_resolution * 2**k`. None
+            picks one (`_default_coarse_resolution`).
+        band: how near the level a cell's corners must be for `hierarchical` to refine it, in cells, assuming
+            the field changes by about one world unit per unit of distance. For a field with a steeper or flatter
+            profile (a logit, say) multiply it by that gradient; too narrow a band only risks small separate
+            parts, since the surface found is always followed to completion.
+
+    Returns:
+        The mesh (faces wound outward, world units, vertices shared between faces) and what it cost. On a field
+        whose every surface piece reaches a refined cell, `hierarchical` gives the mesh `dense` gives.
+
+    Raises:
+        ValueError: bad arguments, or no surface (`NO_SURFACE`): the field is all inside or all outside, or
+            `hierarchical` found no cell near the level.
     """
     if resolution < 1 or chunk_size < 1:
         raise ValueError(f"resolution and chunk_size must be positive, got {resolution} and {chunk_size}")
