@@ -49,6 +49,9 @@ class Settings(BaseSettings):
         "hierarchical", description="Volume decoding: every grid point, ours near the surface, or hy3dgen's FlashVDM."
     )
     hunyuan_chunk_size: int = Field(8000, ge=1, description="Points per shape-decoder call.")
+    hunyuan_compile: bool = Field(
+        False, description="torch.compile the DiT, VAE and image encoder once loaded: a slow first batch, then faster."
+    )
 
     # service
     data_dir: Path = Field(Path("orfeas-data"), description="Database (SQLite) and result files live here.")

@@ -197,12 +197,15 @@ def load_pipeline(settings: Settings, device: str | None = None, dtype: torch.dt
             )
         except (OSError, KeyError) as exc:  # e.g. a config naming a hub model that is not in the local cache
             raise GeneratorUnavailable(f"hunyuan3d cannot build the model of {weights.config}: {exc}") from None
+    if settings.hunyuan_compile:
+        pipeline.compile()  # hy3dgen's: torch.compile on the DiT, the VAE and the conditioner
     logger.info(
         "hunyuan3d loaded",
         extra={
             "checkpoint": str(weights.checkpoint),
             "device": device,
             "dtype": str(dtype),
+            "compiled": settings.hunyuan_compile,
             "seconds": round(time.perf_counter() - start, 2),
         },
     )
