@@ -51,8 +51,8 @@ examples: setup
 	$(BIN)/orfeas generate examples/*.png --out out --format glb,obj,stl,ply
 
 test: setup
-	$(BIN)/ruff check src tests bench
-	$(BIN)/ruff format --check src tests bench
+	$(BIN)/ruff check src tests bench deploy
+	$(BIN)/ruff format --check src tests bench deploy
 	$(BIN)/pytest
 
 bench: setup

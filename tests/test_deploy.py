@@ -240,9 +240,11 @@ def interpolate(value: str, env: dict[str, str]) -> str:
 
 
 def outside_docker(argv: list[str], data_dir: Path, port: int) -> list[str]:
-    """A compose command line for this machine: the volume's path for /data, loopback and a free port."""
+    """A compose command line for this machine: the volume's path for /data, loopback and free ports."""
     argv = [str(data_dir) if arg == "/data" else arg for arg in argv]
-    for flag, value in (("--host", "127.0.0.1"), ("--port", str(port))):
+    if "--metrics-port" in argv:
+        argv += ["--metrics-host", "127.0.0.1"]
+    for flag, value in (("--host", "127.0.0.1"), ("--port", str(port)), ("--metrics-port", str(free_port()))):
         if flag in argv:
             argv[argv.index(flag) + 1] = value
     return argv
@@ -417,12 +419,14 @@ def test_promtool_accepts_the_prometheus_config():
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
-def test_prometheus_scrapes_the_api_service_on_its_port():
-    (job,) = yaml.safe_load(PROMETHEUS_CONFIG.read_text())["scrape_configs"]
-    assert job["metrics_path"] == "/metrics"
+def test_prometheus_scrapes_the_api_and_the_worker_on_their_ports():
+    jobs = {job["job_name"]: job for job in yaml.safe_load(PROMETHEUS_CONFIG.read_text())["scrape_configs"]}
+    assert all(job["metrics_path"] == "/metrics" for job in jobs.values())
     services = compose()["services"]
     port = parse_with_cli(services["api"]["command"])["port"]
-    assert job["static_configs"][0]["targets"] == [f"api:{port}"]
+    assert jobs["orfeas-api"]["static_configs"][0]["targets"] == [f"api:{port}"]
+    metrics_port = parse_with_cli(services["worker-gpu"]["command"])["metrics_port"]
+    assert jobs["orfeas-worker"]["static_configs"][0]["targets"] == [f"worker-gpu:{metrics_port}"]
 
 
 def dashboard_expressions() -> list[str]:

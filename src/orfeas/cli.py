@@ -331,8 +331,16 @@ def worker_command(
     database: DatabaseOption = None,
     device: Annotated[str, typer.Option(help="'auto', 'cpu' or 'cuda:N': whose memory sizes the batches.")] = "auto",
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
+    metrics_port: Annotated[
+        int | None, typer.Option(help="Serve this worker's Prometheus metrics on this port (off by default).")
+    ] = None,
+    metrics_host: Annotated[str, typer.Option(help="Address the metrics port listens on.")] = "0.0.0.0",
 ) -> None:
-    """Run a worker without the API: it claims batches from the shared database until stopped (SIGTERM/Ctrl-C)."""
+    """Run a worker without the API: it claims batches from the shared database until stopped (SIGTERM/Ctrl-C).
+
+    With `--metrics-port` it also serves `/metrics` (stage and job durations, batch sizes, this machine's device
+    memory), which an API server cannot see when the worker runs elsewhere.
+    """
     import os
     import signal
     import threading
@@ -354,17 +362,36 @@ def worker_command(
         probe = MemoryProbe(settings.device)
     except (OrfeasError, ValueError) as exc:
         raise _fail(str(exc), code=2) from None
+    store = JobStore(engine)
+    metrics = None
+    if metrics_port is not None:
+        metrics = _serve_worker_metrics(store, probe, metrics_host, metrics_port)
     worker = Worker(
-        JobStore(engine),
+        store,
         ArtifactStore(settings.data_dir),
         settings,
         ResourceOptimizer(probe, settings.target_utilization, settings.max_batch),
+        metrics,
     )
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     stderr.print(f"worker {worker.worker_id} on {engine.url.render_as_string(hide_password=True)}")
     worker.run(stop)
+
+
+def _serve_worker_metrics(store: Any, probe: Any, host: str, port: int) -> Any:
+    """Start the worker's own `/metrics` endpoint in a background thread; a port in use is a one-line error."""
+    from prometheus_client import CollectorRegistry, start_http_server
+
+    from orfeas.service.metrics import ServiceMetrics
+
+    metrics = ServiceMetrics(CollectorRegistry(), store.count_by_status, probe)
+    try:
+        start_http_server(port, addr=host, registry=metrics.registry)
+    except OSError as exc:
+        raise _fail(f"cannot serve metrics on {host}:{port}: {exc.strerror or exc}", code=2) from None
+    return metrics
 
 
 @app.command("preview")
