@@ -74,7 +74,7 @@ def test_round_and_chamfer_profiles():
 
 def test_a_sphere_is_recovered_from_its_disc():
     sphere = trimesh.creation.icosphere(subdivisions=4, radius=0.18)
-    mesh = inflate(seen_from_the_camera(sphere), resolution=128)
+    mesh = inflate(seen_from_the_camera(sphere), resolution=128, shading=0)
     assert mesh.is_watertight
     assert mesh.extents == pytest.approx([0.36] * 3, abs=0.02)
     scores = surface_scores(sphere, mesh, samples=5_000)
@@ -84,7 +84,7 @@ def test_a_sphere_is_recovered_from_its_disc():
 
 def test_a_torus_seen_from_above_keeps_its_hole_and_tube():
     torus = trimesh.creation.torus(major_radius=0.3, minor_radius=0.08)
-    mesh = inflate(seen_from_the_camera(torus), resolution=160)
+    mesh = inflate(seen_from_the_camera(torus), resolution=160, shading=0)
     assert mesh.is_watertight
     assert mesh.euler_number == 0  # genus one
     assert mesh.extents[2] == pytest.approx(0.16, abs=0.015)
@@ -93,11 +93,11 @@ def test_a_torus_seen_from_above_keeps_its_hole_and_tube():
 
 def test_a_box_gets_the_depth_of_its_width_capped_by_max_thickness():
     cube = trimesh.creation.box(extents=[0.3, 0.3, 0.3])
-    mesh = inflate(seen_from_the_camera(cube))
+    mesh = inflate(seen_from_the_camera(cube), shading=0)
     assert mesh.extents == pytest.approx([0.3, 0.3, 0.3], abs=0.02)
     # a pillow, not a cube, but far closer to it than a thin slab
     assert surface_scores(cube, mesh, samples=5_000)["fscore@0.05"] > 0.8
-    capped = inflate(seen_from_the_camera(cube), max_thickness=0.1)
+    capped = inflate(seen_from_the_camera(cube), max_thickness=0.1, shading=0)
     assert capped.extents[2] == pytest.approx(0.1, abs=0.01)
 
 
@@ -105,7 +105,7 @@ def test_thin_parts_stay_thin():
     mask = disc_mask(SIZE, radius=0.3)
     coords = (np.arange(SIZE) + 0.5) / SIZE - 0.5
     stick = (np.abs(coords)[:, None] < 0.02) & (coords[None, :] > 0.25) & (coords[None, :] < 0.48)
-    mesh = inflate(mask | stick)
+    mesh = inflate(mask | stick, shading=0)
     on_stick = mesh.vertices[:, 0] > 0.35
     assert np.ptp(mesh.vertices[on_stick, 2]) < 0.06
     assert mesh.vertices[:, 0].max() > 0.46  # the stick survives to its tip
@@ -123,7 +123,7 @@ def test_every_inside_cell_is_at_least_a_cell_deep():
 
 def test_depth_scales_the_thickness():
     disc = disc_mask(SIZE, radius=0.15)
-    assert inflate(disc, depth=0.5).extents[2] == pytest.approx(0.15, abs=0.015)
+    assert inflate(disc, depth=0.5, shading=0).extents[2] == pytest.approx(0.15, abs=0.015)
 
 
 def test_field_is_negative_inside_and_positive_outside(disc_cutout):

@@ -20,17 +20,36 @@ from scipy import ndimage
 from orfeas.errors import InvalidOptions
 from orfeas.pipeline.background import Cutout
 from orfeas.pipeline.generators.base import GenerationParams, GridField
+from orfeas.pipeline.shading import estimate_light, harmonic_fill, luminance, shading_relief, surface_normals
 
 DEFAULT_OPTIONS = {
     "depth": 1.0,  # depth of the object relative to its local width
     "max_thickness": 0.4,  # cap on the total depth, as a fraction of the cut-out side
     "roundness": 1.0,  # 1: round cross-section, 0: linear chamfer from the outline
+    "shading": 1.0,  # weight of the relief recovered from shading (0: none, the symmetric tube prior alone)
+    "smoothness": 0.01,  # relief features narrower than about this (cut-out units) are smoothed away
+    "back_relief": 1.0,  # 1: the back mirrors the front's relief about the mid-surface, 0: the back keeps none
 }
 # Bounds of each option: (lowest, highest), both included.
-OPTION_RANGES = {"depth": (0.05, 3.0), "max_thickness": (0.01, 2.0), "roundness": (0.0, 1.0)}
+OPTION_RANGES = {
+    "depth": (0.05, 3.0),
+    "max_thickness": (0.01, 2.0),
+    "roundness": (0.0, 1.0),
+    "shading": (0.0, 2.0),
+    "smoothness": (0.003, 1.0),
+    "back_relief": (0.0, 1.0),
+}
 # The local-width search runs on at most this many cells across; the width varies smoothly, so finer adds nothing.
 LOCAL_RADIUS_GRID = 192
 LOCAL_RADIUS_LEVELS = 16
+# Shape from shading runs on this many cells across: the relief is smooth, and the solve's cost grows with the area.
+SHADING_GRID = 64
+# Below this share of the intensity variance explained by the fitted shading the relief is dropped, above the second
+# it is kept whole (renders of matte objects under one light score 0.6 to 0.97, textured photos 0.3 to 0.7).
+SHADING_FIT_NONE = 0.4
+SHADING_FIT_FULL = 0.6
+# A fitted albedo under this many grey levels means the object is evenly lit or evenly coloured.
+MIN_ALBEDO = 4.0
 
 
 def signed_distance_2d(mask: np.ndarray) -> np.ndarray:
@@ -88,23 +107,62 @@ def height_map(sdf: np.ndarray, options: dict[str, float]) -> np.ndarray:
     return np.where(sdf > 0, np.maximum(height, 1.0 / cells), height)
 
 
+def front_and_back(cutout: Cutout, sdf: np.ndarray, options: dict[str, float]) -> tuple[np.ndarray, np.ndarray]:
+    """Front and back depth over the grid (world units, image layout) from the grid's 2-D signed distance.
+
+    Without shading they are the tube prior's +height and -height. With it, the front gains the relief that
+    explains the image's shading; the mid-surface (the membrane through the relief at the outline) carries the
+    object's tilt to the back, and the back mirrors `back_relief` of the rest of the relief.
+    """
+    height = height_map(sdf, options)
+    if options["shading"] <= 0:
+        return height, -height
+    cells = sdf.shape[0]
+    work = min(cells, SHADING_GRID)
+    mask = cv2.resize(sdf, (work, work), interpolation=cv2.INTER_AREA) > 0
+    if mask.sum() < 16:
+        return height, -height
+    prior = cv2.resize(height, (work, work), interpolation=cv2.INTER_AREA)
+    intensity = cv2.resize(luminance(cutout.rgba), (work, work), interpolation=cv2.INTER_AREA)
+    spacing = 1.0 / work
+    lit = ndimage.binary_erosion(mask)
+    normals = surface_normals(prior, spacing)
+    light = estimate_light(normals[lit], intensity[lit])
+    if light.albedo < MIN_ALBEDO:
+        return height, -height  # evenly coloured: no shading to read
+    relief, fit = shading_relief(prior, intensity, mask, spacing, light, options["smoothness"])
+    # Trust the relief only as far as one light explains the image: texture, print or several lights do not fit
+    relief *= options["shading"] * float(
+        np.clip((fit - SHADING_FIT_NONE) / (SHADING_FIT_FULL - SHADING_FIT_NONE), 0, 1)
+    )
+    mid = harmonic_fill(relief, mask)
+    relief = cv2.resize(relief, (cells, cells), interpolation=cv2.INTER_LINEAR)
+    mid = cv2.resize(mid, (cells, cells), interpolation=cv2.INTER_LINEAR)
+    front = height + relief
+    back = mid - height - options["back_relief"] * (relief - mid)
+    # never thinner than a cell where the object is (see height_map)
+    back = np.where(sdf > 0, np.minimum(back, front - 2.0 / cells), back)
+    return front, back
+
+
 def inflate_field(cutout: Cutout, resolution: int, options: dict[str, float]) -> GridField:
     """Build the grid field of one cut-out at `resolution` voxels across the cut-out's side."""
     side = cutout.size
     sdf = signed_distance_2d(cutout.mask) / side  # world units: the cut-out spans 1.0
     sdf = cv2.resize(sdf, (resolution, resolution), interpolation=cv2.INTER_LINEAR)
-    height = height_map(sdf, options)
+    front, back = front_and_back(cutout, sdf, options)
     # image rows run down, world Y runs up; the grid is indexed [x, y, z]
-    sdf = np.ascontiguousarray(sdf[::-1, :].T)
-    height = np.ascontiguousarray(height[::-1, :].T)
+    sdf, front, back = (np.ascontiguousarray(a[::-1, :].T) for a in (sdf, front, back))
     spacing = 1.0 / resolution
     rows, cols = _occupied_range(sdf > 0, pad=2)
-    sdf, height = sdf[rows, cols], height[rows, cols]
+    sdf, front, back = sdf[rows, cols], front[rows, cols], back[rows, cols]
 
-    z_half = float(height.max()) + 2 * spacing
-    nz = max(int(np.ceil(2 * z_half / spacing)) + 1, 3)
-    z = (np.arange(nz, dtype=np.float32) - (nz - 1) / 2) * spacing
-    values = np.abs(z)[None, None, :] - height[:, :, None]
+    inside = sdf > 0
+    z_top = float(front[inside].max()) + 2 * spacing
+    z_bottom = float(back[inside].min()) - 2 * spacing
+    nz = max(int(np.ceil((z_top - z_bottom) / spacing)) + 1, 3)
+    z = (z_bottom + np.arange(nz, dtype=np.float32) * spacing).astype(np.float32)
+    values = np.maximum(z[None, None, :] - front[:, :, None], back[:, :, None] - z[None, None, :])
     # Intersect with the silhouette's extrusion: near the outline the profile rises steeply, and marching cubes'
     # linear interpolation would push the surface up to half a cell outward; the 2-D distance has unit slope.
     np.maximum(values, -sdf[:, :, None], out=values)
