@@ -114,6 +114,17 @@ def test_narrow_band_on_a_field_far_from_a_distance_leaves_no_holes(name, band):
     assert chamfer(mesh.vertices, dense.vertices) < 1e-6
 
 
+def test_surface_cut_by_the_box_is_open_where_dense_is_open():
+    # the sphere pokes out of the box: both meshes end at the box with the same rim, and following the surface
+    # stops there instead of stepping off the grid
+    field = sphere(center=(0.42, 0.0, 0.0), radius=0.2)
+    dense, _ = extract_neural_field(field, BOUNDS, RESOLUTION, method="dense")
+    mesh, _ = extract_neural_field(field, BOUNDS, RESOLUTION, coarse_resolution=16, band=0.25)
+    assert open_edges(dense) > 0
+    assert (open_edges(mesh), len(mesh.faces)) == (open_edges(dense), len(dense.faces))
+    assert chamfer(mesh.vertices, dense.vertices) < 1e-6
+
+
 def test_close_surface_completes_a_partial_shell():
     size = 32
     samples = _Samples(
