@@ -258,3 +258,15 @@ def test_flashvdm_leaves_the_decoder_as_it_found_it(generator):
     generator.generate_batch(IMAGES[:1], GenerationParams(options={"steps": STEPS, "decoder": "flashvdm"}, **params))
     after = generator.generate_batch(IMAGES[:1], GenerationParams(options={"steps": STEPS}, **params))[0]
     np.testing.assert_array_equal(before.vertices, after.vertices)
+
+
+@needs_hy3dgen
+def test_half_precision_gives_nearly_the_float32_shape(generator, models, monkeypatch):
+    """bfloat16 weights and activations (float16's path on a GPU, runnable here) with float32 query points."""
+    monkeypatch.setenv("HY3DGEN_MODELS", str(models))
+    half = create_generator("hunyuan3d", Settings(device="cpu", hunyuan_dtype="bfloat16"))
+    params = GenerationParams(resolution=RESOLUTION, seed=1, options={"steps": STEPS})
+    reference = generator.generate_batch(IMAGES[:1], params)[0]
+    mesh = half.generate_batch(IMAGES[:1], params)[0]
+    assert half.pipeline.model.latent_in.weight.dtype.itemsize == 2
+    assert mesh.volume == pytest.approx(reference.volume, rel=0.05)

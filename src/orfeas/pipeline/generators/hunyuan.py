@@ -354,8 +354,11 @@ def decode_latents(
         with torch.inference_mode():
             return -vae.geo_decoder(queries=points[None], latents=tokens)[0, :, 0]
 
+    # Points stay float32 whatever the model's dtype: the decoder's Fourier features reach 2^7 x the coordinate,
+    # and float16 coordinates (about 1e-3 apart near 1) would shift them by up to 0.13 rad; the features are cast
+    # to the model's dtype after that product.
     mesh, stats = extract_neural_field(
-        torch_field(field, device=str(tokens.device), dtype=tokens.dtype),
+        torch_field(field, device=str(tokens.device)),
         ((-BOX,) * 3, (BOX,) * 3),
         resolution,
         method=decoder,
@@ -369,7 +372,7 @@ def _decode_flashvdm(vae: Any, tokens: torch.Tensor, resolution: int, chunk_size
     """hy3dgen's FlashVDM path: its own hierarchical decoding with attention restricted to the top latents.
 
     It rounds the grid to a multiple of 4 less one (384 -> 380) but its surface extractor scales by the requested
-    resolution, a uniform scale the export frame removes.
+    resolution: a uniform scale and shift, which the export frame removes.
     """
     from hy3dgen.shapegen.models.autoencoders import FlashVDMVolumeDecoding
     from hy3dgen.shapegen.models.autoencoders.attention_processors import CrossAttentionProcessor
