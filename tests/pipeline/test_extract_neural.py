@@ -6,6 +6,7 @@ from scipy.spatial import cKDTree
 from orfeas.pipeline.extract import (
     ExtractionStats,
     _all_cells,
+    _children_near_surface,
     _close_surface,
     _inside_bits,
     _Samples,
@@ -123,6 +124,14 @@ def test_surface_cut_by_the_box_is_open_where_dense_is_open():
     assert open_edges(dense) > 0
     assert (open_edges(mesh), len(mesh.faces)) == (open_edges(dense), len(dense.faces))
     assert chamfer(mesh.vertices, dense.vertices) < 1e-6
+
+
+def test_a_straddling_cell_keeps_two_children_when_the_band_keeps_none():
+    # corner values far beyond the band: the nearest inside corner is 1 (-2), the nearest outside one 0 (3)
+    corners = np.array([[3.0, -2.0, 4.0, 5.0, -7.0, 6.0, -9.0, 8.0]], dtype=np.float32)
+    assert np.flatnonzero(_children_near_surface(corners, band=0.0)[0]).tolist() == [0, 1]
+    # a cell that does not straddle the level keeps none
+    assert not _children_near_surface(np.abs(corners), band=0.0).any()
 
 
 def test_close_surface_completes_a_partial_shell():

@@ -373,12 +373,20 @@ def _children_near_surface(corners: np.ndarray, band: float) -> np.ndarray:
     distance, which is (sqrt(3)/2) * cell size for the child's own corner and up to twice that for the opposite one
     (`_REACH`). A band of sqrt(3)/2 cells is exact; more leaves a margin for fields that are only approximately
     distances. The test also keeps thin parts (a plate, a strut) that pass between corners without changing their
-    sign, which a sign test alone would drop. Children of a cell whose corners straddle the level are all kept if
-    the test keeps none of them, which only a field far from a distance can cause.
+    sign, which a sign test alone would drop.
+
+    Where the test keeps no child of a cell whose corners straddle the level (only a field far from a distance, or
+    a band below sqrt(3)/2, can cause that), two are kept: those at its nearest inside and nearest outside corner.
+    The cell's centre is a corner of both, so whatever its sign one of them straddles the level too, and
+    `_close_surface` finds the rest of that surface from there.
     """
     keep = np.all(np.abs(corners)[:, :, None] <= band * _REACH, axis=1)
-    straddles = (corners.min(axis=1) < 0) & (corners.max(axis=1) > 0)
-    keep[straddles & ~keep.any(axis=1)] = True
+    lost = np.flatnonzero((corners.min(axis=1) < 0) & (corners.max(axis=1) > 0) & ~keep.any(axis=1))
+    if lost.size:
+        distance = np.abs(corners[lost])
+        inside = corners[lost] < 0
+        keep[lost, np.where(inside, distance, np.inf).argmin(axis=1)] = True
+        keep[lost, np.where(inside, np.inf, distance).argmin(axis=1)] = True
     return keep
 
 
