@@ -203,7 +203,7 @@ def main() -> None:
     dtypes = (args.dtypes or ("float32" if args.tiny else "float32,float16,bfloat16")).split(",")
     batches = [int(b) for b in (args.batches or ("1,2" if args.tiny else "1,4")).split(",")]
     steps = args.steps or (2 if args.tiny else 30)
-    resolution = args.resolution or (64 if args.tiny else 384)
+    resolution = args.resolution or (48 if args.tiny else 384)
     image_size = 64 if args.tiny else 512
     config = model_config(tiny=args.tiny)
     settings = Settings(device=args.device)
