@@ -11,8 +11,9 @@ Weights are only ever read from disk: `find_weights` checks the configured place
 must go, because hy3dgen's own `from_pretrained` downloads from the hub when its local path is missing. hy3dgen and
 its torch stack are imported only when the weights are loaded (the optional extra `orfeas[hunyuan]`).
 
-Frame: the model's shapes fill [-1, 1]^3 with Y up and the image's camera on +Z (hy3dgen's texture stage renders
-the front view from there), which is our world frame; X points right in the image.
+Frame: the model's shapes fill [-1, 1]^3 with Y up and the image's camera on +Z, our world frame, with X to the
+image's right. That is read from hy3dgen's texture stage, which renders the input's view from +Z; it is not yet
+checked against real weights (the tests run random ones).
 """
 
 from __future__ import annotations
@@ -112,11 +113,22 @@ def find_weights(settings: Settings) -> Weights:
         if config.is_file() and checkpoint is not None:
             return Weights(config, checkpoint)
     places = "; ".join(str(d) for d in searched)
+    if settings.hunyuan_model_path is None:
+        places += f"; the Hugging Face cache{_hub_cache_root()}"
     raise GeneratorUnavailable(
         f"Hunyuan3D-2 weights not found (looked in {places}). Put config.yaml and {names[0]} (or {names[1]}) of "
-        f"{settings.hunyuan_repo}/{settings.hunyuan_subfolder} in one of those folders, or set "
-        "ORFEAS_HUNYUAN_MODEL_PATH to the folder that holds them; ORFEAS never downloads weights."
+        f"{settings.hunyuan_repo}/{settings.hunyuan_subfolder} in the first of those folders (huggingface-cli "
+        "download fills the cache), or set ORFEAS_HUNYUAN_MODEL_PATH to the folder that holds them; ORFEAS never "
+        "downloads weights."
     )
+
+
+def _hub_cache_root() -> str:
+    try:
+        from huggingface_hub import constants
+    except ImportError:
+        return ""
+    return f" {constants.HF_HUB_CACHE}"
 
 
 def _hub_cache_dir(repo: str, subfolder: str) -> Path | None:
