@@ -28,7 +28,7 @@ DEFAULT_OPTIONS = {
     "roundness": 1.0,  # 1: round cross-section, 0: linear chamfer from the outline
     "shading": 1.0,  # weight of the relief recovered from shading (0: none, the symmetric tube prior alone)
     "smoothness": 0.01,  # relief features narrower than about this (cut-out units) are smoothed away
-    "back_relief": 1.0,  # 1: the back mirrors the front's relief about the mid-surface, 0: the back keeps none
+    "back_relief": 0.5,  # 1: the back mirrors the front's relief about the mid-surface, 0: the back keeps none
 }
 # Bounds of each option: (lowest, highest), both included.
 OPTION_RANGES = {
@@ -43,7 +43,7 @@ OPTION_RANGES = {
 LOCAL_RADIUS_GRID = 192
 LOCAL_RADIUS_LEVELS = 16
 # Shape from shading runs on this many cells across: the relief is smooth, and the solve's cost grows with the area.
-SHADING_GRID = 64
+SHADING_GRID = 48
 # Below this share of the intensity variance explained by the fitted shading the relief is dropped, above the second
 # it is kept whole (renders of matte objects under one light score 0.6 to 0.97, textured photos 0.3 to 0.7).
 SHADING_FIT_NONE = 0.4
