@@ -136,12 +136,17 @@ def front_and_back(cutout: Cutout, sdf: np.ndarray, options: dict[str, float]) -
         np.clip((fit - SHADING_FIT_NONE) / (SHADING_FIT_FULL - SHADING_FIT_NONE), 0, 1)
     )
     mid = harmonic_fill(relief, mask)
+    # Parts too thin for the coarse grid (a flamingo's legs) take the relief of the nearest solved cell: a jump
+    # to zero there would tear them from the body.
+    relief, mid = (_extend_nearest(a, mask) for a in (relief, mid))
     relief = cv2.resize(relief, (cells, cells), interpolation=cv2.INTER_LINEAR)
     mid = cv2.resize(mid, (cells, cells), interpolation=cv2.INTER_LINEAR)
     front = height + relief
     back = mid - height - options["back_relief"] * (relief - mid)
-    # never thinner than a cell where the object is (see height_map)
-    back = np.where(sdf > 0, np.minimum(back, front - 2.0 / cells), back)
+    # Never thinner than two cells where the object is (see height_map), and thicker where the relief is steep:
+    # neighbouring columns must overlap in depth or a thin part shifted by the relief falls apart into pieces.
+    step = np.maximum(_steepness(relief), _steepness(mid))
+    back = np.where(sdf > 0, np.minimum(back, front - 2.0 / cells - 2.0 * step), back)
     return front, back
 
 
@@ -170,6 +175,20 @@ def inflate_field(cutout: Cutout, resolution: int, options: dict[str, float]) ->
     start = -0.5 + 0.5 * spacing
     origin = (start + rows.start * spacing, start + cols.start * spacing, float(z[0]))
     return GridField(values=values, origin=origin, spacing=spacing)
+
+
+def _steepness(values: np.ndarray) -> np.ndarray:
+    """Largest change of `values` from a cell to one of its four neighbours."""
+    padded = np.pad(values, 1, mode="edge")
+    centre = padded[1:-1, 1:-1]
+    neighbours = (padded[:-2, 1:-1], padded[2:, 1:-1], padded[1:-1, :-2], padded[1:-1, 2:])
+    return np.max([np.abs(n - centre) for n in neighbours], axis=0)
+
+
+def _extend_nearest(values: np.ndarray, region: np.ndarray) -> np.ndarray:
+    """`values` inside `region`, and outside it the value of the nearest cell of `region`."""
+    _, (rows, cols) = ndimage.distance_transform_edt(~region, return_indices=True)
+    return values[rows, cols]
 
 
 def _occupied_range(occupied: np.ndarray, pad: int) -> tuple[slice, slice]:
