@@ -6,7 +6,10 @@ An upper bound for the inflate family, not a generator: rays cast through the gr
 back depth at each pixel, and the same field construction and pipeline as `inflate` turn them into a mesh, scored
 like bench/accuracy_bench.py. Rows:
 - true front and back: the whole visible-hull depth (what a perfect single-view model could give)
-- true thickness, symmetric: the real thickness at every pixel, centred on z = 0 as inflate does
+- true thickness, symmetric: the real thickness at every pixel, centred on z = 0 as the tube prior does
+- true front, back mirrored about the outline's membrane: the back is the front reflected about the harmonic
+  surface through the true depths at the outline (what `inflate` does with its shading-derived front, back_relief=1)
+- true front, tube thickness: the back is the front minus the tube prior's thickness
 """
 
 from __future__ import annotations
@@ -18,11 +21,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 import trimesh
+from scipy import ndimage
 
 from accuracy_bench import GT, load_scorer
 from orfeas import GenerateOptions, Settings, generate, save_result
 from orfeas.pipeline.generators.base import GridField
-from orfeas.pipeline.generators.inflate import signed_distance_2d
+from orfeas.pipeline.generators.inflate import height_map, read_options, signed_distance_2d
+from orfeas.pipeline.shading import harmonic_fill
 
 RAYS = 128  # rays per side of the image
 MARGIN = 0.05  # the ground-truth renders leave this margin around the object (gt/README.md)
@@ -78,19 +83,39 @@ class DepthMapGenerator:
         return GridField(values.astype(np.float32), (start, start, float(z[0])), spacing)
 
 
+def mirrored_about_outline(front: np.ndarray, back: np.ndarray) -> np.ndarray:
+    """The front reflected about the membrane through the object's depth at its outline (NaN off the object)."""
+    seen = np.isfinite(front)
+    outline = seen & ~ndimage.binary_erosion(seen)
+    depth = np.where(outline, (front + back) / 2, 0.0).astype(np.float32)
+    mid = np.where(outline, depth, harmonic_fill(depth, seen & ~outline))
+    return np.where(seen, np.minimum(2 * mid - front, front), np.nan)
+
+
+def tube_thickness(image: Path) -> np.ndarray:
+    """Total thickness of the tube prior (inflate's silhouette-only depth) at each ray, in ground-truth units."""
+    rgba = cv2.imread(str(image), cv2.IMREAD_UNCHANGED)
+    sdf = signed_distance_2d(rgba[..., 3] >= 128) / rgba.shape[0]
+    sdf = cv2.resize(sdf, (RAYS, RAYS), interpolation=cv2.INTER_LINEAR)
+    return 2 * np.maximum(height_map(sdf, read_options({"shading": 0})), 0) / (1 - 2 * MARGIN)
+
+
 def main() -> None:
     scorer = load_scorer()
     variants = {
-        "true front and back": lambda f, b: (f, b),
-        "true thickness, symmetric": lambda f, b: ((f - b) / 2, (b - f) / 2),
+        "true front and back": lambda f, b, t: (f, b),
+        "true thickness, symmetric": lambda f, b, t: ((f - b) / 2, (b - f) / 2),
+        "true front, back mirrored about the outline's membrane": lambda f, b, t: (f, mirrored_about_outline(f, b)),
+        "true front, tube thickness": lambda f, b, t: (f, f - t),
     }
     results: dict[str, list[dict]] = {name: [] for name in variants}
     with tempfile.TemporaryDirectory() as tmp:
         for image in sorted((GT / "images").glob("*.png")):
             truth = scorer.load(GT / "placed" / f"{image.stem}.ply")
             front, back = true_depth(truth)
+            thickness = tube_thickness(image)
             for name, make in variants.items():
-                generator = DepthMapGenerator(*make(front, back))
+                generator = DepthMapGenerator(*make(front, back, thickness))
                 result = generate(image, GenerateOptions(), Settings(), generator)
                 glb = save_result(result, Path(tmp), image.stem)[0]
                 results[name].append(scorer.scores(truth, scorer.normalise(scorer.load(glb))))
