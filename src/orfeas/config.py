@@ -40,7 +40,7 @@ class Settings(BaseSettings):
     )
     hunyuan_steps: int = Field(30, ge=1, le=200, description="Diffusion steps (per request: option 'steps').")
     hunyuan_guidance_scale: float = Field(
-        5.0, ge=0.0, le=30.0, description="Classifier-free guidance scale (per request: option 'guidance_scale')."
+        5.0, ge=1.0, le=30.0, description="Classifier-free guidance scale (per request: option 'guidance_scale')."
     )
     hunyuan_octree_resolution: int = Field(
         384, ge=32, le=1024, description="Default decoding grid cells across [-1.01, 1.01] (request 'resolution')."

@@ -46,7 +46,8 @@ REQUIRED_MODULES = ("hy3dgen", "torch", "torchvision", "diffusers", "transformer
 DECODERS = ("dense", "hierarchical", "flashvdm")
 BOX = 1.01
 """Half side of the decoded cube: hy3dgen's default `box_v`; shapes are normalised to [-1, 1]^3 in training."""
-OPTION_RANGES = {"steps": (1, 200), "guidance_scale": (0.0, 30.0)}
+# guidance 1 is the conditional prediction alone; at 0 only the unconditional one is left and the image is ignored
+OPTION_RANGES = {"steps": (1, 200), "guidance_scale": (1.0, 30.0)}
 
 # Full-size Hunyuan3D-2 (hunyuan3d-dit-v2-0's config.yaml), for memory estimates before the weights are loaded.
 FULL_SIZE = {"latents": 3072, "hidden": 1024, "heads": 16, "cond_tokens": 1 + (518 // 14) ** 2, "cond_hidden": 1536}
