@@ -1,12 +1,16 @@
-"""`inflate`: a weight-free generator that turns the object's silhouette into a closed volume.
+"""`inflate`: a weight-free generator that turns the object's silhouette and shading into a closed volume.
 
 Depth is not in a single image, so this is a prior, chosen by measurement (docs/BENCHMARKS.md, "3D accuracy"):
 objects tend to be about as deep as they are wide, locally. Each point of the silhouette is covered by a largest
 inscribed disc; the object's cross-section there is taken to be round with that disc's radius, times `depth`, and
 the total thickness is capped at `max_thickness`. A sphere's disc gives back the sphere, a torus seen from above gives
 back the torus, a stick stays a thin stick, and holes stay holes. `roundness` blends the round cross-section (1)
-with a chamfer that rises linearly from the outline (0). The result is a signed field on a grid, symmetric about
-z = 0, whose zero level set is the surface.
+with a chamfer that rises linearly from the outline (0). This tube prior is symmetric about z = 0.
+
+Then the image's shading bends it (`pipeline.shading`, weight `shading`): a smooth relief, solved on a coarse grid,
+makes the front's Lambert shading match the image; the membrane through the relief at the outline becomes the
+mid-surface, so a tilted object tilts its back too, and the back mirrors `back_relief` of the rest of the relief.
+The result is a signed field on a grid whose zero level set is the surface.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ DEFAULT_OPTIONS = {
     "max_thickness": 0.4,  # cap on the total depth, as a fraction of the cut-out side
     "roundness": 1.0,  # 1: round cross-section, 0: linear chamfer from the outline
     "shading": 1.0,  # weight of the relief recovered from shading (0: none, the symmetric tube prior alone)
-    "smoothness": 0.01,  # relief features narrower than about this (cut-out units) are smoothed away
+    "smoothness": 0.005,  # relief features narrower than about this (cut-out units) are smoothed away
     "back_relief": 0.5,  # 1: the back mirrors the front's relief about the mid-surface, 0: the back keeps none
 }
 # Bounds of each option: (lowest, highest), both included.
