@@ -252,9 +252,7 @@ class Worker:
 
     def maintain(self) -> None:
         """Return expired leases to the queue and delete results past retention."""
-        requeued, failed = self.store.requeue_expired(self.settings.max_attempts)
-        if requeued or failed:
-            logger.warning("expired leases", extra={"requeued": requeued, "failed": failed})
+        self.requeue_expired()
         cutoff = datetime.now(UTC) - timedelta(hours=self.settings.retention_hours)
         for job_id in self.store.delete_finished_before(cutoff):
             self.artifacts.delete(job_id)
@@ -325,16 +323,26 @@ class Worker:
         if self.store.fail(job.id, self.worker_id, reason) and self.metrics:
             self.metrics.job_finished("failed")
 
+    def requeue_expired(self) -> None:
+        """Return the jobs of workers whose leases ran out (they died or hung) to the queue."""
+        requeued, failed = self.store.requeue_expired(self.settings.max_attempts)
+        if requeued or failed:
+            logger.warning("expired leases", extra={"requeued": requeued, "failed": failed})
+
     def _heartbeat(self, stop: threading.Event) -> None:
+        """Renew this worker's leases and, at the same pace, take over the jobs of dead workers: this thread runs
+        while a batch is in hand, so a dead worker's jobs come back one heartbeat after their lease ends even when
+        every other worker is busy."""
         while not stop.wait(self.settings.heartbeat_seconds):
             self.last_beat = time.monotonic()
             with self._lock:
                 active = list(self._active)
-            if active:
-                try:
+            try:
+                if active:
                     self.store.renew_leases(self.worker_id, active, self.settings.lease_seconds)
-                except Exception as exc:
-                    log_database_error("lease renewal failed", exc, worker=self.worker_id)
+                self.requeue_expired()
+            except Exception as exc:
+                log_database_error("lease renewal failed", exc, worker=self.worker_id)
 
 
 def _result_files(folder: Path, formats: tuple[str, ...]) -> dict[str, str]:
