@@ -151,6 +151,10 @@ def front_and_back(cutout: Cutout, sdf: np.ndarray, options: dict[str, float]) -
     # neighbouring columns must overlap in depth or a thin part shifted by the relief falls apart into pieces.
     step = np.maximum(_steepness(relief), _steepness(mid))
     back = np.where(sdf > 0, np.minimum(back, front - 2.0 / cells - 2.0 * step), back)
+    # Outside the silhouette both close on the middle, as the tube prior's front and back meet at z = 0 there: the
+    # 2-D distance then decides where the outline falls between an inside and an outside column.
+    centre = (front + back) / 2
+    front, back = np.where(sdf > 0, front, centre), np.where(sdf > 0, back, centre)
     return front, back
 
 
