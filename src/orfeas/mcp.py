@@ -60,7 +60,10 @@ def build_server(client_factory: Callable[[], AgentClient] = AgentClient.from_en
         - seed: integer, for backends that sample (default 0).
         - generator_options: backend-specific numbers; for inflate: depth (0.05-3, default 1.0, depth relative to
           local width), max_thickness (0.01-2, default 0.4, cap as a fraction of the object's size), roundness
-          (0-1, default 1: round cross-sections; 0: flat chamfer).
+          (0-1, default 1: round cross-sections; 0: flat chamfer), shading (0-2, default 1.0: how much the
+          front is bent to match the image's shading; 0 turns it off), smoothness (0.003-1, default 0.005: the
+          relief's bending penalty), back_relief (0-1, default 0.5: share of the front's relief mirrored onto the
+          back). For hunyuan3d: steps, guidance_scale, decoder.
 
         wait: true (default) waits up to 10 minutes for the job to finish and returns the final job; false returns
         the queued job at once (follow it with job_status).
