@@ -14,7 +14,14 @@ from orfeas.pipeline.generators.inflate import (
     read_options,
     signed_distance_2d,
 )
-from orfeas.pipeline.shading import Light, estimate_light, harmonic_fill, shading_relief, surface_normals
+from orfeas.pipeline.shading import (
+    Light,
+    estimate_light,
+    harmonic_fill,
+    outline_tilt,
+    shading_relief,
+    surface_normals,
+)
 from tests.synthetic import LIGHT, cutout_from_mask, disc_mask, shaded_render
 
 SIZE = 128
@@ -142,7 +149,46 @@ def test_a_uniformly_coloured_object_gets_no_relief():
     assert np.allclose(shaded[0], plain[0]) and np.allclose(shaded[1], plain[1])
 
 
-@pytest.mark.parametrize("options", [{"shading": -0.1}, {"smoothness": 0}, {"back_relief": 2}, {"shading": "x"}])
+def test_outline_tilt_reads_the_lean_of_a_round_outline_only():
+    # a flat ring leaning back by 50 degrees (elevation 40): its outline's height is about sin(40) of its width,
+    # and its plane's depth changes by about cot(40) per unit of image height (less, as the ring is not flat)
+    ring = tilted(trimesh.creation.torus(major_radius=0.35, minor_radius=0.05), 0.87, (1, 0, 0))
+    tilt = outline_tilt(shaded_render(ring, SIZE)[0].mask)
+    assert 0.65 < tilt.ratio < 0.8 and 0.8 < tilt.slope < 1.2
+    # straight edges (a box from the side), a circle (seen along its axis) and a cylinder's visible side: no lean
+    box = trimesh.creation.box(extents=[0.8, 0.4, 0.4])
+    upright = trimesh.creation.torus(major_radius=0.3, minor_radius=0.1)
+    can = tilted(trimesh.creation.cylinder(radius=0.35, height=0.4, sections=64), 0.87, (1, 0, 0))
+    for mesh in (box, upright, can):
+        assert outline_tilt(shaded_render(mesh, SIZE)[0].mask).slope == 0
+
+
+@pytest.mark.parametrize("angle", [0.9, -0.9])
+def test_a_torus_seen_obliquely_from_above_or_below_is_tilted_the_right_way(angle):
+    # the outline gives the lean's size; the shading picks which way it leans
+    torus = tilted(trimesh.creation.torus(major_radius=0.3, minor_radius=0.1), angle, (1, 0, 0))
+    with_tilt, without = mesh_scores(torus), mesh_scores(torus, tilt=0)
+    assert with_tilt["fscore@0.05"] > without["fscore@0.05"] + 0.2
+    assert with_tilt["chamfer"] < 0.6 * without["chamfer"]
+
+
+def test_an_egg_lying_on_its_side_is_not_taken_for_a_tilted_disc():
+    # its outline is an ellipse like a leaning ring's, but its front is convex: no ring, no tilt
+    egg = trimesh.creation.icosphere(subdivisions=4, radius=1.0).apply_scale([0.45, 0.28, 0.28])
+    assert outline_tilt(shaded_render(egg, SIZE)[0].mask).slope > 0
+    cutout, _ = shaded_render(egg, SIZE)
+    sdf = cv2.resize(signed_distance_2d(cutout.mask) / SIZE, (SIZE, SIZE))
+    default, upright = (
+        front_and_back(cutout, sdf, read_options({})),
+        front_and_back(cutout, sdf, read_options({"tilt": 0})),
+    )
+    assert np.allclose(default[0], upright[0]) and np.allclose(default[1], upright[1])
+    assert mesh_scores(egg)["fscore@0.05"] > 0.9
+
+
+@pytest.mark.parametrize(
+    "options", [{"shading": -0.1}, {"smoothness": 0}, {"back_relief": 2}, {"shading": "x"}, {"tilt": -1}]
+)
 def test_bad_shading_options_are_refused(options):
     from orfeas.errors import InvalidOptions
 

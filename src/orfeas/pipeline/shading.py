@@ -218,3 +218,64 @@ def harmonic_fill(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
     # a component with no ring cell (cannot happen for a mask inside the grid) would make the matrix singular
     out[mask] = _solve_symmetric(matrix, rhs)
     return out.astype(np.float32)
+
+
+@dataclass(frozen=True)
+class OutlineTilt:
+    """How far the outline looks like a round, flat-topped object (a disc, a cylinder, a ring) seen from above: its
+    top and bottom edges are two half-ellipses of the same width. `slope` is the depth change per unit of image
+    height (the near side at the bottom), 0 when the outline is not of that kind."""
+
+    slope: float
+    ratio: float
+    error: float
+
+
+# The outline's top and bottom edges must follow half-ellipses to within this fraction of the half-width ...
+TILT_MAX_ERROR = 0.01
+# ... with the same height to within this fraction, and a height between these fractions of the half-width: above
+# the highest the object is nearly seen along its axis (no tilt to read); below the lowest the edges are nearly
+# straight (a box seen from the side looks the same).
+TILT_MAX_MISMATCH = 0.1
+TILT_RATIO_RANGE = (0.3, 0.95)
+# Largest gap between the centres of the two half-ellipses (a cylinder's visible side), as a fraction of the
+# half-width: only a flat disc or a ring seen obliquely is tilted.
+TILT_MAX_SIDE = 0.15
+
+
+def outline_tilt(mask: np.ndarray) -> OutlineTilt:
+    """The tilt of a round object seen obliquely, read from the outline alone.
+
+    A circle of radius a whose plane is tilted toward the camera by an elevation e projects to an ellipse of
+    half-width a and half-height a sin(e); the plane's depth then changes by cot(e) per unit of image height. A
+    cylinder's outline is the top half of its top ellipse and the bottom half of its bottom one, so each edge is
+    fitted on its own: top(x) = c1 + b1 sqrt(1 - u^2), bottom(x) = c2 - b2 sqrt(1 - u^2), u = (x - centre) / a. Of the
+    two ways such an object can lean, the one seen from above (the near side at the bottom of the image) is taken,
+    as objects usually rest on the ground below the camera.
+    """
+    cols = np.flatnonzero(mask.any(axis=0))
+    none = OutlineTilt(slope=0.0, ratio=1.0, error=float("inf"))
+    if len(cols) < 8 or len(cols) != cols[-1] - cols[0] + 1:
+        return none
+    rows = mask.shape[0]
+    half = len(cols) / 2.0
+    u = np.clip((cols + 0.5 - (cols[0] + half)) / half, -1.0, 1.0)
+    design = np.column_stack([np.ones(len(cols)), np.sqrt(1.0 - u * u)])
+    column = mask[:, cols]
+    top = rows - np.argmax(column, axis=0).astype(np.float64)  # y up, in cells
+    bottom = np.argmax(column[::-1], axis=0).astype(np.float64)
+    (c1, b1), *_ = np.linalg.lstsq(design, top, rcond=None)
+    (c2, b2), *_ = np.linalg.lstsq(design, -bottom, rcond=None)
+    side = float(c1 + c2) / half  # the gap between the two half-ellipses' centres: a cylinder's visible side
+    fits = (design @ np.linalg.lstsq(design, edge, rcond=None)[0] - edge for edge in (top, -bottom))
+    error = max(float(np.sqrt((f**2).mean())) for f in fits) / half
+    ratio = (b1 + b2) / (2.0 * half)
+    low, high = TILT_RATIO_RANGE
+    if (
+        error > TILT_MAX_ERROR
+        or abs(b1 - b2) > TILT_MAX_MISMATCH * half
+        or side > TILT_MAX_SIDE
+        or not low <= ratio <= high
+    ):
+        return OutlineTilt(slope=0.0, ratio=float(ratio), error=error)
+    return OutlineTilt(slope=float(np.sqrt(1.0 - ratio**2) / ratio), ratio=float(ratio), error=error)

@@ -10,6 +10,8 @@ with a chamfer that rises linearly from the outline (0). This tube prior is symm
 Then the image's shading bends it (`pipeline.shading`, weight `shading`): a smooth relief, solved on a coarse grid,
 makes the front's Lambert shading match the image; the membrane through the relief at the outline becomes the
 mid-surface, so a tilted object tilts its back too, and the back mirrors `back_relief` of the rest of the relief.
+A round outline whose front the shading carves into a bowl (a ring or a dish seen obliquely, `shading.outline_tilt`)
+is leaned back by the angle the outline's ellipse gives, the way whose shading fits better (weight `tilt`).
 The result is a signed field on a grid whose zero level set is the surface.
 """
 
@@ -24,7 +26,14 @@ from scipy import ndimage
 from orfeas.errors import InvalidOptions
 from orfeas.pipeline.background import Cutout
 from orfeas.pipeline.generators.base import GenerationParams, GridField
-from orfeas.pipeline.shading import estimate_light, harmonic_fill, luminance, shading_relief, surface_normals
+from orfeas.pipeline.shading import (
+    estimate_light,
+    harmonic_fill,
+    luminance,
+    outline_tilt,
+    shading_relief,
+    surface_normals,
+)
 
 DEFAULT_OPTIONS = {
     "depth": 1.0,  # depth of the object relative to its local width
@@ -33,6 +42,7 @@ DEFAULT_OPTIONS = {
     "shading": 1.0,  # weight of the relief recovered from shading (0: none, the symmetric tube prior alone)
     "smoothness": 0.005,  # relief features narrower than about this (cut-out units) are smoothed away
     "back_relief": 0.5,  # 1: the back mirrors the front's relief about the mid-surface, 0: the back keeps none
+    "tilt": 1.0,  # weight of the tilt read from a round outline seen obliquely (0: none)
 }
 # Bounds of each option: (lowest, highest), both included.
 OPTION_RANGES = {
@@ -42,6 +52,7 @@ OPTION_RANGES = {
     "shading": (0.0, 2.0),
     "smoothness": (0.003, 1.0),
     "back_relief": (0.0, 1.0),
+    "tilt": (0.0, 2.0),
 }
 # The local-width search runs on at most this many cells across; the width varies smoothly, so finer adds nothing.
 LOCAL_RADIUS_GRID = 192
@@ -52,6 +63,11 @@ SHADING_GRID = 48
 # it is kept whole (the renders of ../shared/gt score 0.77 to 0.99; ../shared/images 0.11 (poly_fox) to 0.84).
 SHADING_FIT_NONE = 0.4
 SHADING_FIT_FULL = 0.6
+# Steepest tilt taken from the outline (about 56 degrees): it keeps the grid within the memory estimate.
+MAX_TILT_SLOPE = 1.5
+# Share of the inner cells where the upright front must be a bowl (a dip the shading carves, as in a ring whose hole
+# its near side hides) for a round outline to count as a ring or a dish seen obliquely; a ball or an egg has none.
+MIN_BOWL = 0.01
 # A fitted albedo under this many grey levels means the object is evenly lit or evenly coloured.
 MIN_ALBEDO = 4.0
 
@@ -126,15 +142,26 @@ def front_and_back(cutout: Cutout, sdf: np.ndarray, options: dict[str, float]) -
     mask = cv2.resize(sdf, (work, work), interpolation=cv2.INTER_AREA) > 0
     if mask.sum() < 16:
         return height, -height
-    prior = cv2.resize(height, (work, work), interpolation=cv2.INTER_AREA)
     intensity = cv2.resize(luminance(cutout.rgba), (work, work), interpolation=cv2.INTER_AREA)
     spacing = 1.0 / work
     lit = ndimage.binary_erosion(mask)
-    normals = surface_normals(prior, spacing)
-    light = estimate_light(normals[lit], intensity[lit])
+    prior = cv2.resize(height, (work, work), interpolation=cv2.INTER_AREA)
+    light = estimate_light(surface_normals(prior, spacing)[lit], intensity[lit])
     if light.albedo < MIN_ALBEDO:
         return height, -height  # evenly coloured: no shading to read
     relief, fit = shading_relief(prior, intensity, mask, spacing, light, options["smoothness"])
+    plane = np.zeros_like(height)
+    slope = options["tilt"] * min(outline_tilt(cutout.mask).slope, MAX_TILT_SLOPE)
+    if slope > 0 and (_has_hole(sdf > 0) or _bowl(prior + relief, mask) >= MIN_BOWL):
+        # A ring or a dish seen obliquely. Left upright, the fitted light absorbs its tilt (and fits a little
+        # better for it), so only the two leans compete: the one whose shading is explained better wins.
+        leans = []
+        for lean in (_tilt_plane(sdf > 0, slope), _tilt_plane(sdf > 0, -slope)):
+            tilted = cv2.resize(lean + height, (work, work), interpolation=cv2.INTER_AREA)
+            lean_light = estimate_light(surface_normals(tilted, spacing)[lit], intensity[lit])
+            lean_relief, lean_fit = shading_relief(tilted, intensity, mask, spacing, lean_light, options["smoothness"])
+            leans.append((lean_fit, lean, lean_relief))
+        fit, plane, relief = max(leans, key=lambda item: item[0])
     # Trust the relief only as far as one light explains the image: texture, print or several lights do not fit
     relief *= options["shading"] * float(
         np.clip((fit - SHADING_FIT_NONE) / (SHADING_FIT_FULL - SHADING_FIT_NONE), 0, 1)
@@ -145,8 +172,8 @@ def front_and_back(cutout: Cutout, sdf: np.ndarray, options: dict[str, float]) -
     relief, mid = (_extend_nearest(a, mask) for a in (relief, mid))
     relief = cv2.resize(relief, (cells, cells), interpolation=cv2.INTER_LINEAR)
     mid = cv2.resize(mid, (cells, cells), interpolation=cv2.INTER_LINEAR)
-    front = height + relief
-    back = mid - height - options["back_relief"] * (relief - mid)
+    front = plane + height + relief
+    back = plane + mid - height - options["back_relief"] * (relief - mid)
     # Never thinner than two cells where the object is (see height_map), and thicker where the relief is steep:
     # neighbouring columns must overlap in depth or a thin part shifted by the relief falls apart into pieces.
     step = np.maximum(_steepness(relief), _steepness(mid))
@@ -156,6 +183,32 @@ def front_and_back(cutout: Cutout, sdf: np.ndarray, options: dict[str, float]) -
     centre = (front + back) / 2
     front, back = np.where(sdf > 0, front, centre), np.where(sdf > 0, back, centre)
     return front, back
+
+
+def _has_hole(mask: np.ndarray) -> bool:
+    """Whether the silhouette encloses background (a ring's hole) of more than a hundredth of its area."""
+    return bool((ndimage.binary_fill_holes(mask) & ~mask).sum() > 0.01 * mask.sum())
+
+
+def _bowl(front: np.ndarray, mask: np.ndarray) -> float:
+    """Share of the object's inner cells where the front is a bowl (curving away from the camera both ways)."""
+    inner = ndimage.binary_erosion(mask, iterations=2)
+    gy, gx = np.gradient(front)
+    gyy, gyx = np.gradient(gy)
+    gxy, gxx = np.gradient(gx)
+    bowl = (gxx > 0) & (gyy > 0) & (gxx * gyy - gxy * gyx > 0)
+    return float((bowl & inner).sum() / max(inner.sum(), 1))
+
+
+def _tilt_plane(mask: np.ndarray, slope: float) -> np.ndarray:
+    """Depth of the plane a round outline seen obliquely says the object lies in (`shading.outline_tilt`), zero at
+    the outline's middle height, near side at the bottom; zero everywhere for other outlines."""
+    rows = mask.shape[0]
+    if slope == 0 or not mask.any():
+        return np.zeros(mask.shape, dtype=np.float32)
+    occupied = np.flatnonzero(mask.any(axis=1))
+    y = -(np.arange(rows, dtype=np.float32) - (occupied[0] + occupied[-1]) / 2.0) / rows  # world units, up
+    return np.broadcast_to((-slope * y)[:, None], mask.shape).astype(np.float32)
 
 
 def inflate_field(cutout: Cutout, resolution: int, options: dict[str, float]) -> GridField:
@@ -246,5 +299,6 @@ class InflateGenerator:
 
     def memory_per_image(self, params: GenerationParams) -> int:
         # the float32 grid plus marching-cubes output of similar size; the relief from shading makes the grid deeper
-        # (on ../shared/gt and ../shared/images at most 0.63 of the cube, the potato), so allow 0.8 of it
+        # (on ../shared/gt and ../shared/images at most 0.63 of the cube, the potato), so allow 0.8 of it. A leaning
+        # ring is deeper still (up to about 1.3 of the side) but then covers at most 0.56 of the square: under 0.75.
         return int(4 * params.resolution**3 * 0.8 * 2) + 64 * 2**20
