@@ -218,7 +218,9 @@ def test_unknown_method_is_refused():
         extract_neural_field(sphere(), BOUNDS, 32, method="octree")
 
 
-@pytest.mark.parametrize(("resolution", "coarse"), [(64, 32), (100, 25), (384, 24), (48, 24), (97, 97)])
+@pytest.mark.parametrize(
+    ("resolution", "coarse"), [(64, 32), (100, 25), (384, 24), (48, 24), (70, 35), (40, 20), (97, 97)]
+)
 def test_coarse_resolution_is_chosen_when_not_given(resolution, coarse):
     field = sphere() if resolution < 384 else box(half=(0.4, 0.4, 0.4))
     _, stats = extract_neural_field(field, BOUNDS, resolution)
