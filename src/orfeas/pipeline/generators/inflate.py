@@ -205,8 +205,8 @@ def _bowl(front: np.ndarray, mask: np.ndarray) -> float:
 
 
 def _tilt_plane(mask: np.ndarray, slope: float) -> np.ndarray:
-    """Depth of the plane a round outline seen obliquely says the object lies in (`shading.outline_tilt`), zero at
-    the outline's middle height, near side at the bottom; zero everywhere for other outlines."""
+    """Depth of a plane that falls by `slope` per unit of image height (a positive slope puts the near side at the
+    bottom), zero at the middle height of `mask`."""
     rows = mask.shape[0]
     if slope == 0 or not mask.any():
         return np.zeros(mask.shape, dtype=np.float32)
