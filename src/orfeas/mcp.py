@@ -63,7 +63,8 @@ def build_server(client_factory: Callable[[], AgentClient] = AgentClient.from_en
           (0-1, default 1: round cross-sections; 0: flat chamfer), shading (0-2, default 1.0: how much the
           front is bent to match the image's shading; 0 turns it off), smoothness (0.003-1, default 0.005: the
           relief's bending penalty), back_relief (0-1, default 0.5: share of the front's relief mirrored onto the
-          back). For hunyuan3d: steps, guidance_scale, decoder.
+          back), tilt (0-2, default 1.0: lean read from the elliptical outline of a ring or a dish; 0 turns it off).
+          For hunyuan3d: steps, guidance_scale, decoder.
 
         wait: true (default) waits up to 10 minutes for the job to finish and returns the final job; false returns
         the queued job at once (follow it with job_status).
