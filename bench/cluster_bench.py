@@ -26,20 +26,18 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from datetime import UTC, datetime
 from pathlib import Path
 
 import psutil
-import psycopg
 import sqlalchemy as sa
 from websockets.sync.client import connect
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tests.conftest import POSTGRES_ADMIN  # noqa: E402
+from tests.conftest import throwaway_database  # noqa: E402
 from tests.e2e.server import Server, WorkerProcess  # noqa: E402
 from tests.e2e.test_cluster_pg import submit  # noqa: E402
 
@@ -55,18 +53,6 @@ MAX_BATCH = 4
 POLL_SECONDS = 0.2  # the default: a socket reads its job every poll_seconds / 2
 
 
-@contextmanager
-def throwaway_database() -> Iterator[str]:
-    name = f"orfeas_bench_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(POSTGRES_ADMIN, autocommit=True) as admin:
-        admin.execute(f"CREATE DATABASE {name}")
-    try:
-        yield f"postgresql://postgres@127.0.0.1:5432/{name}"
-    finally:
-        with psycopg.connect(POSTGRES_ADMIN, autocommit=True) as admin:
-            admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-
-
 def observer(url: str) -> sa.Engine:
     return sa.create_engine(url.replace("postgresql://", "postgresql+psycopg://"))
 
@@ -79,7 +65,7 @@ def throughput(workers: int, jobs: int) -> float:
         "ORFEAS_TEST_DELAY": "0",
         "ORFEAS_POLL_SECONDS": "0.05",
     }
-    with throwaway_database() as url, tempfile.TemporaryDirectory() as tmp:
+    with throwaway_database("orfeas_bench_") as url, tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp)
         api = Server(data, env=env, args=("--no-worker", "--database", url)).start()
         processes = [WorkerProcess(data, url, api.env, data / f"worker{i}.log").start() for i in range(workers)]
@@ -121,7 +107,7 @@ def wait_all(engine: sa.Engine, expected: int, timeout: float = 300) -> None:
 
 def claim_latency(claimers: int, jobs: int = 2000) -> dict:
     """Per-call latency of claim_batch with `claimers` threads claiming at once until the queue is empty."""
-    with throwaway_database() as url:
+    with throwaway_database("orfeas_bench_") as url:
         engine = open_database(url, "orfeas-bench")
         store = JobStore(engine)
         for start in range(0, jobs, 500):
@@ -179,7 +165,7 @@ def transactions(engine: sa.Engine, database: str) -> int:
 def socket_cost(sockets: int = 20, seconds: float = 5.0, probes: int = 20) -> dict:
     """What open progress sockets cost the database and the API, and how late they see a progress write."""
     env = {"ORFEAS_POLL_SECONDS": str(POLL_SECONDS)}
-    with throwaway_database() as url, tempfile.TemporaryDirectory() as tmp:
+    with throwaway_database("orfeas_bench_") as url, tempfile.TemporaryDirectory() as tmp:
         database = url.rsplit("/", 1)[1]
         api = Server(Path(tmp), env=env, args=("--no-worker", "--database", url)).start()
         engine = observer(url)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 
@@ -40,12 +41,12 @@ def postgres_reachable() -> None:
         pytest.skip(reason)
 
 
-@pytest.fixture
-def postgres_url(postgres_reachable) -> Iterator[str]:
-    """A throwaway PostgreSQL database (`orfeas_<random>`) for one test, dropped afterwards; its URL."""
+@contextmanager
+def throwaway_database(prefix: str = "orfeas_") -> Iterator[str]:
+    """A new PostgreSQL database (`<prefix><random>`) on the local server, dropped afterwards; its URL."""
     import psycopg
 
-    name = f"orfeas_{uuid.uuid4().hex[:12]}"
+    name = f"{prefix}{uuid.uuid4().hex[:12]}"
     with psycopg.connect(POSTGRES_ADMIN, autocommit=True) as admin:
         admin.execute(f"CREATE DATABASE {name}")
     try:
@@ -53,3 +54,10 @@ def postgres_url(postgres_reachable) -> Iterator[str]:
     finally:
         with psycopg.connect(POSTGRES_ADMIN, autocommit=True) as admin:
             admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture
+def postgres_url(postgres_reachable) -> Iterator[str]:
+    """A throwaway PostgreSQL database (`orfeas_<random>`) for one test, dropped afterwards; its URL."""
+    with throwaway_database() as url:
+        yield url

@@ -24,7 +24,7 @@ import typer.main
 import yaml
 
 from orfeas.cli import app
-from tests.e2e.server import ORFEAS, Server, free_port, wait_for
+from tests.e2e.server import ORFEAS, Server, free_port, start_prometheus, wait_for
 from tests.synthetic import EXAMPLES, REPO
 
 DEPLOY = REPO / "deploy"
@@ -531,17 +531,7 @@ def test_a_real_prometheus_answers_every_dashboard_query(server_after_a_job, tmp
     config["global"]["scrape_interval"] = "1s"
     config["scrape_configs"][0]["static_configs"][0]["targets"] = [f"127.0.0.1:{server_after_a_job.port}"]
     (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
-    port = free_port()
-    prometheus = subprocess.Popen(
-        [
-            PROMETHEUS,
-            f"--config.file={tmp_path / 'prometheus.yml'}",
-            f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    prometheus, port = start_prometheus(PROMETHEUS, tmp_path / "prometheus.yml", tmp_path)
     url = f"http://127.0.0.1:{port}/api/v1/query"
     try:
         empty = dashboard_expressions()

@@ -88,17 +88,10 @@ class Server:
 
     def kill(self) -> None:
         """kill -9: no shutdown code runs."""
-        if self.process and self.process.poll() is None:
-            self.process.send_signal(signal.SIGKILL)
-            self.process.wait(timeout=10)
+        kill_process(self.process)
 
     def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.kill()
+        stop_process(self.process)
 
     def client(self) -> httpx.Client:
         return httpx.Client(base_url=self.url, timeout=30)
@@ -142,19 +135,45 @@ class WorkerProcess:
 
     def kill(self) -> None:
         """kill -9: no shutdown code runs, its leases stay until they expire."""
-        if self.process and self.process.poll() is None:
-            self.process.send_signal(signal.SIGKILL)
-            self.process.wait(timeout=10)
+        kill_process(self.process)
 
     def stop(self) -> int | None:
         """SIGTERM, then kill -9 after 20 s; the exit status."""
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.kill()
+        stop_process(self.process)
         return self.process.returncode if self.process else None
+
+
+def kill_process(process: subprocess.Popen | None) -> None:
+    """kill -9 a process that still runs, and reap it."""
+    if process and process.poll() is None:
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=10)
+
+
+def stop_process(process: subprocess.Popen | None, grace: float = 20.0) -> None:
+    """SIGTERM, then kill -9 after `grace` seconds."""
+    if process and process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            kill_process(process)
+
+
+def start_prometheus(binary: str, config: Path, tmp_path: Path) -> tuple[subprocess.Popen, int]:
+    """A real Prometheus server on a free loopback port with its data under tmp_path; (process, port)."""
+    port = free_port()
+    process = subprocess.Popen(
+        [
+            binary,
+            f"--config.file={config}",
+            f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    return process, port
 
 
 def wait_for(client: httpx.Client, job_ids: list[str], timeout: float = 60.0) -> list[dict]:

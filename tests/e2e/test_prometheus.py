@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import shutil
-import subprocess
 import time
 
 import httpx
 import pytest
 
-from tests.e2e.server import Server, free_port, wait_for
+from tests.e2e.server import Server, start_prometheus, wait_for
 from tests.synthetic import EXAMPLES
 
 PROMETHEUS = shutil.which("prometheus")
@@ -26,7 +25,6 @@ def query(url: str, expression: str) -> list[dict]:
 
 def test_prometheus_scrapes_job_counters(tmp_path):
     server = Server(tmp_path / "data").start()
-    port = free_port()
     config = tmp_path / "prometheus.yml"
     config.write_text(
         "global:\n  scrape_interval: 1s\n"
@@ -34,16 +32,7 @@ def test_prometheus_scrapes_job_counters(tmp_path):
         "  - job_name: orfeas\n"
         f"    static_configs:\n      - targets: ['127.0.0.1:{server.port}']\n"
     )
-    prometheus = subprocess.Popen(
-        [
-            PROMETHEUS,
-            f"--config.file={config}",
-            f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    prometheus, port = start_prometheus(PROMETHEUS, config, tmp_path)
     url = f"http://127.0.0.1:{port}"
     try:
         with server.client() as client:
