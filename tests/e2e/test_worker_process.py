@@ -80,3 +80,15 @@ def test_a_metrics_port_in_use_fails_with_one_line(tmp_path):
         )
     assert proc.returncode == 2
     assert "cannot serve metrics" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_credentials_the_database_refuses_fail_with_one_line(tmp_path, postgres_reachable):
+    # The local server trusts every password, so an unknown role stands in for refused credentials: PostgreSQL
+    # answers with the same FATAL authentication-stage error.
+    url = "postgresql://orfeas_no_such_role:not-the-password@127.0.0.1:5432/postgres"
+    for command in (["worker", "--data-dir", str(tmp_path)], ["serve", "--data-dir", str(tmp_path), "--port", "1"]):
+        proc = subprocess.run([ORFEAS, *command, "--database", url], capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 2, (command, proc.stderr)
+        assert "cannot open the database" in proc.stderr and "orfeas_no_such_role" in proc.stderr
+        assert "not-the-password" not in proc.stderr and "Traceback" not in proc.stderr
+        assert len(proc.stderr.strip().splitlines()) <= 2
