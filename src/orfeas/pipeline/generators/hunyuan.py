@@ -299,8 +299,8 @@ class HunyuanGenerator:
 
         The DiT runs two sequences per image (conditional and unconditional) of latent plus image tokens, and the
         conditioner one; on the CPU, attention is computed with its full score matrix. Decoding runs one image at
-        a time, so it does not grow with the batch. An estimate from the architecture, checked against the peak
-        that bench/gpu_hunyuan.py measures.
+        a time, so it does not grow with the batch. An estimate from the architecture; bench/gpu_hunyuan.py
+        records it beside the measured peak, which no GPU run has checked yet.
         """
         size = self._size()
         device = resolve_device(self.settings.device)
