@@ -1,7 +1,7 @@
 """The worker: claims batches of compatible jobs, runs them through one generator call, stores the results.
 
 Crash safety comes from the store: a claimed job carries a lease that a heartbeat renews; a worker that dies
-stops renewing, and `requeue_expired` (run by every worker at start and then periodically) puts its jobs back.
+stops renewing, and `requeue_expired` (run by every worker at start and then by each heartbeat) puts its jobs back.
 A job completes only while its lease is ours, so it completes at most once.
 
 When the database cannot be reached (restart, cut connections), the loop backs off exponentially with jitter and
@@ -32,13 +32,13 @@ from orfeas.service.jobs import STAGE_PROGRESS
 from orfeas.service.metrics import ServiceMetrics
 from orfeas.service.optimizer import BatchPlan, ResourceOptimizer
 from orfeas.store.artifacts import ArtifactStorage
-from orfeas.store.db import is_database_outage
+from orfeas.store.db import error_summary, is_database_outage
 from orfeas.store.jobs import JobRecord, JobStore
 
 logger = logging.getLogger(__name__)
 
 RESULT_STEM = "model"
-MAINTENANCE_SECONDS = 10.0  # how often an idle worker requeues expired leases and applies retention
+MAINTENANCE_SECONDS = 10.0  # how often the loop applies retention (and requeues expired leases, as the heartbeat does)
 BACKOFF_FIRST_SECONDS = 0.2  # first wait after a failed loop iteration; doubles per failure in a row
 BACKOFF_MAX_SECONDS = 5.0  # bound, so a worker notices a recovered database within about 5 s
 
@@ -53,8 +53,7 @@ def backoff_seconds(failures: int, rng: random.Random | None = None) -> float:
 def log_database_error(message: str, exc: BaseException, **context) -> None:
     """One warning line for a database outage (they come in bursts), a full traceback for anything else."""
     if is_database_outage(exc):
-        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
-        logger.warning("%s: database unavailable: %s", message, reason, extra=context)
+        logger.warning("%s: database unavailable: %s", message, error_summary(exc), extra=context)
     else:
         logger.exception(message, extra=context)
 
@@ -109,14 +108,16 @@ class ProgressBuffer:
         except Exception as exc:  # a lost progress write must not take the worker down; the next one will land
             log_database_error("progress write failed", exc, worker=self.worker_id)
 
-    def flush_quietly(self) -> None:
-        """`flush`, logging instead of raising when the database is unreachable (progress is best effort)."""
+    def flush_quietly(self) -> set[str] | None:
+        """`flush`, logging instead of raising when the database is unreachable (progress is best effort); None
+        then, since whose jobs are still ours cannot be asked."""
         try:
-            self.flush()
+            return self.flush()
         except Exception as exc:
             if not is_database_outage(exc):
                 raise
             log_database_error("progress write failed", exc, worker=self.worker_id)
+            return None
 
 
 class Worker:
@@ -154,9 +155,8 @@ class Worker:
             self.last_beat = time.monotonic()
             try:
                 if time.monotonic() >= next_maintenance:
-                    self.maintain()
-                    # often enough that a dead worker's jobs come back soon after their lease ends
-                    next_maintenance = time.monotonic() + min(MAINTENANCE_SECONDS, self.settings.lease_seconds / 2)
+                    self.maintain()  # dead workers' jobs come back through the heartbeat, so this can be rare
+                    next_maintenance = time.monotonic() + MAINTENANCE_SECONDS
                 ran = self.run_once()
             except Exception as exc:  # the loop must survive anything one batch does (database outages included)
                 failures += 1
@@ -271,13 +271,8 @@ class Worker:
         )
         for job in jobs:
             progress.pending[job.id] = (STAGE_PROGRESS["export"], "export")
-        try:
-            still_ours = progress.flush()
-        except Exception as exc:
-            if not is_database_outage(exc):
-                raise
-            # cannot ask now: export them all, `complete_many` decides which are still ours
-            log_database_error("progress write failed", exc, worker=self.worker_id)
+        still_ours = progress.flush_quietly()
+        if still_ours is None:  # cannot ask now: export them all, `complete_many` decides which are still ours
             still_ours = {job.id for job in jobs}
         return results, still_ours
 
@@ -342,7 +337,7 @@ class Worker:
                     self.store.renew_leases(self.worker_id, active, self.settings.lease_seconds)
                 self.requeue_expired()
             except Exception as exc:
-                log_database_error("lease renewal failed", exc, worker=self.worker_id)
+                log_database_error("heartbeat failed (lease renewal or takeover)", exc, worker=self.worker_id)
 
 
 def _result_files(folder: Path, formats: tuple[str, ...]) -> dict[str, str]:
