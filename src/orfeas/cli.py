@@ -297,7 +297,7 @@ def db_current(data_dir: DataDirOption = None, database: DatabaseOption = None) 
     """Print the database's schema revision and the newest one this version knows; changes nothing."""
     from sqlalchemy.exc import SQLAlchemyError
 
-    from orfeas.store.db import create_db_engine
+    from orfeas.store.db import create_db_engine, error_summary
     from orfeas.store.migrate import current_revision, head_revision
 
     url = _database_url(data_dir, database)
@@ -305,8 +305,7 @@ def db_current(data_dir: DataDirOption = None, database: DatabaseOption = None) 
         engine = create_db_engine(url)
         current = current_revision(engine)
     except (SQLAlchemyError, ValueError) as exc:
-        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
-        raise _fail(f"cannot read the database {_shown_url(url)}: {reason}", code=2) from None
+        raise _fail(f"cannot read the database {_shown_url(url)}: {error_summary(exc)}", code=2) from None
     engine.dispose()
     print(f"current: {current or 'none'}")
     print(f"head: {head_revision()}")

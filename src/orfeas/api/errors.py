@@ -13,7 +13,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from orfeas.errors import GeneratorUnavailable, InvalidImage, InvalidOptions, OrfeasError
 from orfeas.service.agents import AuthenticationFailed, PermissionDenied, RateLimited, rate_limit_headers
-from orfeas.store.db import is_database_outage
+from orfeas.store.db import error_summary, is_database_outage
 from orfeas.store.jobs import JobNotFound
 
 logger = logging.getLogger(__name__)
@@ -67,7 +67,7 @@ def install_error_handlers(app: FastAPI) -> None:
             logger.error("database error on %s %s", request.method, request.url.path, exc_info=exc)
             return JSONResponse(error_body("InternalError", "unexpected database error"), status_code=500)
         # server down or connection cut: the pool's pre-ping replaces dead connections, so a retry soon succeeds
-        logger.warning("database unavailable: %s", str(exc.orig or exc).strip().splitlines()[0])
+        logger.warning("database unavailable: %s", error_summary(exc))
         return JSONResponse(
             error_body("ServiceUnavailable", "the job database is unavailable; retry shortly"),
             status_code=503,

@@ -130,6 +130,12 @@ def is_database_outage(exc: BaseException) -> bool:
     return isinstance(exc, sa.exc.DBAPIError) and exc.connection_invalidated
 
 
+def error_summary(exc: BaseException) -> str:
+    """The first line of a database error's message (the full text repeats the SQL and a link), for one-line logs
+    and start-up errors."""
+    return str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+
+
 def init_db(engine: sa.Engine) -> None:
     """Bring the database to the newest schema revision (see `orfeas.store.migrate.upgrade`); safe to run at once
     from several processes, and only a read when the database is up to date."""

@@ -93,6 +93,17 @@ def _owned_by(worker_id: str) -> sa.ColumnElement[bool]:
     return sa.and_(jobs.c.status == JobStatus.RUNNING, jobs.c.lease_owner == worker_id)
 
 
+def _lock_owned(conn: sa.Connection, worker_id: str, job_ids: Sequence[str]) -> set[str]:
+    """The ids among `job_ids` that `worker_id` runs, locked until the transaction ends.
+
+    FOR UPDATE keeps them ours until the caller's update (a PostgreSQL SELECT alone does not: a requeue and a new
+    claim could commit in between); on SQLite the write transaction already holds the database lock. Locking in id
+    order gives every caller one lock order, so two of them cannot deadlock.
+    """
+    owned = sa.select(jobs.c.id).where(jobs.c.id.in_(job_ids), _owned_by(worker_id)).order_by(jobs.c.id)
+    return set(conn.scalars(owned.with_for_update()))
+
+
 def _record_events(
     conn: sa.Connection,
     job_ids: Sequence[str],
@@ -273,10 +284,7 @@ class JobStore:
         if not updates:
             return set()
         with self._engine.begin() as conn:
-            # FOR UPDATE keeps the jobs found ours here ours until the update (a PostgreSQL SELECT alone does not: a
-            # requeue could commit in between); on SQLite the write transaction already holds the database lock
-            owned = sa.select(jobs.c.id).where(jobs.c.id.in_(list(updates)), _owned_by(worker_id))
-            ours = set(conn.scalars(owned.order_by(jobs.c.id).with_for_update()))  # one lock order: no deadlock
+            ours = _lock_owned(conn, worker_id, list(updates))
             rows = [
                 {"job_id": job_id, "progress": progress, "stage": stage}
                 for job_id, (progress, stage) in updates.items()
@@ -298,11 +306,7 @@ class JobStore:
             return set()
         with self._engine.begin() as conn:
             now = self._now()
-            # FOR UPDATE keeps the jobs found ours here ours until the update (see update_progress_many)
-            owned = sa.select(jobs.c.id).where(
-                jobs.c.id.in_([job_id for job_id, _, _ in outcomes]), _owned_by(worker_id)
-            )
-            ours = set(conn.scalars(owned.order_by(jobs.c.id).with_for_update()))  # one lock order: no deadlock
+            ours = _lock_owned(conn, worker_id, [job_id for job_id, _, _ in outcomes])
             rows = [
                 {"job_id": job_id, "result": result, "profile": profile}
                 for job_id, result, profile in outcomes

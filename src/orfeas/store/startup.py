@@ -8,7 +8,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from orfeas.errors import OrfeasError
-from orfeas.store.db import create_db_engine
+from orfeas.store.db import create_db_engine, error_summary
 from orfeas.store.migrate import upgrade
 
 
@@ -37,6 +37,5 @@ def upgrade_database(url: str, application_name: str | None = None) -> tuple[sa.
         engine = create_db_engine(url, application_name)
         before, head = upgrade(engine)
     except (SQLAlchemyError, CommandError, ValueError, ImportError) as exc:
-        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
-        raise DatabaseUnavailable(f"cannot open the database {shown}: {reason}") from None
+        raise DatabaseUnavailable(f"cannot open the database {shown}: {error_summary(exc)}") from None
     return engine, before, head
