@@ -44,7 +44,7 @@ $(STUDIO): web/package.json $(wildcard web/src/*.js) | web/node_modules/.install
 	fi
 
 run: setup
-	$(BIN)/orfeas serve --host 127.0.0.1 --port 8000 --data-dir orfeas-data
+	ORFEAS_AUTH=$${ORFEAS_AUTH:-off} $(BIN)/orfeas serve --host 127.0.0.1 --port 8000 --data-dir orfeas-data
 
 # Turn every image in examples/ into models under out/, without the server.
 examples: setup

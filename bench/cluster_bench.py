@@ -115,7 +115,7 @@ def claim_latency(claimers: int, jobs: int = 2000) -> dict:
                 NewJob(id=uuid.uuid4().hex, options={}, batch_key="k", input_name="x.png")
                 for _ in range(min(500, jobs - start))
             ]
-            store.create_jobs(new)
+            store.create_jobs(new, owner="user:bench")
         barrier = threading.Barrier(claimers)
         latencies: list[float] = []
         claimed: list[str] = []

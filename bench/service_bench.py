@@ -30,8 +30,9 @@ from tests.e2e.server import Server, wait_for  # noqa: E402
 from orfeas import GenerateOptions, generate, save_result  # noqa: E402
 from orfeas.pipeline.generate import batch_key  # noqa: E402
 from orfeas.service.worker import ProgressBuffer  # noqa: E402
-from orfeas.store.db import create_db_engine, init_db, sqlite_url  # noqa: E402
+from orfeas.store.db import create_db_engine, sqlite_url  # noqa: E402
 from orfeas.store.jobs import JobStore, NewJob  # noqa: E402
+from orfeas.store.migrate import init_db  # noqa: E402
 from report import write_section  # noqa: E402
 
 IMAGE = REPO / "examples" / "chair.png"
@@ -73,7 +74,9 @@ def scheduler_overhead_ms(batches: int = 200, batch: int = 4) -> tuple[float, fl
         key = batch_key(GenerateOptions())
         options = GenerateOptions().model_dump(mode="json")
         for _ in range(batches):
-            store.create_jobs([NewJob(uuid.uuid4().hex, options, key, "x.png") for _ in range(batch)])
+            store.create_jobs(
+                [NewJob(uuid.uuid4().hex, options, key, "x.png") for _ in range(batch)], owner="user:bench"
+            )
         scheduling, flushes = [], []
         for _ in range(batches):
             start = time.perf_counter()
@@ -82,7 +85,7 @@ def scheduler_overhead_ms(batches: int = 200, batch: int = 4) -> tuple[float, fl
             store.complete_many("bench", outcomes)
             scheduling.append((time.perf_counter() - start) * 1000)
         # one more batch, left running, for the progress flushes
-        store.create_jobs([NewJob(uuid.uuid4().hex, options, key, "x.png") for _ in range(batch)])
+        store.create_jobs([NewJob(uuid.uuid4().hex, options, key, "x.png") for _ in range(batch)], owner="user:bench")
         jobs = store.claim_batch("bench", batch, 30)
         for _ in range(batches):
             progress = ProgressBuffer(store, "bench")

@@ -128,7 +128,7 @@ def serve_command(
     from orfeas.api.app import create_app
 
     overrides = {key: value for key, value in {"data_dir": data_dir, "database_url": database}.items() if value}
-    settings = Settings(**overrides)
+    settings = Settings(host=host, **overrides)
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if database and not settings.data_dir.exists():
         stderr.print(f"[red]error:[/red] the shared data directory {settings.data_dir} does not exist")
@@ -140,6 +140,10 @@ def serve_command(
         raise typer.Exit(2) from None
     stderr.print(f"ORFEAS is serving on http://{host}:{port}  (API docs: http://{host}:{port}/docs)")
     stderr.print(f"data: {settings.data_dir.resolve()}")
+    if settings.auth == "off":
+        stderr.print("authentication is off (ORFEAS_AUTH=off): everyone who reaches this loopback port is the admin")
+    elif not application.state.services.accounts.has_admin():
+        stderr.print("no admin yet: create one with `orfeas users create NAME --admin`, then sign in at /login")
     uvicorn.run(application, host=host, port=port, log_level=log_level.lower())
 
 
@@ -151,15 +155,42 @@ DatabaseOption = Annotated[str | None, typer.Option(help="Database URL [default:
 
 
 def _agent_store(data_dir: Path | None, database: str | None):
-    from orfeas.store.agents import AgentStore, load_master_key
-    from orfeas.store.db import create_db_engine, init_db, sqlite_url
+    from orfeas.service.agents import check_master_key
+    from orfeas.store.agents import MASTER_KEY_FILE, AgentStore, load_master_key
+    from orfeas.store.users import UserStore
 
+    settings = _settings(data_dir, database)
+    if database and settings.agent_master_key is None and not (settings.data_dir / MASTER_KEY_FILE).exists():
+        raise _fail(
+            f"no agent master key for {_shown_url(database)}: set ORFEAS_AGENT_MASTER_KEY to the key the servers use "
+            f"(or pass --data-dir with their {MASTER_KEY_FILE}); a new key would make secrets no server accepts",
+            code=2,
+        )
+    engine = _open_engine(settings)
+    master_key = load_master_key(settings.agent_master_key, settings.data_dir)
+    try:
+        check_master_key(UserStore(engine), master_key)
+    except ValueError as exc:
+        raise _fail(str(exc), code=2) from None
+    return AgentStore(engine, master_key)
+
+
+def _settings(data_dir: Path | None, database: str | None) -> Settings:
     overrides = {key: value for key, value in {"data_dir": data_dir, "database_url": database}.items() if value}
-    settings = Settings(**overrides)
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    engine = create_db_engine(settings.database_url or sqlite_url(settings.data_dir))
-    init_db(engine)
-    return AgentStore(engine, load_master_key(settings.agent_master_key, settings.data_dir))
+    return Settings(**overrides)
+
+
+def _open_engine(settings: Settings):
+    """The job database these settings name, migrated; one line and exit 2 when it cannot be opened."""
+    from orfeas.store.db import sqlite_url
+    from orfeas.store.startup import open_database
+
+    if not settings.database_url:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        return open_database(settings.database_url or sqlite_url(settings.data_dir))
+    except OrfeasError as exc:
+        raise _fail(str(exc), code=2) from None
 
 
 def _fail(message: str, code: int = 1) -> typer.Exit:
@@ -418,8 +449,11 @@ def preview_command(
 
 def _mount_agent_client() -> None:
     from orfeas.cli_agent import agent_app
+    from orfeas.cli_users import keys_app, users_app
 
     app.add_typer(agent_app, name="agent")
+    app.add_typer(users_app, name="users")
+    app.add_typer(keys_app, name="keys")
 
 
 def _print_table(results: list[tuple[Path, GenerationResult]], out: Path) -> None:

@@ -67,6 +67,21 @@ class Settings(BaseSettings):
     poll_seconds: float = Field(0.2, description="Idle worker's wait between queue checks.")
     retention_hours: float = Field(24 * 7, description="Finished jobs and their files are deleted after this.")
 
+    # access control (docs/SECURITY.md)
+    auth: Literal["on", "off"] = Field(
+        "on",
+        description="'on': users sign in (studio) or send an API key (programs); 'off': everyone is the local admin, "
+        "allowed only while the server listens on a loopback address.",
+    )
+    host: str = Field("127.0.0.1", description="Address the API listens on (set by `orfeas serve --host`).")
+    allowed_hosts: str = Field(
+        "",
+        description="Comma-separated Host names the API answers to ('*': any); default: the listening address, "
+        "localhost and, on a wildcard address, this machine's names and addresses.",
+    )
+    cors_origins: str = Field("", description="Comma-separated origins allowed to call the API from other sites.")
+    session_hours: float = Field(12.0, gt=0, description="A studio sign-in lasts this long.")
+
     # agent API
     agent_master_key: str | None = Field(
         None,

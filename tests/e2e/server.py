@@ -51,6 +51,7 @@ class Server:
             "PYTHONPATH": str(REPO),
             "ORFEAS_GENERATORS": TEST_GENERATORS,
             "ORFEAS_POLL_SECONDS": "0.05",
+            "ORFEAS_AUTH": "off",
             **(env or {}),
         }
         self.process: subprocess.Popen | None = None

@@ -276,12 +276,14 @@ def test_half_precision_gives_nearly_the_float32_shape(generator, models, monkey
 def test_the_worker_runs_queued_hunyuan3d_jobs_as_one_batch(generator, tmp_path):
     """Three queued jobs: one claim, one generator call, one DiT pass per step for all of them, three results."""
     from orfeas.options import GenerateOptions
+    from orfeas.service.auth import LOCAL_USER
     from orfeas.service.jobs import JobService, Upload
     from orfeas.service.optimizer import MemoryProbe, ResourceOptimizer
     from orfeas.service.worker import Worker
     from orfeas.store.artifacts import ArtifactStore
-    from orfeas.store.db import create_db_engine, init_db, sqlite_url
+    from orfeas.store.db import create_db_engine, sqlite_url
     from orfeas.store.jobs import JobStore
+    from orfeas.store.migrate import init_db
 
     settings = generator.settings.model_copy(update={"data_dir": tmp_path})
     engine = create_db_engine(sqlite_url(tmp_path))
@@ -291,7 +293,7 @@ def test_the_worker_runs_queued_hunyuan3d_jobs_as_one_batch(generator, tmp_path)
     worker.generators["hunyuan3d"] = generator  # the loaded one, as the worker keeps it after its first job
     chair = Upload("chair.png", (REPO / "examples" / "chair.png").read_bytes())
     options = GenerateOptions(backend="hunyuan3d", resolution=32, faces=2000, generator_options={"steps": STEPS})
-    jobs, _ = JobService(store, artifacts, settings).submit([chair, chair, chair], options)
+    jobs, _ = JobService(store, artifacts, settings).submit([chair, chair, chair], options, LOCAL_USER)
 
     calls: list[int] = []
     hook = generator.pipeline.model.register_forward_hook(lambda _m, args, _out: calls.append(args[0].shape[0]))

@@ -17,7 +17,8 @@ from orfeas.service.agents import (
 )
 from orfeas.signing import KEY_HEADER, NONCE_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, signed_headers
 from orfeas.store.agents import AgentRecord, AgentStore
-from orfeas.store.db import create_db_engine, init_db, sqlite_url
+from orfeas.store.db import create_db_engine, sqlite_url
+from orfeas.store.migrate import init_db
 from tests.store.test_agents import MASTER_KEY, Clock
 
 PATH = "/api/agent/generate-3d"

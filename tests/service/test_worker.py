@@ -8,12 +8,14 @@ import pytest
 
 from orfeas.config import Settings
 from orfeas.options import GenerateOptions
+from orfeas.service.auth import LOCAL_USER
 from orfeas.service.jobs import JobService, Upload
 from orfeas.service.optimizer import MemoryProbe, ResourceOptimizer
 from orfeas.service.worker import ProgressBuffer, Worker, is_out_of_memory
 from orfeas.store.artifacts import ArtifactStore
-from orfeas.store.db import create_db_engine, init_db, sqlite_url
+from orfeas.store.db import create_db_engine, sqlite_url
 from orfeas.store.jobs import JobNotFound, JobStore
+from orfeas.store.migrate import init_db
 from tests.synthetic import EXAMPLES
 
 CHAIR = Upload("chair.png", (EXAMPLES / "chair.png").read_bytes())
@@ -33,9 +35,9 @@ def parts(tmp_path):
 
 def test_jobs_with_different_generator_settings_are_not_batched_together(parts):
     store, _, service, worker = parts
-    (first,), _ = service.submit([CHAIR], GenerateOptions(resolution=64, faces=2000))
-    (second,), _ = service.submit([CHAIR], GenerateOptions(resolution=96, faces=2000))
-    (third,), _ = service.submit([CHAIR], GenerateOptions(resolution=64, faces=3000, seed=5))
+    (first,), _ = service.submit([CHAIR], GenerateOptions(resolution=64, faces=2000), LOCAL_USER)
+    (second,), _ = service.submit([CHAIR], GenerateOptions(resolution=96, faces=2000), LOCAL_USER)
+    (third,), _ = service.submit([CHAIR], GenerateOptions(resolution=64, faces=3000, seed=5), LOCAL_USER)
     assert worker.run_once()
     assert {store.get(j.id).status for j in (first, third)} == {"succeeded"}
     assert store.get(second.id).status == "queued"
@@ -47,7 +49,7 @@ def test_jobs_with_different_generator_settings_are_not_batched_together(parts):
 
 def test_results_past_retention_are_deleted_with_their_files(parts):
     store, artifacts, service, worker = parts
-    (job,), _ = service.submit([CHAIR], GenerateOptions(resolution=64, faces=2000))
+    (job,), _ = service.submit([CHAIR], GenerateOptions(resolution=64, faces=2000), LOCAL_USER)
     worker.run_once()
     folder = artifacts.result_dir(job.id)
     assert (folder / "model.glb").is_file()
@@ -59,7 +61,7 @@ def test_results_past_retention_are_deleted_with_their_files(parts):
 
 def test_progress_buffer_writes_the_latest_stage_per_job_in_one_go(parts):
     store, _, service, _ = parts
-    jobs, _ = service.submit([CHAIR, CHAIR], GenerateOptions(resolution=64))
+    jobs, _ = service.submit([CHAIR, CHAIR], GenerateOptions(resolution=64), LOCAL_USER)
     claimed = store.claim_batch("w1", 2, 30)
     buffer = ProgressBuffer(store, "w1", interval=60)
     buffer.last_flush = time.monotonic()  # the timer's write is a minute away: only flush() writes
@@ -77,7 +79,7 @@ def test_progress_buffer_writes_the_latest_stage_per_job_in_one_go(parts):
 
 def test_a_stage_recorded_too_soon_is_still_written_when_the_interval_is_up(parts):
     store, _, service, _ = parts
-    (job,), _ = service.submit([CHAIR], GenerateOptions(resolution=64))
+    (job,), _ = service.submit([CHAIR], GenerateOptions(resolution=64), LOCAL_USER)
     store.claim_batch("w1", 1, 30)
     buffer = ProgressBuffer(store, "w1", interval=0.2)
     buffer.record(job.id, "image_loading")  # written at once

@@ -20,7 +20,8 @@ from orfeas.store.agents import (
     derive_secret,
     load_master_key,
 )
-from orfeas.store.db import create_db_engine, init_db, sqlite_url
+from orfeas.store.db import create_db_engine, sqlite_url
+from orfeas.store.migrate import init_db
 from tests.store.test_jobs import db_url, postgres_unavailable  # noqa: F401  (fixtures: SQLite and PostgreSQL)
 
 MASTER_KEY = bytes(range(32))

@@ -16,12 +16,14 @@ import trimesh
 
 from orfeas.config import Settings
 from orfeas.options import GenerateOptions
+from orfeas.service.auth import LOCAL_USER
 from orfeas.service.jobs import JobService, Upload
 from orfeas.service.optimizer import MemoryProbe, ResourceOptimizer
 from orfeas.service.worker import Worker
 from orfeas.store.artifacts import ArtifactStorage, LocalArtifactStore
-from orfeas.store.db import create_db_engine, init_db, sqlite_url
+from orfeas.store.db import create_db_engine, sqlite_url
 from orfeas.store.jobs import JobStore
+from orfeas.store.migrate import init_db
 from tests.synthetic import EXAMPLES
 
 
@@ -175,7 +177,7 @@ def test_the_service_and_the_worker_need_nothing_but_the_interface(tmp_path):
     service = JobService(store, storage, settings)
     worker = Worker(store, storage, settings, ResourceOptimizer(MemoryProbe("cpu"), max_batch=2), worker_id="w1")
     chair = Upload("chair.png", (EXAMPLES / "chair.png").read_bytes())
-    (job,), _ = service.submit([chair], GenerateOptions(resolution=64, faces=2000, formats=("glb", "obj")))
+    (job,), _ = service.submit([chair], GenerateOptions(resolution=64, faces=2000, formats=("glb", "obj")), LOCAL_USER)
     assert storage.objects[f"inputs/{job.id}"] == chair.data
     assert worker.run_once()
     done = store.get(job.id)

@@ -14,7 +14,8 @@ import pytest
 import sqlalchemy as sa
 
 from orfeas.store import JobNotFound, JobRecord, JobStatus, JobStore, NewJob, create_db_engine, init_db, new_job_id
-from orfeas.store.db import job_events, jobs, sqlite_url
+from orfeas.store.db import sqlite_url
+from orfeas.store.schema import job_events, jobs
 
 POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 LEASE = 30.0
@@ -92,7 +93,7 @@ def enqueue(
     batch_key: str = "inflate-512",
     count: int = 1,
     idempotency_key: str | None = None,
-    owner: str | None = None,
+    owner: str = "user:test",
 ) -> list[JobRecord]:
     new = [
         NewJob(id=new_job_id(), options={"generator": batch_key, "n": i}, batch_key=batch_key, input_name=f"{i}.png")
@@ -153,17 +154,19 @@ def test_idempotent_create_returns_the_first_jobs_and_inserts_nothing(store: Job
             store.get(job.id)
 
 
-def test_idempotency_keys_are_per_owner_and_anonymous_requests_dedupe_too(store: JobStore) -> None:
+def test_idempotency_keys_are_per_owner(store: JobStore) -> None:
     enqueue(store, idempotency_key="req-1", owner="agent-1")
     enqueue(store, idempotency_key="req-1", owner="agent-2")
-    anonymous = enqueue(store, idempotency_key="req-1")
+    local = enqueue(store, idempotency_key="req-1", owner="user:local")
     enqueue(store)  # no key: never deduplicated
     enqueue(store)
 
-    again, created = store.create_jobs([NewJob(new_job_id(), {}, "inflate-512", "x.png")], idempotency_key="req-1")
+    again, created = store.create_jobs(
+        [NewJob(new_job_id(), {}, "inflate-512", "x.png")], idempotency_key="req-1", owner="user:local"
+    )
 
     assert not created
-    assert ids(again) == ids(anonymous)
+    assert ids(again) == ids(local)
     assert store.count_by_status()["queued"] == 5
 
 

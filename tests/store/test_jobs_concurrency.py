@@ -11,7 +11,7 @@ import pytest
 import sqlalchemy as sa
 
 from orfeas.store import JobStore, NewJob, create_db_engine, init_db, new_job_id
-from orfeas.store.db import jobs
+from orfeas.store.schema import jobs
 
 
 @pytest.fixture
@@ -24,7 +24,7 @@ def engine(postgres_url: str) -> Iterator[sa.Engine]:
 
 def claimed_job(store: JobStore) -> str:
     job_id = new_job_id()
-    store.create_jobs([NewJob(id=job_id, options={}, batch_key="k", input_name="a.png")])
+    store.create_jobs([NewJob(id=job_id, options={}, batch_key="k", input_name="a.png")], owner="user:test")
     (job,) = store.claim_batch("slow-worker", 1, 30)
     return job.id
 

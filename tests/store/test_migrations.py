@@ -21,10 +21,11 @@ from alembic import command
 from typer.testing import CliRunner
 
 from orfeas.cli import app
-from orfeas.store.agents import AgentStore, agent_audit, agent_requests, agents
-from orfeas.store.db import as_utc, create_db_engine, init_db, job_events, jobs, sqlite_url
+from orfeas.store.agents import AgentStore
+from orfeas.store.db import as_utc, create_db_engine, sqlite_url
 from orfeas.store.jobs import JobStore, NewJob
-from orfeas.store.migrate import alembic_config, autogenerate_diff, current_revision, head_revision, upgrade
+from orfeas.store.migrate import alembic_config, autogenerate_diff, current_revision, head_revision, init_db, upgrade
+from orfeas.store.schema import agent_audit, agent_requests, agents, job_events, jobs
 from orfeas.store.startup import DatabaseUnavailable, open_database
 from tests.store.test_jobs import db_url, postgres_unavailable  # noqa: F401  (fixtures: SQLite and PostgreSQL)
 
@@ -124,11 +125,16 @@ def test_a_pre_migration_database_is_upgraded_in_place_and_keeps_its_rows(db_url
     engine = open_database(db_url)  # the start-up path of `orfeas serve` and `orfeas worker`
     assert current_revision(engine) == head_revision()
     assert autogenerate_diff(engine) == []
-    assert snapshot(db_url) == before
+    after = snapshot(db_url)
+    # Revision 0002 gives every job an owner: an agent's id becomes "agent:<id>", the public API's jobs "user:local".
+    assert [job["owner"] for job in after["jobs"]] == ["agent:alice"] * 3 + ["user:local"] * 3
+    for job in before["jobs"]:
+        job["owner"] = f"agent:{job['owner']}" if job["owner"] else "user:local"
+    assert after == before
 
     store = JobStore(engine)
     done = store.get("00000000000000000000000000000002")
-    assert (done.status, done.progress, done.owner, done.idempotency_key) == ("succeeded", 100, "alice", "req-1")
+    assert (done.status, done.progress, done.owner, done.idempotency_key) == ("succeeded", 100, "agent:alice", "req-1")
     assert done.result == {"files": {"glb": "model.glb"}, "faces": 1200}
     assert done.finished_at == datetime(2026, 3, 1, 9, 0, 1, 250000, tzinfo=UTC)
     failed = store.get("00000000000000000000000000000003")
@@ -141,7 +147,9 @@ def test_a_pre_migration_database_is_upgraded_in_place_and_keeps_its_rows(db_url
         "00000000000000000000000000000004",
     ]
     again, created = store.create_jobs(
-        [NewJob(id="f" * 32, options={}, batch_key="b", input_name="x.png")], idempotency_key="req-1", owner="alice"
+        [NewJob(id="f" * 32, options={}, batch_key="b", input_name="x.png")],
+        idempotency_key="req-1",
+        owner="agent:alice",
     )
     assert not created and again[0].id == "00000000000000000000000000000001"
 

@@ -2,12 +2,26 @@
 
 export class ApiError extends Error {}
 
-async function request(path, init) {
+const UNSAFE = new Set(["POST", "PUT", "PATCH", "DELETE"]);
+
+/** The session's CSRF token (a cookie the page may read), sent back with every state-changing request. */
+function csrfToken() {
+  const match = document.cookie.match(/(?:^|;\s*)orfeas_csrf=([^;]*)/);
+  return match ? decodeURIComponent(match[1]) : "";
+}
+
+async function request(path, init = {}) {
+  const headers = new Headers(init.headers || {});
+  if (UNSAFE.has((init.method || "GET").toUpperCase())) headers.set("X-CSRF-Token", csrfToken());
   let response;
   try {
-    response = await fetch(path, init);
+    response = await fetch(path, { ...init, headers, credentials: "same-origin" });
   } catch (err) {
     throw new ApiError(`server unreachable (${err.message})`);
+  }
+  if (response.status === 401) {
+    // signed out or the session ended: back to the sign-in page, then here again
+    location.assign(`/login?next=${encodeURIComponent(location.pathname)}`);
   }
   if (!response.ok) {
     let message = `${response.status} ${response.statusText}`;
@@ -26,6 +40,8 @@ async function request(path, init) {
 const json = async (path, init) => (await request(path, init)).json();
 
 export const generators = () => json("/api/generators");
+export const me = () => json("/api/auth/me");
+export const logout = () => request("/api/auth/logout", { method: "POST" });
 export const listJobs = (limit = 20, offset = 0) => json(`/api/jobs?limit=${limit}&offset=${offset}`);
 export const queuedCount = async () => (await json("/api/jobs?status=queued&limit=1")).total;
 export const getJob = (id) => json(`/api/jobs/${id}`);

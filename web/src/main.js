@@ -321,6 +321,23 @@ function setUpTabs(monitor) {
   for (const [tab] of tabs) tab.addEventListener("click", () => select(tab));
 }
 
+// ---- who is signed in
+
+async function showUser() {
+  try {
+    const user = await api.me();
+    if (user.auth === "off") return; // one person on this machine: nothing to sign out of
+    $("user-name").textContent = user.admin ? `${user.name} (admin)` : user.name;
+    $("user-bar").hidden = false;
+    $("logout").addEventListener("click", async () => {
+      await api.logout().catch(() => {});
+      location.assign("/login");
+    });
+  } catch {
+    // the request itself sends a signed-out page to /login
+  }
+}
+
 // ---- start
 
 function start() {
@@ -333,6 +350,7 @@ function start() {
   $("options").addEventListener("submit", generate);
   $("wireframe-toggle").addEventListener("change", (event) => viewer?.setWireframe(event.target.checked));
   setUpTabs(new Monitor($("monitor-view")));
+  showUser();
   loadGenerators();
   refreshHistory();
 }

@@ -10,15 +10,18 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CollectorRegistry
 
 from orfeas import __version__
 from orfeas.api.deps import Services
 from orfeas.api.errors import BodySizeLimit, install_error_handlers
-from orfeas.api.routes import agent, jobs, monitoring, studio
+from orfeas.api.routes import agent, auth, jobs, monitoring, studio
+from orfeas.api.security import HostOriginGuard, allowed_hosts, check_auth_binding
 from orfeas.config import Settings
-from orfeas.service.agents import AgentAuthenticator
+from orfeas.service.agents import AgentAuthenticator, check_master_key
+from orfeas.service.auth import AccountService
 from orfeas.service.jobs import JobService
 from orfeas.service.metrics import ServiceMetrics
 from orfeas.service.monitoring import UtilizationSampler
@@ -29,6 +32,7 @@ from orfeas.store.artifacts import LocalArtifactStore
 from orfeas.store.db import sqlite_url
 from orfeas.store.jobs import JobStore
 from orfeas.store.startup import open_database
+from orfeas.store.users import UserStore
 
 logger = logging.getLogger(__name__)
 SAMPLE_SECONDS = 2.0  # utilization sampling period for the trend
@@ -44,7 +48,10 @@ def build_services(settings: Settings) -> Services:
     probe = MemoryProbe(settings.device)
     optimizer = ResourceOptimizer(probe, settings.target_utilization, settings.max_batch)
     metrics = ServiceMetrics(CollectorRegistry(), store.count_by_status, probe)
-    agents = AgentStore(engine, load_master_key(settings.agent_master_key, settings.data_dir))
+    master_key = load_master_key(settings.agent_master_key, settings.data_dir)
+    users = UserStore(engine)
+    check_master_key(users, master_key)
+    agents = AgentStore(engine, master_key)
     return Services(
         settings=settings,
         store=store,
@@ -56,6 +63,7 @@ def build_services(settings: Settings) -> Services:
         metrics=metrics,
         agents=agents,
         authenticator=AgentAuthenticator(agents, settings.agent_window_seconds),
+        accounts=AccountService(users, settings.session_hours),
     )
 
 
@@ -66,6 +74,7 @@ def _keep_agent_tables_small(services: Services, stop: threading.Event) -> None:
             services.agents.purge_requests(2 * services.settings.agent_window_seconds)
             cutoff = datetime.now(UTC) - timedelta(hours=services.settings.retention_hours)
             services.agents.delete_audit_before(cutoff)
+            services.accounts.purge_sessions()
         except Exception:  # a database hiccup must not end the loop
             logger.exception("agent housekeeping failed")
 
@@ -73,6 +82,7 @@ def _keep_agent_tables_small(services: Services, stop: threading.Event) -> None:
 def create_app(settings: Settings | None = None, *, run_worker: bool = True) -> FastAPI:
     """The ORFEAS API; with `run_worker`, a worker thread generates the queued jobs in this process."""
     settings = settings or Settings()
+    check_auth_binding(settings)
     services = build_services(settings)
     stop = threading.Event()
 
@@ -107,10 +117,20 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = True) -> 
     )
     app.state.services = services
     app.add_middleware(BodySizeLimit, limit=settings.max_upload_bytes)
+    cors = frozenset(origin.strip().rstrip("/") for origin in settings.cors_origins.split(",") if origin.strip())
+    if cors:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=sorted(cors),
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "X-CSRF-Token"],
+        )
+    app.add_middleware(HostOriginGuard, hosts=allowed_hosts(settings), cors_origins=cors)  # outermost: runs first
     install_error_handlers(app)
     app.include_router(jobs.router)
     app.include_router(monitoring.router)
     app.include_router(agent.router)
     app.include_router(studio.router)
+    app.include_router(auth.router)
     app.mount("/static", StaticFiles(directory=str(studio.WEB / "static"), check_dir=False), name="static")
     return app

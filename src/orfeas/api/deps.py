@@ -8,6 +8,7 @@ from fastapi import Request
 
 from orfeas.config import Settings
 from orfeas.service.agents import AgentAuthenticator
+from orfeas.service.auth import AccountService
 from orfeas.service.jobs import JobService
 from orfeas.service.metrics import ServiceMetrics
 from orfeas.service.monitoring import UtilizationSampler
@@ -30,6 +31,7 @@ class Services:
     metrics: ServiceMetrics
     agents: AgentStore
     authenticator: AgentAuthenticator
+    accounts: AccountService
     workers: list[Worker] = field(default_factory=list)
 
 

@@ -13,8 +13,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from orfeas.errors import GeneratorUnavailable, InvalidImage, InvalidOptions, OrfeasError
 from orfeas.service.agents import AuthenticationFailed, PermissionDenied, RateLimited, rate_limit_headers
+from orfeas.service.auth import AccountNotFound, Forbidden, LoginThrottled, Unauthenticated
 from orfeas.store.db import error_summary, is_database_outage
 from orfeas.store.jobs import JobNotFound
+from orfeas.store.users import UserExists
 
 logger = logging.getLogger(__name__)
 
@@ -26,6 +28,11 @@ STATUS_BY_ERROR: list[tuple[type[Exception], int]] = [
     (AuthenticationFailed, 401),
     (PermissionDenied, 403),
     (RateLimited, 429),
+    (Unauthenticated, 401),
+    (Forbidden, 403),
+    (LoginThrottled, 429),
+    (AccountNotFound, 404),
+    (UserExists, 409),
 ]
 
 
@@ -46,6 +53,10 @@ def install_error_handlers(app: FastAPI) -> None:
             headers.update(rate_limit_headers(exc.admission))
         elif isinstance(exc, AuthenticationFailed):
             headers["WWW-Authenticate"] = "ORFEAS-HMAC-SHA256"
+        elif isinstance(exc, Unauthenticated):
+            headers["WWW-Authenticate"] = 'Bearer realm="orfeas"'
+        elif isinstance(exc, LoginThrottled):
+            headers["Retry-After"] = str(exc.retry_after)
         return JSONResponse(error_body(type(exc).__name__, str(exc)), status_code=status_for(exc), headers=headers)
 
     @app.exception_handler(RequestValidationError)

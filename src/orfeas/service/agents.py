@@ -8,6 +8,8 @@ is known, the agent.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import re
 import time
 from collections.abc import Callable, Mapping
@@ -23,6 +25,32 @@ from orfeas.signing import (
     signature_matches,
 )
 from orfeas.store.agents import AGENT_OPERATIONS, Admission, AgentRecord, AgentStore
+from orfeas.store.users import UserStore
+
+MASTER_KEY_CHECK = "agent_master_key_check"
+
+
+class MasterKeyMismatch(OrfeasError, ValueError):
+    """This process's agent master key is not the one the installation's database was set up with."""
+
+
+def master_key_check(master_key: bytes) -> str:
+    """A value that tells master keys apart without revealing them."""
+    return hmac.new(master_key, b"orfeas agent master key check", hashlib.sha256).hexdigest()
+
+
+def check_master_key(store: UserStore, master_key: bytes) -> None:
+    """The first process to open a database records its master key's check value; a later one with another key
+    (a server or `orfeas agents` without the cluster's ORFEAS_AGENT_MASTER_KEY) is refused, since the agent secrets
+    it derives would not be the ones the other servers accept."""
+    mine = master_key_check(master_key)
+    recorded = store.set_fact_once(MASTER_KEY_CHECK, mine)
+    if not hmac.compare_digest(recorded, mine):
+        raise MasterKeyMismatch(
+            "this agent master key is not the one the database was set up with: give every server and "
+            "`orfeas agents` the same ORFEAS_AGENT_MASTER_KEY (or the same data directory's agent-master.key)"
+        )
+
 
 _KEY_ID = re.compile(r"[A-Za-z0-9_-]{1,40}")
 _TIMESTAMP = re.compile(r"[0-9]{1,12}")  # not str.isdigit, which accepts non-ASCII digits

@@ -17,6 +17,7 @@ from orfeas.pipeline.generate import batch_key
 from orfeas.pipeline.generators import Generator, available_generators, create_generator
 from orfeas.pipeline.image import load_image
 from orfeas.pipeline.preview import render_preview
+from orfeas.service.auth import Principal
 from orfeas.store.artifacts import ArtifactStorage
 from orfeas.store.jobs import JobNotFound, JobRecord, JobStore, NewJob
 
@@ -57,12 +58,13 @@ class JobService:
         self,
         uploads: list[Upload],
         options: GenerateOptions,
+        principal: Principal,
         idempotency_key: str | None = None,
-        owner: str | None = None,
     ) -> tuple[list[JobRecord], bool]:
-        """Create one queued job per image; returns (jobs, created). A repeated idempotency key returns the
-        jobs of the first request and creates nothing. Every image is decoded first, so a bad one refuses the
-        whole request before anything is stored."""
+        """Create one queued job per image for `principal`; returns (jobs, created). An idempotency key this
+        principal used before returns the jobs of that request and creates nothing. Every image is decoded first,
+        so a bad one refuses the whole request before anything is stored."""
+        owner = principal.owner
         if not uploads:
             raise InvalidImage("no image uploaded (send one or more files in the field 'image')")
         if len(uploads) > self.settings.max_images_per_request:
@@ -118,8 +120,21 @@ class JobService:
         self.artifacts.save_result(job.id, PREVIEW_NAME, png.getvalue())
         return self.artifacts.result_file(job.id, PREVIEW_NAME)
 
-    def get(self, job_id: str) -> JobRecord:
-        return self.store.get(job_id)
+    def get(self, job_id: str, principal: Principal) -> JobRecord:
+        """The job if `principal` may see it; another owner's job is indistinguishable from a missing one."""
+        job = self.store.get(job_id)
+        if not principal.may_see(job.owner):
+            raise JobNotFound(f"no job {job_id!r}")
+        return job
 
-    def cancel(self, job_id: str) -> JobRecord:
+    def cancel(self, job_id: str, principal: Principal) -> JobRecord:
+        """Cancel a queued or running job `principal` may see; a finished job comes back unchanged."""
+        self.get(job_id, principal)
         return self.store.cancel(job_id)
+
+    def list(
+        self, principal: Principal, limit: int, offset: int = 0, status: str | None = None
+    ) -> tuple[list[JobRecord], int]:
+        """One page of the jobs `principal` may see, newest first, and how many there are."""
+        owner = None if principal.is_admin else principal.owner
+        return self.store.list_jobs(limit=limit, offset=offset, status=status, owner=owner)

@@ -32,55 +32,14 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
 from orfeas.errors import OrfeasError
-from orfeas.store.db import as_utc, iso_timestamps, metadata, read_only, utcnow
+from orfeas.store.db import as_utc, iso_timestamps, read_only, utcnow
+from orfeas.store.schema import agent_audit, agent_requests, agents
 
 AGENT_OPERATIONS = ("generate", "batch", "status", "download")
 DEFAULT_RATE_PER_MINUTE = 100
 RATE_WINDOW_SECONDS = 60
 MASTER_KEY_FILE = "agent-master.key"
 _MIN_MASTER_KEY_BYTES = 16
-_Timestamp = sa.DateTime(timezone=True)
-
-agents = sa.Table(
-    "agents",
-    metadata,
-    sa.Column("id", sa.String(32), primary_key=True),
-    sa.Column("name", sa.String(100), nullable=False, unique=True),
-    sa.Column("key_id", sa.String(40), nullable=False, unique=True),
-    sa.Column("secret_version", sa.Integer, nullable=False, default=1),
-    sa.Column("operations", sa.JSON, nullable=False),
-    sa.Column("rate_per_minute", sa.Integer, nullable=False),
-    sa.Column("created_at", _Timestamp, nullable=False),
-    sa.Column("revoked_at", _Timestamp),
-    sa.Column("rotated_at", _Timestamp),
-    sa.CheckConstraint("rate_per_minute > 0", name="ck_agents_rate_per_minute"),
-)
-
-agent_requests = sa.Table(
-    "agent_requests",
-    metadata,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("agent_id", sa.String(32), sa.ForeignKey("agents.id", ondelete="CASCADE"), nullable=False),
-    sa.Column("nonce", sa.String(64), nullable=False),
-    sa.Column("at", _Timestamp, nullable=False, index=True),
-    sa.UniqueConstraint("agent_id", "nonce", name="uq_agent_requests_agent_id_nonce"),
-    # Leads with agent_id, so it also serves plain agent_id lookups; `at` bounds the rate window.
-    sa.Index("ix_agent_requests_agent_id_at", "agent_id", "at"),
-)
-
-agent_audit = sa.Table(
-    "agent_audit",
-    metadata,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    # NULL for requests whose key is unknown; SET NULL so an agent's history outlives a deleted agent row.
-    sa.Column("agent_id", sa.String(32), sa.ForeignKey("agents.id", ondelete="SET NULL"), index=True),
-    sa.Column("key_id", sa.String(40), nullable=False),
-    sa.Column("operation", sa.String(32), nullable=False),
-    sa.Column("job_id", sa.String(32)),
-    sa.Column("outcome", sa.Integer, nullable=False),
-    sa.Column("detail", sa.Text),
-    sa.Column("at", _Timestamp, nullable=False, index=True),
-)
 
 
 class AgentExists(OrfeasError):

@@ -1,91 +1,17 @@
-"""Database engine and the table definitions of the job store (SQLite by default, PostgreSQL for several hosts)."""
+"""Database engines and connections (SQLite by default, PostgreSQL for several hosts) and time helpers.
+
+The tables live in `store/schema.py`.
+"""
 
 import os
 from datetime import UTC, datetime
-from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import JSONB
 
 # Execution option that marks a connection as read-only; see `read_only` and `_begin_sqlite`.
 _READ_ONLY = "orfeas_read_only"
-
-
-class JobStatus(StrEnum):
-    """Where a job is in its life: queued → running → succeeded | failed | canceled."""
-
-    QUEUED = "queued"
-    RUNNING = "running"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    CANCELED = "canceled"
-
-
-FINISHED_STATUSES = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELED)
-
-# JSON columns: Python None is stored as SQL NULL (not the JSON literal null); JSONB on PostgreSQL.
-_Json = sa.JSON(none_as_null=True).with_variant(JSONB(none_as_null=True), "postgresql")
-_Timestamp = sa.DateTime(timezone=True)
-
-metadata = sa.MetaData()
-
-jobs = sa.Table(
-    "jobs",
-    metadata,
-    sa.Column("id", sa.String(32), primary_key=True),
-    sa.Column("status", sa.String(16), nullable=False),
-    sa.Column("progress", sa.Integer, nullable=False, default=0),
-    sa.Column("stage", sa.String(32)),
-    sa.Column("options", _Json, nullable=False),
-    sa.Column("batch_key", sa.String(64), nullable=False),
-    sa.Column("input_name", sa.String(255), nullable=False),
-    sa.Column("idempotency_key", sa.String(200)),  # indexed by uq_jobs_idempotency, which leads with it
-    sa.Column("request_index", sa.Integer, nullable=False),
-    sa.Column("owner", sa.String(64)),
-    sa.Column("attempts", sa.Integer, nullable=False, default=0),
-    sa.Column("error", sa.Text),
-    sa.Column("profile", _Json),
-    sa.Column("result", _Json),
-    sa.Column("lease_owner", sa.String(64)),
-    sa.Column("lease_expires_at", _Timestamp, index=True),
-    sa.Column("cancel_requested", sa.Boolean, nullable=False, default=False),
-    sa.Column("created_at", _Timestamp, nullable=False),
-    sa.Column("updated_at", _Timestamp, nullable=False),
-    sa.Column("started_at", _Timestamp),
-    sa.Column("finished_at", _Timestamp),
-    sa.CheckConstraint(f"status IN ({', '.join(repr(s.value) for s in JobStatus)})", name="ck_jobs_status"),
-    sa.CheckConstraint("progress BETWEEN 0 AND 100", name="ck_jobs_progress"),
-    # Leading `status` also serves plain status filters; `created_at` orders the queue.
-    sa.Index("ix_jobs_status_created_at", "status", "created_at"),
-    # Claiming: the queued jobs of one batch key, oldest first.
-    sa.Index("ix_jobs_status_batch_key_created_at", "status", "batch_key", "created_at"),
-    sa.Index("ix_jobs_batch_key", "batch_key"),
-    sa.Index("ix_jobs_finished_at", "finished_at"),
-)
-
-# One request (idempotency key + owner) holds each position once. The owner goes through COALESCE because NULLs never
-# collide in a plain unique constraint, and anonymous requests must be deduplicated too. NULL idempotency keys still
-# never collide, as intended.
-sa.Index(
-    "uq_jobs_idempotency",
-    jobs.c.idempotency_key,
-    sa.func.coalesce(jobs.c.owner, ""),
-    jobs.c.request_index,
-    unique=True,
-)
-
-job_events = sa.Table(
-    "job_events",
-    metadata,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("job_id", sa.String(32), sa.ForeignKey("jobs.id", ondelete="CASCADE"), nullable=False, index=True),
-    sa.Column("status", sa.String(16), nullable=False),
-    sa.Column("at", _Timestamp, nullable=False),
-    sa.Column("worker", sa.String(64)),
-    sa.Column("detail", sa.Text),
-)
 
 
 def sqlite_url(data_dir: Path) -> str:
@@ -134,14 +60,6 @@ def error_summary(exc: BaseException) -> str:
     """The first line of a database error's message (the full text repeats the SQL and a link), for one-line logs
     and start-up errors."""
     return str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
-
-
-def init_db(engine: sa.Engine) -> None:
-    """Bring the database to the newest schema revision (see `orfeas.store.migrate.upgrade`); safe to run at once
-    from several processes, and only a read when the database is up to date."""
-    from orfeas.store.migrate import upgrade  # migrate imports this module
-
-    upgrade(engine)
 
 
 def _configure_sqlite(dbapi_connection, _connection_record) -> None:

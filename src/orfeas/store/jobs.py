@@ -15,7 +15,8 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
 from orfeas.errors import OrfeasError
-from orfeas.store.db import FINISHED_STATUSES, JobStatus, as_utc, iso_timestamps, job_events, jobs, read_only, utcnow
+from orfeas.store.db import as_utc, iso_timestamps, read_only, utcnow
+from orfeas.store.schema import FINISHED_STATUSES, JobStatus, job_events, jobs
 
 _ACTIVE_STATUSES = (JobStatus.QUEUED, JobStatus.RUNNING)
 _QUEUE_ORDER = (jobs.c.created_at, jobs.c.request_index, jobs.c.id)
@@ -34,7 +35,6 @@ class NewJob:
     options: dict[str, Any]
     batch_key: str
     input_name: str
-    owner: str | None = None
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,7 @@ class JobRecord:
     input_name: str
     idempotency_key: str | None
     request_index: int
-    owner: str | None
+    owner: str
     attempts: int
     error: str | None
     profile: dict[str, Any] | None
@@ -117,14 +117,6 @@ def _record_events(
         conn.execute(job_events.insert(), rows)
 
 
-def _request_owner(new_jobs: Sequence[NewJob], owner: str | None) -> str | None:
-    """The one owner of a request: the `owner` argument, else the jobs' own (which must then agree)."""
-    owners = {owner if owner is not None else job.owner for job in new_jobs}
-    if len(owners) > 1:
-        raise ValueError(f"the jobs of one request must share one owner, got {sorted(map(str, owners))}")
-    return owners.pop() if owners else owner
-
-
 class JobStore:
     """The jobs and job_events tables used as a queue; every method is one short transaction.
 
@@ -142,14 +134,14 @@ class JobStore:
         return now.astimezone(UTC)
 
     def create_jobs(
-        self, new_jobs: list[NewJob], idempotency_key: str | None = None, owner: str | None = None
+        self, new_jobs: list[NewJob], *, owner: str, idempotency_key: str | None = None
     ) -> tuple[list[JobRecord], bool]:
-        """Enqueue the jobs of one request; returns the records and whether they were created now.
+        """Enqueue the jobs of one request for `owner`; returns the records and whether they were created now.
 
         With an idempotency key already used by this owner, nothing is inserted and the earlier request's jobs come
         back in request order, with False.
         """
-        request_owner = _request_owner(new_jobs, owner)
+        request_owner = owner
         try:
             with self._engine.begin() as conn:
                 if idempotency_key is not None:
@@ -191,10 +183,10 @@ class JobStore:
         return [JobRecord.from_row(row) for row in inserted], True
 
     @staticmethod
-    def _request_jobs(conn: sa.Connection, idempotency_key: str, owner: str | None) -> list[JobRecord]:
+    def _request_jobs(conn: sa.Connection, idempotency_key: str, owner: str) -> list[JobRecord]:
         query = (
             sa.select(jobs)
-            .where(jobs.c.idempotency_key == idempotency_key, jobs.c.owner.is_not_distinct_from(owner))
+            .where(jobs.c.idempotency_key == idempotency_key, jobs.c.owner == owner)
             .order_by(jobs.c.request_index)
         )
         return [JobRecord.from_row(row) for row in conn.execute(query)]
@@ -451,7 +443,7 @@ class JobStore:
             row = conn.execute(sa.select(jobs).where(_CLAIMABLE).order_by(*_QUEUE_ORDER).limit(1)).first()
         return JobRecord.from_row(row) if row else None
 
-    def find_idempotent(self, idempotency_key: str, owner: str | None = None) -> list[JobRecord]:
+    def find_idempotent(self, idempotency_key: str, owner: str) -> list[JobRecord]:
         """The jobs an earlier request with this idempotency key created, in request order ([] if none)."""
         with read_only(self._engine) as conn:
             return self._request_jobs(conn, idempotency_key, owner)

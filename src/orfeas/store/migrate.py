@@ -27,7 +27,8 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
 from orfeas.errors import OrfeasError
-from orfeas.store.db import metadata, read_only
+from orfeas.store.db import read_only
+from orfeas.store.schema import metadata
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 # Key of the PostgreSQL advisory lock that serializes upgrades, shared by every ORFEAS process on one database.
@@ -74,10 +75,14 @@ def upgrade(engine: sa.Engine) -> tuple[str | None, str]:
     return before, head
 
 
+def init_db(engine: sa.Engine) -> None:
+    """Bring the database to the newest schema revision (see `upgrade`); safe to run at once from several
+    processes, and only a read when the database is up to date."""
+    upgrade(engine)
+
+
 def autogenerate_diff(engine: sa.Engine) -> list[Any]:
     """What Alembic finds different between the database and the tables in the code (empty when they agree)."""
-    import orfeas.store.agents  # noqa: F401  (registers the agent tables on metadata)
-
     with read_only(engine) as conn:
         return compare_metadata(MigrationContext.configure(conn), metadata)
 

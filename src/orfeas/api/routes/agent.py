@@ -13,10 +13,12 @@ from fastapi.responses import FileResponse, JSONResponse
 
 from orfeas.api.deps import Services, get_services
 from orfeas.api.errors import status_for
-from orfeas.api.routes.jobs import checked_id, job_view, parse_json_object, result_file_response
+from orfeas.api.routes.jobs import checked_id, parse_json_object, result_file_response
+from orfeas.api.schemas import AgentJob, JobView, SubmittedJobs, job_json
 from orfeas.errors import InvalidImage, InvalidOptions, OrfeasError
 from orfeas.options import GenerateOptions
 from orfeas.service.agents import rate_limit_headers
+from orfeas.service.auth import Principal, agent_principal
 from orfeas.service.jobs import Upload
 from orfeas.store.agents import AgentRecord
 from orfeas.store.jobs import JobNotFound, JobRecord
@@ -29,6 +31,7 @@ class AgentRequest:
 
     def __init__(self, agent: AgentRecord, headers: dict[str, str], body: bytes, request: Request):
         self.agent = agent
+        self.principal: Principal = agent_principal(agent.id, agent.name)
         self.headers = headers
         self.body = body
         self.request = request
@@ -43,7 +46,7 @@ def authenticated(operation: str):
             agent, admission = await asyncio.to_thread(
                 services.authenticator.authenticate,
                 request.method,
-                request.url.path,
+                signed_path(request),
                 request.url.query,
                 dict(request.headers),
                 body,
@@ -67,7 +70,13 @@ def authenticated(operation: str):
     return verify
 
 
-@router.post("/generate-3d", status_code=202)
+def signed_path(request: Request) -> str:
+    """The path as the client sent it on the request line, percent-encoding kept (what the signature covers)."""
+    raw = request.scope.get("raw_path")
+    return raw.decode("latin-1").split("?", 1)[0] if raw else request.url.path
+
+
+@router.post("/generate-3d", status_code=202, response_model=AgentJob)
 async def generate_3d(
     call: Annotated[AgentRequest, Depends(authenticated("generate"))],
     services: Annotated[Services, Depends(get_services)],
@@ -75,10 +84,10 @@ async def generate_3d(
     """One image (JSON with base64 data, or multipart field `image`) plus options → 202 with the job."""
     uploads, options = await _read_submission(call, services, many=False)
     jobs = await _submit(call, services, "generate", uploads, options)
-    return JSONResponse({"job": _agent_view(jobs[0])}, status_code=202, headers=call.headers)
+    return JSONResponse({"job": _agent_view(jobs[0], call.principal)}, status_code=202, headers=call.headers)
 
 
-@router.post("/batch", status_code=202)
+@router.post("/batch", status_code=202, response_model=SubmittedJobs)
 async def batch(
     call: Annotated[AgentRequest, Depends(authenticated("batch"))],
     services: Annotated[Services, Depends(get_services)],
@@ -86,10 +95,12 @@ async def batch(
     """Up to `max_agent_batch` images → 202 with one job per image (they go to the batching worker together)."""
     uploads, options = await _read_submission(call, services, many=True)
     jobs = await _submit(call, services, "batch", uploads, options)
-    return JSONResponse({"jobs": [_agent_view(job) for job in jobs]}, status_code=202, headers=call.headers)
+    return JSONResponse(
+        {"jobs": [_agent_view(job, call.principal) for job in jobs]}, status_code=202, headers=call.headers
+    )
 
 
-@router.get("/status/{job_id}")
+@router.get("/status/{job_id}", response_model=JobView)
 async def status(
     job_id: str,
     call: Annotated[AgentRequest, Depends(authenticated("status"))],
@@ -97,7 +108,7 @@ async def status(
 ) -> JSONResponse:
     """Status, progress and result URLs of one of this agent's jobs."""
     job = await asyncio.to_thread(_own_job, services, call, job_id, "status")
-    return JSONResponse(_agent_view(job), headers=call.headers)
+    return JSONResponse(_agent_view(job, call.principal), headers=call.headers)
 
 
 @router.get("/jobs/{job_id}/result.{fmt}")
@@ -116,9 +127,7 @@ async def download(
 def _own_job(services: Services, call: AgentRequest, job_id: str, operation: str) -> JobRecord:
     """The job if this agent owns it; another agent's job is indistinguishable from a missing one (404)."""
     try:
-        job = services.store.get(checked_id(job_id))
-        if job.owner != call.agent.id:
-            raise JobNotFound(f"no job {job_id!r}")
+        job = services.jobs.get(checked_id(job_id), call.principal)
     except JobNotFound as exc:
         services.agents.audit(
             agent_id=call.agent.id, key_id=call.agent.key_id, operation=operation, outcome=404, detail=str(exc)
@@ -136,7 +145,9 @@ async def _submit(
     agent = call.agent
     idempotency_key = call.request.headers.get("idempotency-key")
     try:
-        jobs, _created = await asyncio.to_thread(services.jobs.submit, uploads, options, idempotency_key, agent.id)
+        jobs, _created = await asyncio.to_thread(
+            services.jobs.submit, uploads, options, call.principal, idempotency_key
+        )
     except OrfeasError as exc:
         await asyncio.to_thread(
             services.agents.audit,
@@ -180,6 +191,8 @@ async def _read_submission(call: AgentRequest, services: Services, many: bool) -
         raw_options = payload.get("options") or {}
     if not uploads:
         raise InvalidImage("no image in the request" + (" (send 'images': [...])" if many else " (send 'image')"))
+    if not many and len(uploads) > 1:
+        raise InvalidOptions(f"{len(uploads)} images sent to generate-3d, which takes one; use the batch operation")
     if many and len(uploads) > services.settings.max_agent_batch:
         raise InvalidOptions(f"{len(uploads)} images in one batch; the limit is {services.settings.max_agent_batch}")
     if not isinstance(raw_options, dict):
@@ -197,11 +210,8 @@ def _decode_image(item: Any, index: int) -> Upload:
     return Upload(name=str(item.get("filename") or f"image{index}"), data=data)
 
 
-def _agent_view(job: JobRecord) -> dict[str, Any]:
-    view = job_view(job)
-    view["result_urls"] = {fmt: f"/api/agent/jobs/{job.id}/result.{fmt}" for fmt in view["result_urls"]}
-    view.pop("preview_url", None)
-    view.pop("events_url", None)
-    view.pop("owner", None)
-    view.pop("idempotency_key", None)
+def _agent_view(job: JobRecord, principal: Principal) -> dict[str, Any]:
+    view = job_json(job, principal, prefix="/api/agent/jobs")
+    view["preview_url"] = None  # the agent API has no preview or progress socket
+    view["events_url"] = None
     return view

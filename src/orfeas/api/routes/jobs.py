@@ -13,14 +13,18 @@ from fastapi.responses import FileResponse, JSONResponse
 from sqlalchemy.exc import DBAPIError
 
 from orfeas.api.deps import Services, get_services
-from orfeas.errors import InvalidOptions
+from orfeas.api.schemas import JobList, JobView, SubmittedJobs, job_json
+from orfeas.api.security import caller, websocket_caller
+from orfeas.errors import InvalidOptions, OrfeasError
 from orfeas.options import GenerateOptions
 from orfeas.pipeline.export import FORMATS
+from orfeas.service.auth import Principal
 from orfeas.service.jobs import Upload
 from orfeas.store.db import is_database_outage
 from orfeas.store.jobs import JobNotFound, JobRecord
 
 router = APIRouter(prefix="/api/jobs", tags=["jobs"])
+Caller = Annotated[Principal, Depends(caller)]
 JOB_ID = re.compile(r"[0-9a-f]{32}")
 FINISHED = {"succeeded", "failed", "canceled"}
 OUTAGE_SECONDS = 60.0  # how long a progress socket waits for an unreachable database before it gives up
@@ -32,17 +36,13 @@ MEDIA_TYPES = {
 }
 
 
-def job_view(job: JobRecord) -> dict[str, Any]:
-    """A job as the API shows it: its record plus the URLs of its downloads."""
-    view = job.to_dict()
-    view.pop("lease_owner", None)
-    view.pop("lease_expires_at", None)
-    view.pop("batch_key", None)
-    files = (job.result or {}).get("files", {})
-    view["result_urls"] = {fmt: f"/api/jobs/{job.id}/result.{fmt}" for fmt in files}
-    view["preview_url"] = f"/api/jobs/{job.id}/preview.png" if job.status == "succeeded" else None
-    view["events_url"] = f"/api/jobs/{job.id}/events"
-    return view
+def owner_names(services: Services, viewer: Principal, jobs: list[JobRecord]) -> dict[str, str]:
+    """Display names of the jobs' owners, for an admin's view (nobody else sees owners)."""
+    return services.accounts.names({job.owner for job in jobs}) if viewer.is_admin else {}
+
+
+def view(services: Services, viewer: Principal, job: JobRecord) -> dict[str, Any]:
+    return job_json(job, viewer, owner_names(services, viewer, [job]))
 
 
 def checked_id(job_id: str) -> str:
@@ -51,9 +51,10 @@ def checked_id(job_id: str) -> str:
     return job_id
 
 
-@router.post("", status_code=202)
+@router.post("", status_code=202, response_model=SubmittedJobs)
 async def submit_jobs(
     services: Annotated[Services, Depends(get_services)],
+    principal: Caller,
     image: Annotated[list[UploadFile], File(description="One or more images (PNG, JPEG, WebP).")] = None,  # noqa: RUF013
     backend: Annotated[str, Form()] = "inflate",
     resolution: Annotated[int | None, Form()] = None,
@@ -75,37 +76,43 @@ async def submit_jobs(
         generator_options=parse_json_object(generator_options, "generator_options"),
     )
     uploads = [Upload(name=file.filename or "image", data=await file.read()) for file in image or []]
-    jobs, created = await asyncio.to_thread(services.jobs.submit, uploads, options, idempotency_key)
-    return JSONResponse({"jobs": [job_view(job) for job in jobs]}, status_code=202 if created else 200)
+    jobs, created = await asyncio.to_thread(services.jobs.submit, uploads, options, principal, idempotency_key)
+    names = owner_names(services, principal, jobs)
+    body = {"jobs": [job_json(job, principal, names) for job in jobs]}
+    return JSONResponse(body, status_code=202 if created else 200)
 
 
-@router.get("")
+@router.get("", response_model=JobList)
 def list_jobs(
     services: Annotated[Services, Depends(get_services)],
+    principal: Caller,
     limit: Annotated[int, Query(ge=1, le=200)] = 20,
     offset: Annotated[int, Query(ge=0)] = 0,
     status: Annotated[str | None, Query(pattern="^(queued|running|succeeded|failed|canceled)$")] = None,
 ) -> dict[str, Any]:
-    """Jobs, newest first."""
-    jobs, total = services.store.list_jobs(limit=limit, offset=offset, status=status)
-    return {"jobs": [job_view(job) for job in jobs], "total": total, "limit": limit, "offset": offset}
+    """Your jobs (an admin: everyone's), newest first."""
+    jobs, total = services.jobs.list(principal, limit=limit, offset=offset, status=status)
+    names = owner_names(services, principal, jobs)
+    return {"jobs": [job_json(job, principal, names) for job in jobs], "total": total, "limit": limit, "offset": offset}
 
 
-@router.get("/{job_id}")
-def get_job(job_id: str, services: Annotated[Services, Depends(get_services)]) -> dict[str, Any]:
-    return job_view(services.store.get(checked_id(job_id)))
+@router.get("/{job_id}", response_model=JobView)
+def get_job(job_id: str, services: Annotated[Services, Depends(get_services)], principal: Caller) -> dict[str, Any]:
+    return view(services, principal, services.jobs.get(checked_id(job_id), principal))
 
 
-@router.delete("/{job_id}")
-def cancel_job(job_id: str, services: Annotated[Services, Depends(get_services)]) -> dict[str, Any]:
+@router.delete("/{job_id}", response_model=JobView)
+def cancel_job(job_id: str, services: Annotated[Services, Depends(get_services)], principal: Caller) -> dict[str, Any]:
     """Cancel a queued or running job; a finished job is returned unchanged."""
-    return job_view(services.jobs.cancel(checked_id(job_id)))
+    return view(services, principal, services.jobs.cancel(checked_id(job_id), principal))
 
 
 @router.get("/{job_id}/result.{fmt}")
-def download_result(job_id: str, fmt: str, services: Annotated[Services, Depends(get_services)]) -> FileResponse:
+def download_result(
+    job_id: str, fmt: str, services: Annotated[Services, Depends(get_services)], principal: Caller
+) -> FileResponse:
     """The model in one of the formats the job asked for (OBJ as a zip with its MTL and texture)."""
-    return result_file_response(services, services.store.get(checked_id(job_id)), fmt)
+    return result_file_response(services, services.jobs.get(checked_id(job_id), principal), fmt)
 
 
 def result_file_response(services: Services, job: JobRecord, fmt: str) -> FileResponse:
@@ -124,9 +131,9 @@ def result_file_response(services: Services, job: JobRecord, fmt: str) -> FileRe
 
 
 @router.get("/{job_id}/preview.png")
-def preview(job_id: str, services: Annotated[Services, Depends(get_services)]) -> FileResponse:
+def preview(job_id: str, services: Annotated[Services, Depends(get_services)], principal: Caller) -> FileResponse:
     """A small rendering of the finished model (the studio's history thumbnails)."""
-    job = services.store.get(checked_id(job_id))
+    job = services.jobs.get(checked_id(job_id), principal)
     return FileResponse(services.jobs.preview_path(job), media_type="image/png")
 
 
@@ -139,13 +146,18 @@ async def job_events(websocket: WebSocket, job_id: str) -> None:
     database is unreachable it keeps waiting, and gives up with an error event after OUTAGE_SECONDS.
     """
     services: Services = websocket.app.state.services
+    try:
+        principal = await websocket_caller(websocket)
+    except OrfeasError as exc:
+        await websocket.close(code=4401, reason=str(exc))
+        return
     await websocket.accept()
     last = None
     outage_since: float | None = None
     try:
         while True:
             try:
-                job = await asyncio.to_thread(services.store.get, checked_id(job_id))
+                job = await asyncio.to_thread(services.jobs.get, checked_id(job_id), principal)
             except JobNotFound as exc:
                 await websocket.send_json({"type": "error", "error": {"type": "JobNotFound", "message": str(exc)}})
                 await websocket.close(code=4404)
@@ -176,7 +188,7 @@ async def job_events(websocket: WebSocket, job_id: str) -> None:
                 await websocket.send_json(event)
                 last = event
             if job.status in FINISHED:
-                await websocket.send_json({"type": "end", **job_view(job)})
+                await websocket.send_json({"type": "end", **await asyncio.to_thread(view, services, principal, job)})
                 await websocket.close()
                 return
             await asyncio.sleep(services.settings.poll_seconds / 2)

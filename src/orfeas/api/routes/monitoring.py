@@ -8,19 +8,20 @@ from fastapi import APIRouter, Depends, Response
 from fastapi.responses import JSONResponse
 
 from orfeas.api.deps import Services, get_services
+from orfeas.api.security import caller
 from orfeas.service.monitoring import device_status, performance_summary, recommendations
 
 router = APIRouter(tags=["monitoring"])
 PROFILE_WINDOW = 1000  # the summary covers this many most recent finished jobs
 
 
-@router.get("/api/performance/summary")
+@router.get("/api/performance/summary", dependencies=[Depends(caller)])
 def summary(services: Annotated[Services, Depends(get_services)]) -> dict[str, Any]:
     """Totals, average/p50/p95 duration, per-stage breakdown and bottlenecks of recent finished jobs."""
     return performance_summary(services.store.recent_profiles(PROFILE_WINDOW))
 
 
-@router.get("/api/performance/recommendations")
+@router.get("/api/performance/recommendations", dependencies=[Depends(caller)])
 def advice(services: Annotated[Services, Depends(get_services)]) -> dict[str, Any]:
     """Actionable advice derived from the profiles and the device's memory and utilization."""
     data = performance_summary(services.store.recent_profiles(PROFILE_WINDOW))
@@ -29,7 +30,7 @@ def advice(services: Annotated[Services, Depends(get_services)]) -> dict[str, An
     return {"recommendations": items}
 
 
-@router.get("/api/gpu/status")
+@router.get("/api/gpu/status", dependencies=[Depends(caller)])
 def gpu_status(services: Annotated[Services, Depends(get_services)]) -> dict[str, Any]:
     """Device memory and utilization with its trend, and the batch size the optimizer would choose now."""
     plan = _current_plan(services)
@@ -40,7 +41,7 @@ def gpu_status(services: Annotated[Services, Depends(get_services)]) -> dict[str
     return status
 
 
-@router.get("/metrics", include_in_schema=False)
+@router.get("/metrics", include_in_schema=False, dependencies=[Depends(caller)])
 def metrics(services: Annotated[Services, Depends(get_services)]) -> Response:
     body, content_type = services.metrics.render()
     return Response(body, media_type=content_type)
@@ -56,7 +57,7 @@ def healthz() -> dict[str, str]:
 def readyz(services: Annotated[Services, Depends(get_services)]) -> Response:
     """Ready when the database answers and every worker this process runs has looped recently."""
     services.store.queue_depth()  # raises OperationalError (503) when the database is down
-    stale = [w.worker_id for w in services.workers if not w.is_alive()]
+    stale = sum(not worker.is_alive() for worker in services.workers)
     if stale:
         return JSONResponse({"status": "not ready", "stale_workers": stale}, status_code=503)
     return JSONResponse({"status": "ready"})

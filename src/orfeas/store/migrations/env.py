@@ -2,8 +2,7 @@
 
 from alembic import context
 
-import orfeas.store.agents  # noqa: F401  (registers the agent tables on metadata)
-from orfeas.store.db import metadata
+from orfeas.store.schema import metadata
 
 connection = context.config.attributes["connection"]
 context.configure(connection=connection, target_metadata=metadata, render_as_batch=True)
