@@ -18,6 +18,12 @@ class Settings(BaseSettings):
     )
     image_size: int = Field(512, description="Side of the square cut-out handed to generators, in pixels.")
     crop_margin: float = Field(0.05, description="Margin around the object in the cut-out, as a fraction.")
+    background_model: Path | None = Field(
+        None,
+        description="ONNX background remover (rembg's u2net, u2netp, isnet-general-use or a BiRefNet export); unset: "
+        "the first of those in $U2NET_HOME (default ~/.u2net), else the weight-free remover; 'none': always the "
+        "weight-free one. Never downloaded.",
+    )
     generators: dict[str, str] = Field(
         default_factory=dict,
         description='Extra generators as {"name": "module:factory"}; factory(settings) returns a Generator.',
