@@ -35,7 +35,12 @@ DASHBOARD = DEPLOY / "grafana" / "dashboards" / "orfeas.json"
 DATASOURCES = DEPLOY / "grafana" / "provisioning" / "datasources" / "prometheus.yml"
 DASHBOARD_PROVIDERS = DEPLOY / "grafana" / "provisioning" / "dashboards" / "orfeas.yml"
 # What deploy/env.example asks for; compose refuses to start without them.
-REQUIRED_ENV = {"POSTGRES_PASSWORD": "pw", "ORFEAS_AGENT_MASTER_KEY": "ab" * 32, "GRAFANA_ADMIN_PASSWORD": "pw"}
+REQUIRED_ENV = {
+    "POSTGRES_PASSWORD": "pw",
+    "ORFEAS_AGENT_MASTER_KEY": "ab" * 32,
+    "GRAFANA_ADMIN_PASSWORD": "pw",
+    "ORFEAS_ALLOWED_HOSTS": "127.0.0.1,orfeas.example",
+}
 # Series Prometheus adds to every scrape target itself.
 PROMETHEUS_SERIES = {"up", "scrape_duration_seconds", "scrape_samples_scraped"}
 
@@ -250,6 +255,17 @@ def outside_docker(argv: list[str], data_dir: Path, port: int) -> list[str]:
     return argv
 
 
+def operator_key(env: dict[str, str], data: Path) -> str:
+    """The first admin and an API key, made with the commands DEPLOY.md gives, on the compose database."""
+    for args, stdin in ((["users", "create", "ops", "--admin", "--password-stdin"], "ops-password\n"),
+                        (["keys", "create", "--user", "ops"], None)):  # fmt: skip
+        made = subprocess.run(
+            [ORFEAS, *args, "--data-dir", str(data)], input=stdin, capture_output=True, text=True, env=env, timeout=60
+        )
+        assert made.returncode == 0, made.stderr
+    return re.search(r"key: (\S+)", made.stdout).group(1)
+
+
 def test_the_compose_api_and_worker_commands_run_a_job_on_postgresql(postgres_url, tmp_path):
     """The api and worker-cpu services as compose starts them (command, environment), minus Docker: a job succeeds,
     and the image's HEALTHCHECK command passes against the API."""
@@ -285,7 +301,10 @@ def test_the_compose_api_and_worker_commands_run_a_job_on_postgresql(postgres_ur
         while subprocess.run([sys.executable, *probe[1:]], capture_output=True).returncode != 0:
             assert api.poll() is None and time.monotonic() < deadline, (tmp_path / "log").read_text()[-3000:]
             time.sleep(0.5)
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+        assert httpx.get(f"http://127.0.0.1:{port}/api/jobs").status_code == 401  # compose runs with auth on
+        key = operator_key(environment["api"], data)
+        headers = {"Authorization": f"Bearer {key}"}
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers=headers, timeout=30) as client:
             files = [("image", ("chair.png", (EXAMPLES / "chair.png").read_bytes(), "image/png"))]
             job = client.post("/api/jobs", files=files, data={"faces": "1000", "resolution": "64"}).json()["jobs"][0]
             (done,) = wait_for(client, [job["id"]], timeout=120)
@@ -423,8 +442,9 @@ def test_prometheus_scrapes_the_api_and_the_worker_on_their_ports():
     jobs = {job["job_name"]: job for job in yaml.safe_load(PROMETHEUS_CONFIG.read_text())["scrape_configs"]}
     assert all(job["metrics_path"] == "/metrics" for job in jobs.values())
     services = compose()["services"]
-    port = parse_with_cli(services["api"]["command"])["port"]
-    assert jobs["orfeas-api"]["static_configs"][0]["targets"] == [f"api:{port}"]
+    api = parse_with_cli(services["api"]["command"])
+    assert api["metrics_port"] != api["port"]  # the API port's /metrics needs a sign-in
+    assert jobs["orfeas-api"]["static_configs"][0]["targets"] == [f"api:{api['metrics_port']}"]
     metrics_port = parse_with_cli(services["worker-gpu"]["command"])["metrics_port"]
     assert jobs["orfeas-worker"]["static_configs"][0]["targets"] == [f"worker-gpu:{metrics_port}"]
 

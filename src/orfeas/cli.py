@@ -121,8 +121,17 @@ def serve_command(
     database: Annotated[str | None, typer.Option(help="Database URL [default: SQLite in the data dir].")] = None,
     worker: Annotated[bool, typer.Option("--worker/--no-worker", help="Run a worker in this process.")] = True,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(help="Also serve /metrics without authentication on this port, for Prometheus (off by default)."),
+    ] = None,
+    metrics_host: Annotated[str, typer.Option(help="Address the metrics port listens on.")] = "127.0.0.1",
 ) -> None:
-    """Start the HTTP API (and a worker): open http://HOST:PORT/docs for the API reference."""
+    """Start the HTTP API (and a worker): open http://HOST:PORT/docs for the API reference.
+
+    On the API port /metrics needs a signed-in user or an API key; `--metrics-port` serves the same metrics
+    unauthenticated on a port of their own, to be reached only from the monitoring network.
+    """
     import uvicorn
 
     from orfeas.api.app import create_app
@@ -138,6 +147,8 @@ def serve_command(
     except (OrfeasError, ValueError) as exc:
         stderr.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None
+    if metrics_port is not None:
+        _serve_metrics_registry(application.state.services.metrics.registry, metrics_host, metrics_port)
     stderr.print(f"ORFEAS is serving on http://{host}:{port}  (API docs: http://{host}:{port}/docs)")
     stderr.print(f"data: {settings.data_dir.resolve()}")
     if settings.auth == "off":
@@ -412,16 +423,23 @@ def worker_command(
 
 def _serve_worker_metrics(store: Any, probe: Any, host: str, port: int) -> Any:
     """Start the worker's own `/metrics` endpoint in a background thread; a port in use is a one-line error."""
-    from prometheus_client import CollectorRegistry, start_http_server
+    from prometheus_client import CollectorRegistry
 
     from orfeas.service.metrics import ServiceMetrics
 
     metrics = ServiceMetrics(CollectorRegistry(), store.count_by_status, probe)
+    _serve_metrics_registry(metrics.registry, host, port)
+    return metrics
+
+
+def _serve_metrics_registry(registry: Any, host: str, port: int) -> None:
+    """Serve a Prometheus registry on host:port from a background thread; a port in use is a one-line error."""
+    from prometheus_client import start_http_server
+
     try:
-        start_http_server(port, addr=host, registry=metrics.registry)
+        start_http_server(port, addr=host, registry=registry)
     except OSError as exc:
         raise _fail(f"cannot serve metrics on {host}:{port}: {exc.strerror or exc}", code=2) from None
-    return metrics
 
 
 @app.command("preview")

@@ -21,7 +21,6 @@ from tests.e2e.browser import (
     background_fraction,
     canvas_pixels,
     changed_fraction,
-    launch_chromium,
     screenshot,
 )
 from tests.e2e.server import Server, wait_for
@@ -36,27 +35,6 @@ expect = playwright_api.expect
 CHAIR = EXAMPLES / "chair.png"
 FLAMINGO = EXAMPLES / "flamingo.png"
 JOB_TIMEOUT_MS = 60_000
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with playwright_api.sync_playwright() as playwright:
-        browser = launch_chromium(playwright)
-        yield browser
-        browser.close()
-
-
-@pytest.fixture
-def page(browser):
-    """A fresh browser context per test; any uncaught script error on the page fails the test."""
-    context = browser.new_context(viewport={"width": 1280, "height": 900}, accept_downloads=True)
-    page = context.new_page()
-    page.set_default_timeout(15_000)
-    errors: list[str] = []
-    page.on("pageerror", lambda error: errors.append(str(error)))
-    yield page
-    context.close()
-    assert not errors, f"uncaught errors on the page: {errors}"
 
 
 @pytest.fixture(scope="module")

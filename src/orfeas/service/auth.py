@@ -104,7 +104,7 @@ def _principal(user: UserRecord) -> Principal:
 
 
 class LoginThrottle:
-    """At most `attempts` failed sign-ins per name and per client address in `window` seconds (per process)."""
+    """At most `attempts` failed sign-ins per subject (a name, an address) in `window` seconds, in this process."""
 
     def __init__(self, attempts: int = 10, window: float = 900.0, now=time.monotonic) -> None:
         self._attempts = attempts
@@ -113,21 +113,19 @@ class LoginThrottle:
         self._failures: dict[str, deque[float]] = {}
         self._lock = threading.Lock()
 
-    def check(self, *subjects: str) -> None:
-        """Raise LoginThrottled if any subject used up its failures."""
+    def check(self, subject: str) -> None:
+        """Raise LoginThrottled if `subject` used up its failures."""
         with self._lock:
             now = self._now()
-            for subject in subjects:
-                failures = self._recent(subject, now)
-                if len(failures) >= self._attempts:
-                    retry = max(1, int(failures[0] + self._window - now) + 1)
-                    raise LoginThrottled(f"too many failed sign-ins; try again in {retry} s", retry)
+            failures = self._recent(subject, now)
+            if len(failures) >= self._attempts:
+                retry = max(1, int(failures[0] + self._window - now) + 1)
+                raise LoginThrottled(f"too many failed sign-ins; try again in {retry} s", retry)
 
-    def failed(self, *subjects: str) -> None:
+    def failed(self, subject: str) -> None:
         with self._lock:
             now = self._now()
-            for subject in subjects:
-                self._recent(subject, now).append(now)
+            self._recent(subject, now).append(now)
             if len(self._failures) > 10_000:  # bound the memory an address sweep can take
                 self._failures = {k: v for k, v in self._failures.items() if v and v[-1] > now - self._window}
 
@@ -141,12 +139,14 @@ class LoginThrottle:
 class AccountService:
     """Users, API keys and sessions: creating them, checking credentials, turning them into a Principal."""
 
-    def __init__(self, store: UserStore, session_hours: float = 12.0, throttle: LoginThrottle | None = None) -> None:
+    def __init__(self, store: UserStore, session_hours: float = 12.0) -> None:
         self._store = store
         self._session = timedelta(hours=session_hours)
         self._hasher = PasswordHasher()
         self._dummy_hash = self._hasher.hash(secrets.token_urlsafe(16))  # equal work for unknown names
-        self._throttle = throttle or LoginThrottle()
+        # Guessing one user's password is slowed per name; trying many names from one address, per address.
+        self._by_name = LoginThrottle(attempts=10)
+        self._by_client = LoginThrottle(attempts=100)
 
     # users
 
@@ -229,12 +229,13 @@ class AccountService:
 
     def sign_in(self, name: str, password: str, client: str) -> NewSession:
         """Check a name and password and open a session; Unauthenticated or LoginThrottled otherwise."""
-        subjects = (f"name:{name[:64]}", f"client:{client}")
-        self._throttle.check(*subjects)
+        self._by_name.check(name[:64])
+        self._by_client.check(client)
         found = self._store.user_by_name(name) if len(password) <= MAX_PASSWORD else None
         user, password_hash = found if found else (None, None)
         if not self._password_matches(password_hash, password[:MAX_PASSWORD]) or user is None or not user.active:
-            self._throttle.failed(*subjects)
+            self._by_name.failed(name[:64])
+            self._by_client.failed(client)
             raise Unauthenticated("wrong user name or password")
         token, csrf = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
         expires = self._store.now() + self._session

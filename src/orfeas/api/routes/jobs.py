@@ -89,22 +89,23 @@ def list_jobs(
     limit: Annotated[int, Query(ge=1, le=200)] = 20,
     offset: Annotated[int, Query(ge=0)] = 0,
     status: Annotated[str | None, Query(pattern="^(queued|running|succeeded|failed|canceled)$")] = None,
-) -> dict[str, Any]:
+) -> JSONResponse:
     """Your jobs (an admin: everyone's), newest first."""
     jobs, total = services.jobs.list(principal, limit=limit, offset=offset, status=status)
     names = owner_names(services, principal, jobs)
-    return {"jobs": [job_json(job, principal, names) for job in jobs], "total": total, "limit": limit, "offset": offset}
+    views = [job_json(job, principal, names) for job in jobs]
+    return JSONResponse({"jobs": views, "total": total, "limit": limit, "offset": offset})
 
 
 @router.get("/{job_id}", response_model=JobView)
-def get_job(job_id: str, services: Annotated[Services, Depends(get_services)], principal: Caller) -> dict[str, Any]:
-    return view(services, principal, services.jobs.get(checked_id(job_id), principal))
+def get_job(job_id: str, services: Annotated[Services, Depends(get_services)], principal: Caller) -> JSONResponse:
+    return JSONResponse(view(services, principal, services.jobs.get(checked_id(job_id), principal)))
 
 
 @router.delete("/{job_id}", response_model=JobView)
-def cancel_job(job_id: str, services: Annotated[Services, Depends(get_services)], principal: Caller) -> dict[str, Any]:
+def cancel_job(job_id: str, services: Annotated[Services, Depends(get_services)], principal: Caller) -> JSONResponse:
     """Cancel a queued or running job; a finished job is returned unchanged."""
-    return view(services, principal, services.jobs.cancel(checked_id(job_id), principal))
+    return JSONResponse(view(services, principal, services.jobs.cancel(checked_id(job_id), principal)))
 
 
 @router.get("/{job_id}/result.{fmt}")
