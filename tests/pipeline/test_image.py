@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from orfeas.errors import InvalidImage
-from orfeas.pipeline.image import load_image
+from orfeas.pipeline.image import inspect_image, load_image
 from tests.synthetic import EXAMPLES
 
 
@@ -148,7 +148,7 @@ def test_converts_gray_modes(mode, colour, expected):
     np.testing.assert_array_equal(rgba[1, 1], expected)
 
 
-@pytest.mark.parametrize(("fmt", "options"), [("PNG", {}), ("WEBP", {"lossless": True})])
+@pytest.mark.parametrize(("fmt", "options"), [("PNG", {}), ("WEBP", {"lossless": True}), ("GIF", {})])
 def test_animated_image_uses_first_frame(fmt, options, caplog):
     frames = [Image.new("RGB", (8, 6), colour) for colour in [(255, 0, 0), (0, 255, 0), (0, 0, 255)]]
     data = encode(frames[0], fmt, save_all=True, append_images=frames[1:], **options)
@@ -216,11 +216,42 @@ def test_refuses_empty_bytes():
         load_image(b"")
 
 
-@pytest.mark.parametrize("fmt", ["GIF", "BMP", "TIFF"])
+@pytest.mark.parametrize("fmt", ["BMP", "TIFF"])
 def test_refuses_unsupported_format(fmt):
     data = encode(Image.new("RGB", (4, 4), (1, 2, 3)), fmt)
-    with pytest.raises(InvalidImage, match=rf"unsupported image format {fmt}.*PNG, JPEG, WEBP"):
+    with pytest.raises(InvalidImage, match=rf"unsupported image format {fmt}.*PNG, JPEG, WEBP, GIF"):
         load_image(data)
+    with pytest.raises(InvalidImage, match="unsupported image format"):
+        inspect_image(data)
+
+
+def test_gif_transparency_becomes_alpha():
+    image = Image.new("P", (6, 4), 0)
+    image.putpalette([0, 0, 0, 200, 30, 40] + [0] * 762)
+    image.paste(1, (2, 0, 6, 4))
+    rgba = load_image(encode(image, "GIF", transparency=0))
+    assert (rgba[:, :2, 3] == 0).all()
+    np.testing.assert_array_equal(rgba[0, 4], [200, 30, 40, 255])
+
+
+@pytest.mark.parametrize(
+    ("fmt", "options"), [("PNG", {}), ("JPEG", {"quality": 90}), ("WEBP", {"lossless": True}), ("GIF", {})]
+)
+def test_inspect_image_reports_header_facts_of_accepted_formats(gradient_rgb, fmt, options):
+    info = inspect_image(encode(gradient_rgb, fmt, **options))
+    assert (info.format, info.width, info.height) == (fmt, 24, 16)
+
+
+def test_inspect_image_refuses_what_load_image_refuses():
+    big = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    truncated = encode(Image.fromarray(big), "PNG")[:-200]
+    with pytest.raises(InvalidImage, match="truncated or corrupt"):
+        inspect_image(truncated)
+    jpeg = encode(Image.fromarray(big), "JPEG")
+    with pytest.raises(InvalidImage):
+        inspect_image(jpeg[: len(jpeg) // 2])
+    with pytest.raises(InvalidImage, match="too large"):
+        inspect_image(png_with_header_size(10_000, 10_000), max_pixels=1_000_000)
 
 
 def test_refuses_missing_file(tmp_path):

@@ -1,10 +1,10 @@
-"""Load and validate an input image: PNG, JPEG or WebP in, an (H, W, 4) uint8 RGBA array out.
+"""Load and validate an input image: PNG, JPEG, WebP or GIF in, an (H, W, 4) uint8 RGBA array out.
 
 Every way an upload can be unusable (not an image, an unsupported format, truncated, zero-sized, larger
 than the pixel budget) becomes an `InvalidImage` with a message a user can act on. The pixel budget is checked
 against the header before any pixels are decoded, so a decompression bomb costs nothing.
 
-Animated images (APNG, animated WebP) are accepted: we take the first frame and log a warning, since a still
+Animated images (APNG, animated WebP, GIF) are accepted: we take the first frame and log a warning, since a still
 picture of the object is what the rest of the pipeline needs.
 """
 
@@ -14,6 +14,7 @@ import io
 import logging
 import os
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -22,7 +23,7 @@ from orfeas.errors import InvalidImage
 
 logger = logging.getLogger(__name__)
 
-ACCEPTED_FORMATS = ("PNG", "JPEG", "WEBP")
+ACCEPTED_FORMATS = ("PNG", "JPEG", "WEBP", "GIF")
 
 # Modes holding more than 8 bits per sample as integers; PNG 16-bit grayscale opens as one of these.
 _WIDE_INT_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N")
@@ -39,6 +40,41 @@ def load_image(source: str | os.PathLike | bytes, *, max_pixels: int = 40_000_00
         _select_first_frame(img)
         _decode(img)
         return _to_rgba(_apply_orientation(img))
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """What validation learned about an image without keeping its pixels."""
+
+    format: str
+    width: int
+    height: int
+
+    @property
+    def pixels(self) -> int:
+        return self.width * self.height
+
+
+def inspect_image(source: str | os.PathLike | bytes, *, max_pixels: int = 40_000_000) -> ImageInfo:
+    """Check that `source` is a usable image (format, size, pixel data that decodes) and return its header facts.
+
+    Unlike `load_image` nothing is converted or kept: JPEGs decode at reduced scale (the DCT draft mode still reads
+    every block), other formats decode once in their native mode and are dropped at once.
+    """
+    with _open(source, max_pixels) as img:
+        _check_format(img)
+        _check_size(img, max_pixels)
+        width, height = img.size
+        _select_first_frame(img)
+        if img.format == "JPEG":
+            img.draft(img.mode, (max(1, width // 8), max(1, height // 8)))
+        _decode(img)
+        return ImageInfo(format=img.format, width=width, height=height)
+
+
+def decoded_bytes(info: ImageInfo) -> int:
+    """An upper bound of the memory one full `load_image` of this image holds at once (RGBA plus the decode)."""
+    return info.pixels * 8
 
 
 def _open(source: str | os.PathLike | bytes, max_pixels: int) -> Image.Image:
