@@ -27,8 +27,13 @@ $(VALIDATOR)/node_modules/.installed: $(VALIDATOR)/package.json
 # The studio page's bundle (three.js viewer and all) is committed, so a pip install needs no npm; this rebuilds it
 # when web/src or web/package.json change.
 STUDIO := src/orfeas/web/static/app.js
+# Swagger UI and ReDoc for the offline /docs and /redoc pages, copied from their npm packages (licences beside them,
+# source-map comments stripped since the maps are not shipped).
+STATIC := src/orfeas/web/static
+DOCS_ASSETS := $(STATIC)/swagger-ui-bundle.js $(STATIC)/swagger-ui.css $(STATIC)/redoc.standalone.js \
+	$(STATIC)/swagger-ui.LICENSE $(STATIC)/redoc.LICENSE
 .PHONY: studio
-studio: $(STUDIO)
+studio: $(STUDIO) $(DOCS_ASSETS)
 
 web/node_modules/.installed: web/package.json $(wildcard web/package-lock.json)
 	@if command -v npm >/dev/null 2>&1; then \
@@ -42,6 +47,21 @@ $(STUDIO): web/package.json $(wildcard web/src/*.js) | web/node_modules/.install
 	else \
 		echo "npm not found: keeping the committed $@ (install Node.js to rebuild the studio page)"; \
 	fi
+
+$(STATIC)/swagger-ui-bundle.js $(STATIC)/swagger-ui.css: $(STATIC)/%: web/package.json | web/node_modules/.installed
+	@if [ -f web/node_modules/.installed ]; then sed '$$ {/^\/[*\/]# sourceMappingURL=/d}' web/node_modules/swagger-ui-dist/$* > $@; \
+	else echo "npm not found: keeping the committed $@"; fi
+
+$(STATIC)/redoc.standalone.js: web/package.json | web/node_modules/.installed
+	@if [ -f web/node_modules/.installed ]; then sed '$$ {/^\/[*\/]# sourceMappingURL=/d}' web/node_modules/redoc/bundles/redoc.standalone.js > $@; \
+	else echo "npm not found: keeping the committed $@"; fi
+
+$(STATIC)/swagger-ui.LICENSE $(STATIC)/redoc.LICENSE: $(STATIC)/%.LICENSE: web/package.json | web/node_modules/.installed
+	@if [ -f web/node_modules/.installed ]; then \
+		cd web/node_modules && cat $(if $(filter swagger-ui,$*),swagger-ui-dist/LICENSE swagger-ui-dist/NOTICE \
+			swagger-ui-dist/swagger-ui-bundle.js.LICENSE.txt,redoc/LICENSE redoc/bundles/redoc.standalone.js.LICENSE.txt) \
+			> $(CURDIR)/$@; \
+	else echo "npm not found: keeping the committed $@"; fi
 
 run: setup
 	ORFEAS_AUTH=$${ORFEAS_AUTH:-off} $(BIN)/orfeas serve --host 127.0.0.1 --port 8000 --data-dir orfeas-data

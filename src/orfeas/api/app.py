@@ -17,7 +17,7 @@ from prometheus_client import CollectorRegistry
 from orfeas import __version__
 from orfeas.api.deps import Services
 from orfeas.api.errors import BodySizeLimit, install_error_handlers
-from orfeas.api.routes import agent, auth, jobs, monitoring, studio
+from orfeas.api.routes import agent, auth, docs, jobs, monitoring, studio
 from orfeas.api.security import HostOriginGuard, allowed_hosts, check_auth_binding
 from orfeas.config import Settings
 from orfeas.service.agents import AgentAuthenticator, check_master_key
@@ -114,6 +114,8 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = True) -> 
         version=__version__,
         description="Image to 3D: submit images, follow progress, download GLB / OBJ / STL / PLY.",
         lifespan=lifespan,
+        docs_url=None,  # served offline by routes/docs.py
+        redoc_url=None,
     )
     app.state.services = services
     app.add_middleware(BodySizeLimit, limit=settings.max_upload_bytes)
@@ -132,5 +134,6 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = True) -> 
     app.include_router(agent.router)
     app.include_router(studio.router)
     app.include_router(auth.router)
+    app.include_router(docs.router)
     app.mount("/static", StaticFiles(directory=str(studio.WEB / "static"), check_dir=False), name="static")
     return app

@@ -61,6 +61,12 @@ async def index(request: Request, services: Annotated[Services, Depends(get_serv
     return FileResponse(str(WEB / "index.html"), media_type="text/html", headers=PAGE_HEADERS)
 
 
+@router.get("/favicon.ico", include_in_schema=False)
+def favicon() -> RedirectResponse:
+    """Browsers ask for /favicon.ico on every page, whatever the page's <link rel=icon> says."""
+    return RedirectResponse("/static/favicon.svg", status_code=301)
+
+
 @router.get("/login", include_in_schema=False)
 def login_page() -> FileResponse:
     return FileResponse(str(WEB / "login.html"), media_type="text/html", headers=PAGE_HEADERS)
