@@ -64,6 +64,12 @@ class Settings(BaseSettings):
     database_url: str | None = Field(None, description="SQLAlchemy URL; default: SQLite in data_dir.")
     max_upload_bytes: int = Field(25 * 2**20, description="Largest request body accepted (413 above).")
     max_images_per_request: int = Field(16, description="Images accepted in one POST /api/jobs.")
+    validation_memory_bytes: int = Field(
+        512 * 2**20, description="Memory that concurrent uploads may use between them to decode images for checking."
+    )
+    min_free_disk_bytes: int = Field(
+        512 * 2**20, description="Below this much free space in data_dir, /readyz reports not ready."
+    )
     max_batch: int = Field(8, description="Most jobs the worker hands to a generator at once.")
     target_utilization: float = Field(0.85, description="Share of device memory the batch sizing aims to use.")
     device: str = Field("auto", description="'auto', 'cpu' or 'cuda:N': the device whose memory sizes batches.")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Response
@@ -55,11 +56,18 @@ def healthz() -> dict[str, str]:
 
 @router.get("/readyz", tags=["health"])
 def readyz(services: Annotated[Services, Depends(get_services)]) -> Response:
-    """Ready when the database answers and every worker this process runs has looped recently."""
+    """Ready when the database answers, every worker this process runs has looped recently and the data
+    directory has at least ORFEAS_MIN_FREE_DISK_BYTES free."""
     services.store.queue_depth()  # raises OperationalError (503) when the database is down
+    problems: dict[str, object] = {}
     stale = sum(not worker.is_alive() for worker in services.workers)
     if stale:
-        return JSONResponse({"status": "not ready", "stale_workers": stale}, status_code=503)
+        problems["stale_workers"] = stale
+    free = shutil.disk_usage(services.settings.data_dir).free
+    if free < services.settings.min_free_disk_bytes:
+        problems["low_disk_space"] = True
+    if problems:
+        return JSONResponse({"status": "not ready", **problems}, status_code=503)
     return JSONResponse({"status": "ready"})
 
 
