@@ -1,22 +1,38 @@
-"""Batch sizing: the pure rule, the memory probe on this machine and with stand-in GPU libraries, the optimizer."""
+"""Batch sizing: the pure rule, the memory probe on this machine, with stand-in GPU libraries, with stand-in cgroup
+files and inside a real cgroup with a memory limit, and the optimizer."""
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import subprocess
 import sys
+import time
 import types
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
 
+import psutil
 import pytest
 
 from orfeas.service.optimizer import (
+    CGROUP_ROOT,
+    PROC_SELF_CGROUP,
     MemoryProbe,
     MemoryReading,
     ResourceOptimizer,
     format_bytes,
     plan_batch,
+    read_cgroup_memory,
+    read_host_memory,
 )
+from tests.synthetic import REPO
 
 GIB = 2**30
+MIB = 2**20
+V1_NO_LIMIT = "9223372036854771712"  # what cgroup v1 reports for a cgroup without a limit
 
 
 class FakeProbe:
@@ -193,3 +209,223 @@ def test_optimizer_follows_memory_as_it_changes() -> None:
     optimizer = ResourceOptimizer(FakeProbe(gpu_reading(used=2 * GIB), gpu_reading(used=18 * GIB)), max_batch=16)
     assert optimizer.plan(2 * GIB, 16).size == 9
     assert optimizer.plan(2 * GIB, 16).size == 1
+
+
+def write_files(directory: Path, files: dict[str, str]) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, text in files.items():
+        (directory / name).write_text(text)
+
+
+def cgroup_v2(root: Path, path: str, limit: str, current: int, inactive_file: int = 0) -> None:
+    write_files(root, {"cgroup.procs": "", "cgroup.controllers": "cpu memory"})
+    write_files(
+        root / path,
+        {
+            "cgroup.procs": "",
+            "memory.max": f"{limit}\n",
+            "memory.current": f"{current}\n",
+            "memory.stat": f"anon {current}\nfile 0\ninactive_file {inactive_file}\nactive_file 0\n",
+        },
+    )
+
+
+def cgroup_v1(root: Path, path: str, limit: str, usage: int, inactive_file: int = 0) -> None:
+    write_files(
+        root / "memory", {"cgroup.procs": "", "memory.limit_in_bytes": V1_NO_LIMIT, "memory.usage_in_bytes": "0"}
+    )
+    write_files(
+        root / "memory" / path,
+        {
+            "cgroup.procs": "",
+            "memory.limit_in_bytes": f"{limit}\n",
+            "memory.usage_in_bytes": f"{usage}\n",
+            "memory.stat": f"cache 0\ninactive_file 7\ntotal_inactive_file {inactive_file}\n",
+        },
+    )
+
+
+def membership(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "proc_self_cgroup"
+    path.write_text(text)
+    return path
+
+
+def test_cgroup_v2_limit_bounds_host_memory(tmp_path: Path) -> None:
+    root = tmp_path / "cgroup"
+    cgroup_v2(root, "app.slice/orfeas.service", str(GIB), current=512 * MIB, inactive_file=100 * MIB)
+    proc = membership(tmp_path, "0::/app.slice/orfeas.service\n")
+
+    limit = read_cgroup_memory(root, proc)
+    assert (limit.limit_bytes, limit.usage_bytes) == (GIB, 412 * MIB)  # inactive file cache is reclaimable
+    assert limit.available_bytes == 612 * MIB
+    reading = read_host_memory("CPU", root, proc)
+    host = psutil.virtual_memory()
+    assert reading.total_bytes == min(host.total, GIB)
+    assert reading.free_bytes <= 612 * MIB
+    assert reading.used_bytes == reading.total_bytes - reading.free_bytes
+
+
+@pytest.mark.parametrize("version", ["v1", "v2"])
+def test_no_cgroup_limit_leaves_host_memory_as_it_is(tmp_path: Path, version: str) -> None:
+    root = tmp_path / "cgroup"
+    if version == "v2":
+        cgroup_v2(root, "a", "max", current=GIB)
+        proc = membership(tmp_path, "0::/a\n")
+    else:
+        cgroup_v1(root, "a", V1_NO_LIMIT, usage=GIB)
+        proc = membership(tmp_path, "5:memory:/a\n0::/\n")
+    assert read_cgroup_memory(root, proc) is None
+    assert read_host_memory("CPU", root, proc).total_bytes == psutil.virtual_memory().total
+
+
+def test_a_parent_cgroups_tighter_limit_wins(tmp_path: Path) -> None:
+    root = tmp_path / "cgroup"
+    cgroup_v2(root, "outer", str(512 * MIB), current=100 * MIB)
+    cgroup_v2(root, "outer/inner", str(4 * GIB), current=50 * MIB)
+    limit = read_cgroup_memory(root, membership(tmp_path, "0::/outer/inner\n"))
+    assert (limit.limit_bytes, limit.usage_bytes, limit.path) == (512 * MIB, 100 * MIB, root / "outer")
+
+
+def test_cgroup_v1_limit_bounds_host_memory(tmp_path: Path) -> None:
+    root = tmp_path / "cgroup"
+    cgroup_v1(root, "docker/abc", str(2 * GIB), usage=GIB, inactive_file=GIB // 4)
+    # hybrid layout: memory on v1, an empty v2 hierarchy beside it
+    write_files(root / "unified", {"cgroup.procs": "", "cgroup.controllers": ""})
+    proc = membership(tmp_path, "9:cpu,cpuacct:/docker/abc\n4:memory:/docker/abc\n0::/docker/abc\n")
+    limit = read_cgroup_memory(root, proc)
+    assert (limit.limit_bytes, limit.usage_bytes) == (2 * GIB, 3 * GIB // 4)
+    assert read_host_memory("CPU", root, proc).total_bytes == min(psutil.virtual_memory().total, 2 * GIB)
+
+
+def test_a_container_sees_its_own_cgroup_at_the_mount(tmp_path: Path) -> None:
+    # without a cgroup namespace the listed path is the host's, while the container's cgroup is the mount itself
+    root = tmp_path / "cgroup"
+    write_files(
+        root / "memory",
+        {"cgroup.procs": "", "memory.limit_in_bytes": str(GIB), "memory.usage_in_bytes": str(GIB // 2)},
+    )
+    limit = read_cgroup_memory(root, membership(tmp_path, "4:memory:/docker/0123abcd\n"))
+    assert (limit.limit_bytes, limit.path) == (GIB, root / "memory")
+
+
+def test_missing_or_unreadable_cgroup_files_give_no_limit(tmp_path: Path) -> None:
+    assert read_cgroup_memory(tmp_path, tmp_path / "no_such_file") is None
+    assert read_cgroup_memory(tmp_path / "nothing", membership(tmp_path, "0::/a\n")) is None
+    root = tmp_path / "cgroup"
+    cgroup_v2(root, "a", "not a number", current=1)
+    assert read_cgroup_memory(root, membership(tmp_path, "0::/a\n")) is None
+
+
+def test_the_batch_shrinks_to_what_the_cgroup_limit_allows(tmp_path: Path) -> None:
+    root = tmp_path / "cgroup"
+    cgroup_v2(root, "worker", str(GIB), current=256 * MIB)
+    probe = MemoryProbe("cpu", cgroup_root=root, proc_cgroup=membership(tmp_path, "0::/worker\n"))
+    plan = ResourceOptimizer(probe, max_batch=64).plan(per_image_bytes=64 * MIB, queue_length=64)
+    # budget = min(0.85 × 1 GiB − 256 MiB, 768 MiB free) = 614.4 MiB; / 64 MiB = 9
+    assert plan.size == 9 and plan.limited_by == "memory"
+    assert "1.0 GiB total" in plan.reason
+    host = ResourceOptimizer(MemoryProbe("cpu", cgroup_root=tmp_path / "none"), max_batch=64).plan(64 * MIB, 64)
+    if psutil.virtual_memory().available > 2 * GIB:
+        assert host.size > plan.size
+
+
+# Run inside the test's cgroup: waits until it has been moved there, then reports what the probe and optimizer see.
+PROBE_IN_CGROUP = """
+import json, sys
+from orfeas.service.optimizer import MemoryProbe, ResourceOptimizer
+sys.stdin.readline()
+probe = MemoryProbe("cpu")
+reading = probe.read()
+plan = ResourceOptimizer(probe, max_batch=64).plan(per_image_bytes=32 * 2**20, queue_length=64)
+print(json.dumps({"total": reading.total_bytes, "free": reading.free_bytes, "size": plan.size}))
+"""
+
+
+def own_cgroup_path(controller: str) -> str | None:
+    for line in PROC_SELF_CGROUP.read_text().splitlines():
+        hierarchy, controllers, path = line.split(":", 2)
+        if (controller == "" and hierarchy == "0" and controllers == "") or controller in controllers.split(","):
+            return path
+    return None
+
+
+def memory_cgroup_candidates(name: str) -> list[tuple[Path, str]]:
+    """Where a test cgroup with a memory limit could go: (directory, limit file), cgroup v2 first."""
+    candidates = []
+    for mount in (CGROUP_ROOT, CGROUP_ROOT / "unified"):
+        control = mount / "cgroup.subtree_control"
+        if control.is_file() and "memory" in control.read_text().split():
+            candidates.append((mount / name, "memory.max"))
+            break
+    v1 = CGROUP_ROOT / "memory"
+    own = own_cgroup_path("memory")
+    if (v1 / "cgroup.procs").is_file() and own is not None:
+        parent = v1 / own.lstrip("/")  # nested in our own cgroup, so the test stays inside its accounting
+        candidates.append(((parent if parent.is_dir() else v1) / name, "memory.limit_in_bytes"))
+    return candidates
+
+
+@pytest.fixture
+def limited_cgroup() -> Iterator[tuple[Path, int]]:
+    """A real memory cgroup made for the test with a 256 MiB limit, removed afterwards; skipped where the test
+    cannot make one (not root, no writable cgroup filesystem with the memory controller)."""
+    if not sys.platform.startswith("linux") or os.geteuid() != 0:
+        pytest.skip("making a cgroup needs root on Linux")
+    limit = 256 * MIB
+    name = f"orfeas-test-{uuid.uuid4().hex[:8]}"
+    reasons = []
+    for directory, limit_file in memory_cgroup_candidates(name):
+        try:
+            directory.mkdir()
+        except OSError as exc:
+            reasons.append(f"{directory}: {exc}")
+            continue
+        try:
+            (directory / limit_file).write_text(str(limit))
+        except OSError as exc:
+            reasons.append(f"{directory / limit_file}: {exc}")
+            directory.rmdir()
+            continue
+        try:
+            yield directory, limit
+        finally:
+            remove_cgroup(directory)
+        return
+    pytest.skip(f"no writable memory cgroup: {reasons or 'no cgroup filesystem with the memory controller'}")
+
+
+def remove_cgroup(directory: Path) -> None:
+    """rmdir, retried briefly: the kernel lets go of a cgroup a moment after its last process exits."""
+    for _ in range(50):
+        try:
+            directory.rmdir()
+            return
+        except FileNotFoundError:
+            return
+        except OSError:
+            time.sleep(0.1)
+    directory.rmdir()
+
+
+def test_a_process_in_a_memory_limited_cgroup_plans_batches_within_the_limit(limited_cgroup) -> None:
+    directory, limit = limited_cgroup
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src") + os.pathsep + str(REPO)}
+    child = subprocess.Popen(
+        [sys.executable, "-c", PROBE_IN_CGROUP], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env
+    )
+    try:
+        (directory / "cgroup.procs").write_text(str(child.pid))
+        output, _ = child.communicate("go\n", timeout=60)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    assert child.returncode == 0
+    seen = json.loads(output)
+    assert seen["total"] == limit and seen["free"] <= limit
+    # at most 0.85 × 256 MiB / 32 MiB = 6 images, whatever the host has free
+    assert 1 <= seen["size"] <= 6
+    host = ResourceOptimizer(MemoryProbe("cpu"), max_batch=64).plan(per_image_bytes=32 * MIB, queue_length=64)
+    if host.free_bytes > 2 * GIB:
+        assert host.size > seen["size"]

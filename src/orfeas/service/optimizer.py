@@ -3,6 +3,10 @@
 `plan_batch` is the rule (a pure function); `MemoryProbe` reads the device (CUDA through torch, else NVML, else
 host RAM); `ResourceOptimizer` joins them for the worker and remembers its last plan for the status endpoint.
 torch and pynvml are optional: they are imported when a reading is taken and skipped when missing.
+
+Host RAM is read as the smaller of what the machine has free and what the process's cgroup allows (v2 `memory.max`,
+v1 `memory.limit_in_bytes`, on its own cgroup and every ancestor): in a container with a memory limit psutil reports
+the host's RAM, and the kernel's OOM killer ends a batch sized from it with a SIGKILL the worker never sees.
 """
 
 from __future__ import annotations
@@ -19,6 +23,10 @@ import psutil
 logger = logging.getLogger(__name__)
 
 _DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+PROC_SELF_CGROUP = Path("/proc/self/cgroup")
+# cgroup v1 writes "no limit" as the largest page-aligned 64-bit count; any limit this large is none.
+_NO_CGROUP_LIMIT = 2**62
 
 
 @dataclass(frozen=True)
@@ -54,11 +62,15 @@ class MemoryProbe:
     one; `reading.device` says which it is.
     """
 
-    def __init__(self, device: str = "auto") -> None:
+    def __init__(
+        self, device: str = "auto", cgroup_root: Path = CGROUP_ROOT, proc_cgroup: Path = PROC_SELF_CGROUP
+    ) -> None:
         if not _DEVICE_PATTERN.match(device):
             raise ValueError(f"device must be 'auto', 'cpu' or 'cuda:N', got {device!r}")
         self.device = device
         self.index = int(device.split(":")[1]) if ":" in device else 0
+        self.cgroup_root = Path(cgroup_root)
+        self.proc_cgroup = Path(proc_cgroup)
         self._cpu_name: str | None = None
 
     def read(self) -> MemoryReading:
@@ -68,7 +80,7 @@ class MemoryProbe:
                 return reading
         if self._cpu_name is None:
             self._cpu_name = cpu_model_name()
-        return read_host_memory(self._cpu_name)
+        return read_host_memory(self._cpu_name, self.cgroup_root, self.proc_cgroup)
 
 
 def read_torch_cuda(index: int) -> MemoryReading | None:
@@ -125,14 +137,116 @@ def read_nvml(index: int) -> MemoryReading | None:
     return MemoryReading(f"cuda:{index}", name, int(memory.total), int(memory.free), int(memory.used), utilization)
 
 
-def read_host_memory(name: str = "CPU") -> MemoryReading:
-    """Host RAM (available counts as free) and CPU load since the previous call."""
+def read_host_memory(
+    name: str = "CPU", cgroup_root: Path = CGROUP_ROOT, proc_cgroup: Path = PROC_SELF_CGROUP
+) -> MemoryReading:
+    """Host RAM (available counts as free) within the process's cgroup memory limit, and CPU load since the
+    previous call: total = min(RAM, limit), free = min(RAM available, limit − usage)."""
     memory = psutil.virtual_memory()
+    total, free = int(memory.total), int(memory.available)
+    cgroup = read_cgroup_memory(cgroup_root, proc_cgroup)
+    if cgroup is not None:
+        total, free = min(total, cgroup.limit_bytes), min(free, cgroup.available_bytes)
     # interval=None compares with the previous call; the first call in a process reads 0.
     utilization = psutil.cpu_percent(interval=None) / 100
-    return MemoryReading(
-        "cpu", name, int(memory.total), int(memory.available), int(memory.total - memory.available), utilization
-    )
+    return MemoryReading("cpu", name, total, free, total - free, utilization)
+
+
+@dataclass(frozen=True)
+class CgroupMemory:
+    """The tightest memory limit among a process's cgroup and its ancestors: the limit, what is charged against
+    it (less the inactive file cache, which the kernel reclaims before it kills), and where it was read."""
+
+    limit_bytes: int
+    usage_bytes: int
+    path: Path
+
+    @property
+    def available_bytes(self) -> int:
+        return max(self.limit_bytes - self.usage_bytes, 0)
+
+
+def read_cgroup_memory(root: Path = CGROUP_ROOT, proc_cgroup: Path = PROC_SELF_CGROUP) -> CgroupMemory | None:
+    """The memory limit that leaves this process the least room, from cgroup v2 and v1 under `root`; None when no
+    cgroup sets one (or none can be read: not Linux, no cgroup filesystem)."""
+    try:
+        membership = Path(proc_cgroup).read_text()
+    except OSError:
+        return None
+    readings = [
+        reading
+        for directory, files in _memory_cgroup_dirs(Path(root), membership)
+        for reading in [_read_cgroup_dir(directory, files)]
+        if reading is not None
+    ]
+    return min(readings, key=lambda reading: reading.available_bytes, default=None)
+
+
+@dataclass(frozen=True)
+class _CgroupFiles:
+    limit: str
+    usage: str
+    inactive_file: str  # the key in memory.stat
+
+
+_V2_FILES = _CgroupFiles("memory.max", "memory.current", "inactive_file")
+_V1_FILES = _CgroupFiles("memory.limit_in_bytes", "memory.usage_in_bytes", "total_inactive_file")
+
+
+def _memory_cgroup_dirs(root: Path, membership: str) -> list[tuple[Path, _CgroupFiles]]:
+    """The directories of the process's memory cgroups, its own first, then each ancestor up to the mount.
+
+    /proc/self/cgroup lines read "0::/path" (v2) or "N:memory,...:/path" (v1). v2 is mounted at `root` itself, or
+    at `root`/unified beside v1 controllers (hybrid); v1's memory controller at `root`/memory. A container without
+    a cgroup namespace lists its cgroup's path from the host's root, but has its own cgroup mounted as the root;
+    then the path does not exist below the mount, and the mount itself is the process's cgroup.
+    """
+    dirs: list[tuple[Path, _CgroupFiles]] = []
+    for line in membership.splitlines():
+        hierarchy, _, rest = line.partition(":")
+        controllers, _, path = rest.partition(":")
+        if hierarchy == "0" and controllers == "":
+            mounts, files = [root, root / "unified"], _V2_FILES
+        elif "memory" in controllers.split(","):
+            mounts, files = [root / "memory"], _V1_FILES
+        else:
+            continue
+        for mount in mounts:
+            if not (mount / "cgroup.procs").is_file():
+                continue
+            own = mount / path.strip().lstrip("/")
+            directory = own if own.is_dir() and own.resolve().is_relative_to(mount.resolve()) else mount
+            while True:
+                dirs.append((directory, files))
+                if directory == mount:
+                    break
+                directory = directory.parent
+            break
+    return dirs
+
+
+def _read_cgroup_dir(directory: Path, files: _CgroupFiles) -> CgroupMemory | None:
+    """The limit and usage in one cgroup directory; None without a limit ("max", or v1's near-2**63 "none")."""
+    try:
+        limit_text = (directory / files.limit).read_text().strip()
+        usage = int((directory / files.usage).read_text().strip())
+    except (OSError, ValueError):
+        return None
+    if limit_text == "max" or not limit_text.isdigit() or int(limit_text) >= _NO_CGROUP_LIMIT:
+        return None
+    return CgroupMemory(int(limit_text), max(usage - _memory_stat(directory, files.inactive_file), 0), directory)
+
+
+def _memory_stat(directory: Path, key: str) -> int:
+    """One value of the cgroup's memory.stat (bytes), 0 when missing."""
+    try:
+        for line in (directory / "memory.stat").read_text().splitlines():
+            name, _, value = line.partition(" ")
+            if name == key and value.strip().isdigit():
+                return int(value)
+    except OSError:
+        pass
+    return 0
 
 
 def cpu_model_name() -> str:
