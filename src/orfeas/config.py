@@ -30,6 +30,11 @@ class Settings(BaseSettings):
     )
 
     # hunyuan3d generator (optional extra orfeas[hunyuan]; pipeline/generators/hunyuan.py)
+    hunyuan_model: str = Field(
+        "hunyuan3d-dit-v2-0",
+        description="Default Hunyuan3D-2 variant (per request: option 'model'): hunyuan3d-dit-v2-0, -v2-0-fast, "
+        "-v2-0-turbo, hunyuan3d-dit-v2-mini, -mini-fast, -mini-turbo, hunyuan3d-dit-v2-mv, -mv-fast, -mv-turbo.",
+    )
     hunyuan_model_path: Path | None = Field(
         None,
         description="Folder with the shape model's config.yaml and checkpoint (or with <subfolder>/ holding them); "

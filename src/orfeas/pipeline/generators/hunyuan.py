@@ -7,9 +7,13 @@ image's initial noise drawn from its own seeded generator, so a batch gives what
 image's latents are then decoded through `pipeline.extract.extract_neural_field` (dense or hierarchical) or through
 hy3dgen's FlashVDM decoder.
 
-Weights are only ever read from disk: `find_weights` checks the configured places first and says where the files
-must go, because hy3dgen's own `from_pretrained` downloads from the hub when its local path is missing. hy3dgen and
-its torch stack are imported only when the weights are loaded (the optional extra `orfeas[hunyuan]`).
+Every variant of the family (`hunyuan_variants`: standard, 2mini, 2mv, each as base, -fast and -turbo) runs through
+the same code, chosen per request with the option `model`; a multi-view model receives a mapping of view name to
+cut-out per item instead of a cut-out. Weights are only ever read from disk: `find_weights` checks the configured
+places first and says where the files must go, because hy3dgen's own `from_pretrained` downloads from the hub when
+its local path is missing. hy3dgen and its torch stack are imported only when the weights are loaded (the optional
+extra `orfeas[hunyuan]`). On the CPU the model runs in bfloat16 where the CPU has native bfloat16 products, with
+one torch thread per core of the worker.
 
 Frame: the model's shapes fill [-1, 1]^3 with Y up and the image's camera on +Z, our world frame, with X to the
 image's right. That is read from hy3dgen's texture stage, which renders the input's view from +Z; it is not yet
@@ -23,9 +27,7 @@ import importlib.util
 import logging
 import os
 import time
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import trimesh
@@ -35,6 +37,8 @@ from orfeas.errors import GeneratorUnavailable, InvalidOptions
 from orfeas.pipeline.background import Cutout
 from orfeas.pipeline.extract import extract_neural_field, torch_field
 from orfeas.pipeline.generators.base import GenerationParams
+from orfeas.pipeline.generators.hunyuan_variants import VARIANTS, Variant, find_weights, get_variant
+from orfeas.pipeline.views import check_view_names, ordered_views, views_of
 
 if TYPE_CHECKING:
     import torch
@@ -69,77 +73,15 @@ def check_installed() -> None:
 
 
 def build(settings: Settings) -> HunyuanGenerator:
-    """The generator, if its packages are installed (the weights load on first use)."""
+    """The generator, if its packages are installed and the default model is a known variant (the weights load on
+    first use)."""
     check_installed()
+    if settings.hunyuan_model not in VARIANTS:
+        raise GeneratorUnavailable(
+            f"ORFEAS_HUNYUAN_MODEL={settings.hunyuan_model!r} is not a Hunyuan3D-2 variant; "
+            f"known: {', '.join(VARIANTS)}"
+        )
     return HunyuanGenerator(settings)
-
-
-@dataclass(frozen=True)
-class Weights:
-    """The two files a Hunyuan3D-2 shape model is loaded from."""
-
-    config: Path
-    checkpoint: Path
-
-
-def checkpoint_names(variant: str | None) -> list[str]:
-    """File names a checkpoint may have, preferred first: model.fp16.safetensors, then model.fp16.ckpt."""
-    stem = f"model.{variant}" if variant else "model"
-    return [f"{stem}.safetensors", f"{stem}.ckpt"]
-
-
-def weight_dirs(settings: Settings) -> list[Path]:
-    """Where the model's folder (config.yaml + checkpoint) is looked for, in order.
-
-    With `hunyuan_model_path` set, only there: the folder itself or its `<subfolder>/`. Otherwise hy3dgen's own
-    layout, `$HY3DGEN_MODELS/<repo>/<subfolder>` (default ~/.cache/hy3dgen), then the Hugging Face hub cache.
-    """
-    subfolder = settings.hunyuan_subfolder
-    if settings.hunyuan_model_path is not None:
-        root = settings.hunyuan_model_path.expanduser()
-        return [root, root / subfolder]
-    base = Path(os.environ.get("HY3DGEN_MODELS", "~/.cache/hy3dgen")).expanduser()
-    dirs = [base / settings.hunyuan_repo / subfolder]
-    cached = _hub_cache_dir(settings.hunyuan_repo, subfolder)
-    return [*dirs, cached] if cached else dirs
-
-
-def find_weights(settings: Settings) -> Weights:
-    """The config and checkpoint to load; GeneratorUnavailable saying where they must go when absent."""
-    names = checkpoint_names(settings.hunyuan_variant)
-    searched = weight_dirs(settings)
-    for folder in searched:
-        config = folder / "config.yaml"
-        checkpoint = next((folder / n for n in names if (folder / n).is_file()), None)
-        if config.is_file() and checkpoint is not None:
-            return Weights(config, checkpoint)
-    places = "; ".join(str(d) for d in searched)
-    if settings.hunyuan_model_path is None:
-        places += f"; the Hugging Face cache{_hub_cache_root()}"
-    raise GeneratorUnavailable(
-        f"Hunyuan3D-2 weights not found (looked in {places}). Put config.yaml and {names[0]} (or {names[1]}) of "
-        f"{settings.hunyuan_repo}/{settings.hunyuan_subfolder} in the first of those folders (huggingface-cli "
-        "download fills the cache), or set ORFEAS_HUNYUAN_MODEL_PATH to the folder that holds them; ORFEAS never "
-        "downloads weights."
-    )
-
-
-def _hub_cache_root() -> str:
-    try:
-        from huggingface_hub import constants
-    except ImportError:
-        return ""
-    return f" {constants.HF_HUB_CACHE}"
-
-
-def _hub_cache_dir(repo: str, subfolder: str) -> Path | None:
-    """The model's folder in the Hugging Face hub cache, if config.yaml is there (reads the cache only)."""
-    try:
-        from huggingface_hub import try_to_load_from_cache
-    except ImportError:
-        return None
-    found = try_to_load_from_cache(repo, f"{subfolder}/config.yaml")
-    return Path(found).parent if isinstance(found, str) else None
 
 
 @contextlib.contextmanager
@@ -178,26 +120,59 @@ def resolve_device(device: str) -> str:
     return "cuda:0" if torch.cuda.is_available() else "cpu"
 
 
+def cpu_has_bf16() -> bool:
+    """Whether this CPU runs bfloat16 matrix products natively (AVX-512 BF16 or AMX, through oneDNN)."""
+    import torch
+
+    return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
 def resolve_dtype(name: str, device: str) -> torch.dtype:
-    """The torch dtype of a dtype setting; "auto" is float16 on a GPU (as the published weights) and float32 on the
-    CPU, where half-precision kernels are slow or missing."""
+    """The torch dtype of a dtype setting; "auto" is float16 on a GPU (as the published weights), bfloat16 on a CPU
+    with native bfloat16 products, and float32 on other CPUs, where half-precision kernels are slow or missing."""
     import torch
 
     if name == "auto":
-        return torch.float16 if device.startswith("cuda") else torch.float32
+        if device.startswith("cuda"):
+            return torch.float16
+        return torch.bfloat16 if cpu_has_bf16() else torch.float32
     return {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}[name]
 
 
-def load_pipeline(settings: Settings, device: str | None = None, dtype: torch.dtype | None = None) -> Any:
-    """Build hy3dgen's `Hunyuan3DDiTFlowMatchingPipeline` from the weights `find_weights` finds, offline."""
+def worker_cores() -> int:
+    """CPU cores this process may run on (its affinity mask, which taskset and container cpusets set)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def use_worker_cores() -> int:
+    """Give torch one thread per core of this worker (its default may count the host's cores); returns the count."""
+    import torch
+
+    cores = worker_cores()
+    if torch.get_num_threads() != cores:
+        torch.set_num_threads(cores)
+    return cores
+
+
+def load_pipeline(
+    settings: Settings, device: str | None = None, dtype: torch.dtype | None = None, model: str | None = None
+) -> Any:
+    """Build hy3dgen's `Hunyuan3DDiTFlowMatchingPipeline` for `model` (default: settings.hunyuan_model) from the
+    weights `find_weights` finds, offline; a -turbo variant's turbo VAE replaces the one in its checkpoint."""
     check_installed()
-    weights = find_weights(settings)
+    variant = get_variant(model or settings.hunyuan_model)
+    weights = find_weights(settings, variant.name)
     device = device or resolve_device(settings.device)
     dtype = dtype or resolve_dtype(settings.hunyuan_dtype, device)
+    threads = use_worker_cores() if device == "cpu" else None
     start = time.perf_counter()
     with hub_offline():
         try:
             from hy3dgen.shapegen import Hunyuan3DDiTFlowMatchingPipeline
+            from hy3dgen.shapegen.models import ShapeVAE
         except (ImportError, RuntimeError) as exc:  # torchvision built for another torch fails with RuntimeError
             raise GeneratorUnavailable(f"hunyuan3d cannot import hy3dgen ({exc}); reinstall with {INSTALL}") from None
         try:
@@ -208,16 +183,34 @@ def load_pipeline(settings: Settings, device: str | None = None, dtype: torch.dt
                 dtype=dtype,
                 use_safetensors=weights.checkpoint.suffix == ".safetensors",
             )
-        except (OSError, KeyError) as exc:  # e.g. a config naming a hub model that is not in the local cache
-            raise GeneratorUnavailable(f"hunyuan3d cannot build the model of {weights.config}: {exc}") from None
+            if weights.vae_config is not None:
+                pipeline.vae = ShapeVAE.from_single_file(
+                    str(weights.vae_checkpoint),
+                    str(weights.vae_config),
+                    device=device,
+                    dtype=dtype,
+                    use_safetensors=weights.vae_checkpoint.suffix == ".safetensors",
+                )
+        except (OSError, KeyError, RuntimeError) as exc:  # a hub model absent from the cache, mismatched weights
+            raise GeneratorUnavailable(f"hunyuan3d cannot build {variant.name} from {weights.config}: {exc}") from None
+    scheduler = type(pipeline.scheduler).__name__
+    if scheduler != variant.scheduler:
+        logger.warning(
+            "hunyuan3d config names another scheduler than the published variant",
+            extra={"model": variant.name, "scheduler": scheduler, "published": variant.scheduler},
+        )
     if settings.hunyuan_compile:
         pipeline.compile()  # hy3dgen's: torch.compile on the DiT, the VAE and the conditioner
     logger.info(
         "hunyuan3d loaded",
         extra={
+            "model": variant.name,
             "checkpoint": str(weights.checkpoint),
+            "vae": str(weights.vae_checkpoint or weights.checkpoint),
+            "scheduler": scheduler,
             "device": device,
             "dtype": str(dtype),
+            "threads": threads,
             "compiled": settings.hunyuan_compile,
             "seconds": round(time.perf_counter() - start, 2),
         },
@@ -226,15 +219,29 @@ def load_pipeline(settings: Settings, device: str | None = None, dtype: torch.dt
 
 
 def read_options(options: dict[str, Any], settings: Settings) -> dict[str, Any]:
-    """Per-request options over the settings' defaults: steps, guidance_scale, decoder; InvalidOptions if bad."""
+    """Per-request options over the defaults: model, steps, guidance_scale, decoder; InvalidOptions if bad.
+
+    Steps and guidance default to the chosen variant's published values (5 steps for a -turbo variant, 30
+    otherwise), unless ORFEAS_HUNYUAN_STEPS or ORFEAS_HUNYUAN_GUIDANCE_SCALE are set, which then apply to all.
+    """
+    unknown = sorted(set(options) - {"model", "steps", "guidance_scale", "decoder"})
+    if unknown:
+        raise InvalidOptions(
+            f"unknown hunyuan3d options {unknown}; accepted: ['decoder', 'guidance_scale', 'model', 'steps']"
+        )
+    model = options.get("model", settings.hunyuan_model)
+    if not isinstance(model, str) or model not in VARIANTS:
+        raise InvalidOptions(f"model must be one of {', '.join(VARIANTS)}, got {model!r}")
+    variant = VARIANTS[model]
+    explicit = settings.model_fields_set
     defaults = {
-        "steps": settings.hunyuan_steps,
-        "guidance_scale": settings.hunyuan_guidance_scale,
+        "model": model,
+        "steps": settings.hunyuan_steps if "hunyuan_steps" in explicit else variant.steps,
+        "guidance_scale": (
+            settings.hunyuan_guidance_scale if "hunyuan_guidance_scale" in explicit else variant.guidance_scale
+        ),
         "decoder": settings.hunyuan_decoder,
     }
-    unknown = sorted(set(options) - set(defaults))
-    if unknown:
-        raise InvalidOptions(f"unknown hunyuan3d options {unknown}; accepted: {sorted(defaults)}")
     merged = {**defaults, **options}
     if merged["decoder"] not in DECODERS:
         raise InvalidOptions(f"decoder must be one of {', '.join(DECODERS)}, got {merged['decoder']!r}")
@@ -248,42 +255,91 @@ def read_options(options: dict[str, Any], settings: Settings) -> dict[str, Any]:
     return merged
 
 
+def check_views(variant: Variant, views: Sequence[str]) -> None:
+    """InvalidOptions when the input's kind does not suit the model: views for a single-image model, one image for
+    a multi-view one, or bad view names."""
+    if variant.multiview and not views:
+        raise InvalidOptions(
+            f"model {variant.name} takes views (front required; left, back, right), not a single image"
+        )
+    if not variant.multiview and views:
+        multiview = ", ".join(v.name for v in VARIANTS.values() if v.multiview)
+        raise InvalidOptions(f"model {variant.name} takes one image, not views; multi-view models: {multiview}")
+    if views:
+        check_view_names(views)
+
+
+def batch_views(images: Sequence[Cutout | Mapping[str, Cutout]]) -> tuple[str, ...]:
+    """The view names shared by every item of a batch, () for single images; InvalidOptions for a mixed batch."""
+    kinds = {views_of(item) for item in images}
+    if len(kinds) > 1:
+        raise InvalidOptions("a batch must hold single images only, or multi-view items with the same views")
+    return kinds.pop() if kinds else ()
+
+
 class HunyuanGenerator:
-    """Hunyuan3D-2 shape generation; the weights load on first use and stay for the generator's lifetime."""
+    """Hunyuan3D-2 shape generation for every variant of the family.
+
+    A variant's weights load on the first batch that asks for it and stay until a batch asks for another variant:
+    one model is held at a time, so memory stays that of the largest one used.
+    """
 
     name = "hunyuan3d"
 
     def __init__(self, settings: Settings, pipeline: Any = None) -> None:
         self.settings = settings
         self.default_resolution = settings.hunyuan_octree_resolution
-        self._pipeline = pipeline
+        self._loaded: tuple[str, Any] | None = (settings.hunyuan_model, pipeline) if pipeline is not None else None
 
     @property
     def pipeline(self) -> Any:
-        if self._pipeline is None:
-            self._pipeline = load_pipeline(self.settings)
-        return self._pipeline
+        """The default variant's pipeline (loaded on first use)."""
+        return self.pipeline_for(self.settings.hunyuan_model)
+
+    def pipeline_for(self, model: str) -> Any:
+        """The pipeline of `model`, loading it (and dropping the one held before) when it is not the one held."""
+        if self._loaded is None or self._loaded[0] != model:
+            self._loaded = None  # release the previous model before the next one is read
+            self._loaded = (model, load_pipeline(self.settings, model=model))
+        return self._loaded[1]
 
     def check_options(self, options: dict[str, Any]) -> None:
-        read_options(options, self.settings)
+        """InvalidOptions for bad options, and for a variant whose weights are not on this machine (the message
+        names the missing files and their folder)."""
+        model = read_options(options, self.settings)["model"]
+        try:
+            find_weights(self.settings, model)
+        except GeneratorUnavailable as exc:
+            raise InvalidOptions(str(exc)) from None
 
-    def generate_batch(self, images: Sequence[Cutout], params: GenerationParams) -> list[trimesh.Trimesh]:
+    def check_views(self, options: dict[str, Any], views: Sequence[str]) -> None:
+        """InvalidOptions when `views` (() for a single image) do not suit the model the options choose."""
+        check_views(VARIANTS[read_options(options, self.settings)["model"]], views)
+
+    def generate_batch(
+        self, images: Sequence[Cutout | Mapping[str, Cutout]], params: GenerationParams
+    ) -> list[trimesh.Trimesh]:
+        """One mesh per item: a cut-out, or for a multi-view model a mapping of view name to cut-out."""
         options = read_options(params.options, self.settings)
+        variant = VARIANTS[options["model"]]
         if not images:
             return []
+        check_views(variant, batch_views(images))
+        pipeline = self.pipeline_for(variant.name)
         seeds = [params.seed_for(i) for i in range(len(images))]
         start = time.perf_counter()
-        latents = sample_latents(self.pipeline, images, seeds, options["steps"], options["guidance_scale"])
+        latents = sample_latents(pipeline, images, seeds, options["steps"], options["guidance_scale"])
         sampled = time.perf_counter()
         meshes = [
             decode_latents(
-                self.pipeline, latent[None], params.resolution, options["decoder"], self.settings.hunyuan_chunk_size
+                pipeline, latent[None], params.resolution, options["decoder"], self.settings.hunyuan_chunk_size
             )
             for latent in latents
         ]
         logger.info(
             "hunyuan3d batch",
             extra={
+                "model": variant.name,
                 "batch_size": len(images),
                 "steps": options["steps"],
                 "decoder": options["decoder"],
@@ -295,29 +351,34 @@ class HunyuanGenerator:
         return meshes
 
     def memory_per_image(self, params: GenerationParams) -> int:
-        """Working memory one more image adds to a batch (the weights, about 5 GB in float16, are shared).
+        """Working memory one more image adds to a batch of the chosen variant (the weights are shared).
 
-        The DiT runs two sequences per image (conditional and unconditional) of latent plus image tokens, and the
-        conditioner one; on the CPU, attention is computed with its full score matrix. Decoding runs one image at
-        a time, so it does not grow with the batch. An estimate from the architecture; bench/gpu_hunyuan.py
-        records it beside the measured peak, which no GPU run has checked yet.
+        The DiT runs one sequence per image for a guidance-distilled variant (-fast, -turbo) and two otherwise
+        (conditional and unconditional), each of latent tokens (3072, or 512 for 2mini) plus image tokens (one
+        view's, or four for 2mv), and the conditioner one per view; on the CPU, attention is computed with its
+        full score matrix. Decoding runs one image at a time, so it does not grow with the batch. An estimate
+        from the architecture; bench/cpu_hunyuan.py and bench/gpu_hunyuan.py record it beside measured peaks.
         """
-        size = self._size()
+        model = params.options.get("model", self.settings.hunyuan_model)
+        variant = VARIANTS.get(model, VARIANTS.get(self.settings.hunyuan_model, VARIANTS["hunyuan3d-dit-v2-0"]))
+        size = self._size(variant)
         device = resolve_device(self.settings.device)
-        dtype = self.settings.hunyuan_dtype
-        half = dtype in ("float16", "bfloat16") or (dtype == "auto" and device.startswith("cuda"))
-        bytes_per = 2 if half else 4
-        tokens = size["latents"] + size["cond_tokens"]
-        dit = 2 * tokens * size["hidden"] * ACTIVATION_WIDTH * bytes_per
-        conditioner = size["cond_tokens"] * size["cond_hidden"] * ACTIVATION_WIDTH * bytes_per
-        scores = 0 if device.startswith("cuda") else 2 * tokens**2 * size["heads"] * 4
+        bytes_per = resolve_dtype(self.settings.hunyuan_dtype, device).itemsize
+        copies = 1 if variant.guidance_distilled else 2
+        cond_tokens = size["cond_tokens"] * variant.views
+        tokens = size["latents"] + cond_tokens
+        dit = copies * tokens * size["hidden"] * ACTIVATION_WIDTH * bytes_per
+        conditioner = cond_tokens * size["cond_hidden"] * ACTIVATION_WIDTH * bytes_per
+        scores = 0 if device.startswith("cuda") else copies * tokens**2 * size["heads"] * 4
         return int(dit + conditioner + scores + size["latents"] * size["hidden"] * 4)
 
-    def _size(self) -> dict[str, int]:
-        if self._pipeline is None:
-            return FULL_SIZE
-        model, vae = self._pipeline.model, self._pipeline.vae
-        encoder = self._pipeline.conditioner.main_image_encoder
+    def _size(self, variant: Variant) -> dict[str, int]:
+        """Sizes of the held model when it is `variant`, else the variant's published full-size ones."""
+        if self._loaded is None or self._loaded[0] != variant.name:
+            return {**FULL_SIZE, "latents": variant.latents}
+        pipeline = self._loaded[1]
+        model, vae = pipeline.model, pipeline.vae
+        encoder = pipeline.conditioner.main_image_encoder
         return {
             "latents": vae.latent_shape[0],
             "hidden": model.hidden_size,
@@ -328,18 +389,33 @@ class HunyuanGenerator:
 
 
 def sample_latents(
-    pipeline: Any, images: Sequence[Cutout], seeds: Sequence[int], steps: int, guidance_scale: float
+    pipeline: Any,
+    images: Sequence[Cutout | Mapping[str, Cutout]],
+    seeds: Sequence[int],
+    steps: int,
+    guidance_scale: float,
 ) -> torch.Tensor:
-    """Latents (N, latents, channels) for N cut-outs: hy3dgen's flow-matching sampler over the whole batch.
+    """Latents (N, latents, channels) for N items: hy3dgen's sampler (the scheduler its config names) over the
+    whole batch, the conditioner once and the DiT once per step for all items.
 
-    Each image's initial noise comes from its own CPU generator seeded with its seed (hy3dgen draws a list of
-    generators image by image), so it does not depend on the batch it travels in or on the device.
+    An item is a cut-out, or a mapping of view name to cut-out for a multi-view model (hy3dgen's multi-view image
+    processor sorts the views into the order of their view embeddings). Each item's initial noise comes from its
+    own CPU generator seeded with its seed (hy3dgen draws a list of generators item by item), so it does not depend
+    on the batch it travels in or on the device.
     """
     import torch
     from PIL import Image
 
+    def picture(cutout: Cutout) -> Image.Image:
+        return Image.fromarray(cutout.rgba, mode="RGBA")
+
     generators = [torch.Generator("cpu").manual_seed(int(seed)) for seed in seeds]
-    pictures = [Image.fromarray(image.rgba, mode="RGBA") for image in images]
+    pictures = [
+        {name: picture(view) for name, view in ordered_views(item).items()}
+        if isinstance(item, Mapping)
+        else picture(item)
+        for item in images
+    ]
     return pipeline(
         image=pictures,
         num_inference_steps=steps,

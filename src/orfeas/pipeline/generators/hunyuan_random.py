@@ -1,9 +1,10 @@
 """Hunyuan3D-2 shape models with random weights, for the tests and the GPU benchmark (no real weights there).
 
-`model_config` writes hy3dgen's config.yaml structure for the full-size architecture (hunyuan3d-dit-v2-0's published
-numbers) or a tiny one of the same kind; `save_random_weights` stores a randomly initialised model in the layout a
-user has (config.yaml + model.<variant>.safetensors), so it loads through the same code as the real weights;
-`random_pipeline` builds one in memory, skipping the disk (3.3 GB at full size).
+`model_config` writes hy3dgen's config.yaml structure for a variant's full-size architecture (the published numbers
+of hunyuan3d-dit-v2-0, -mini, -mv and their -fast and -turbo versions) or a tiny one of the same kind, and
+`vae_config` the turbo VAE a -turbo variant pairs with; `save_random_weights` and `save_random_vae` store randomly
+initialised models in the layout a user has (config.yaml + model.<variant>.safetensors), so they load through the
+same code as the real weights; `random_pipeline` builds one in memory, skipping the disk (3.3 GB at full size).
 """
 
 from __future__ import annotations
@@ -87,11 +88,52 @@ _FULL = {
 }
 
 
-def model_config(tiny: bool = False) -> dict[str, Any]:
-    """hy3dgen's config.yaml contents: the full-size Hunyuan3D-2 architecture, or a tiny one of the same kind."""
+# the published turbo VAE's shape decoder (hunyuan3d-vae-v2-0-turbo, -mini-turbo): half as wide, a one-wide MLP,
+# no final layer norm; the latent transformer is the base VAE's
+_TURBO_DECODER = {"geo_decoder_mlp_expand_ratio": 1, "geo_decoder_downsample_ratio": 2, "geo_decoder_ln_post": False}
+_MINI = {"depth": 8, "depth_single_blocks": 16, "num_latents": 512}
+_PCM_TIMESTEPS = 100
+
+
+def model_config(tiny: bool = False, model: str = "hunyuan3d-dit-v2-0") -> dict[str, Any]:
+    """hy3dgen's config.yaml contents for a variant: its full-size architecture, or a tiny one of the same kind.
+
+    The family decides the sizes (2mini: 8 + 16 blocks over 512 latents; 2mv: the multi-view conditioner and image
+    processor), the speed version the guidance embedding (-fast, -turbo) and the scheduler (-turbo).
+    """
+    from orfeas.pipeline.generators.hunyuan_variants import CONSISTENCY, SCHEDULERS, get_variant
+
+    variant = get_variant(model)
     config = copy.deepcopy(_FULL)
-    if not tiny:
-        return config
+    dit, vae = config["model"]["params"], config["vae"]["params"]
+    dit["guidance_embed"] = variant.guidance_distilled
+    if variant.scheduler == CONSISTENCY:
+        config["scheduler"] = {
+            "target": f"{SCHEDULERS}.{CONSISTENCY}",
+            "params": {"num_train_timesteps": 1000, "pcm_timesteps": _PCM_TIMESTEPS},
+        }
+    if variant.family == "mini":
+        dit.update(depth=_MINI["depth"], depth_single_blocks=_MINI["depth_single_blocks"])
+        vae["num_latents"] = _MINI["num_latents"]
+    if variant.multiview:
+        encoder = config["conditioner"]["params"]["main_image_encoder"]
+        encoder["type"] = "DinoImageEncoderMV"
+        encoder["kwargs"]["view_num"] = variant.views
+        config["image_processor"]["target"] = "hy3dgen.shapegen.preprocessors.MVImageProcessorV2"
+    if tiny:
+        _shrink(config, latents=TINY["latents"] // (2 if variant.family == "mini" else 1))
+    return config
+
+
+def vae_config(tiny: bool = False, model: str = "hunyuan3d-dit-v2-0-turbo") -> dict[str, Any]:
+    """config.yaml of the turbo VAE the variant pairs with (its base VAE with the turbo shape decoder)."""
+    vae = model_config(tiny, model)["vae"]
+    vae["params"].update(_TURBO_DECODER)
+    return vae
+
+
+def _shrink(config: dict[str, Any], latents: int) -> None:
+    """Tiny sizes of the same architecture, in place."""
     t = TINY
     config["model"]["params"].update(
         in_channels=t["channels"],
@@ -103,7 +145,7 @@ def model_config(tiny: bool = False) -> dict[str, Any]:
         axes_dim=[t["width"] // t["heads"]],
     )
     config["vae"]["params"].update(
-        num_latents=t["latents"],
+        num_latents=latents,
         embed_dim=t["channels"],
         num_freqs=4,
         heads=t["heads"],
@@ -116,7 +158,6 @@ def model_config(tiny: bool = False) -> dict[str, Any]:
     )
     encoder["image_size"] = t["image"]
     config["image_processor"]["params"]["size"] = t["processor"]
-    return config
 
 
 def random_components(config: dict[str, Any], seed: int = 0) -> dict[str, Any]:
@@ -154,3 +195,34 @@ def save_random_weights(folder: Path, config: dict[str, Any], variant: str | Non
     checkpoint = folder / (f"model.{variant}.safetensors" if variant else "model.safetensors")
     save_file(tensors, str(checkpoint))
     return checkpoint
+
+
+def save_random_vae(folder: Path, config: dict[str, Any], variant: str | None = "fp16", seed: int = 0) -> Path:
+    """Write a separate VAE's config.yaml and model[.variant].safetensors (keys without a prefix, as hy3dgen's
+    `ShapeVAE.from_single_file` reads them) into `folder`; returns the checkpoint."""
+    import torch
+    import yaml
+    from hy3dgen.shapegen.pipelines import instantiate_from_config
+    from safetensors.torch import save_file
+
+    torch.manual_seed(seed)
+    vae = instantiate_from_config(config)
+    tensors = {key: value.detach().clone().contiguous() for key, value in vae.state_dict().items()}
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    checkpoint = folder / (f"model.{variant}.safetensors" if variant else "model.safetensors")
+    save_file(tensors, str(checkpoint))
+    return checkpoint
+
+
+def save_random_variant(root: Path, model: str, tiny: bool = True, seed: int = 0) -> Path:
+    """A random `model` in hy3dgen's layout under `root` ($HY3DGEN_MODELS): <repo>/<model>/ and, for a -turbo
+    variant, its turbo VAE's <repo>/<vae>/; returns the model's folder."""
+    from orfeas.pipeline.generators.hunyuan_variants import get_variant
+
+    variant = get_variant(model)
+    folder = root / variant.repo / variant.name
+    save_random_weights(folder, model_config(tiny, model), seed=seed)
+    if variant.vae is not None:
+        save_random_vae(root / variant.vae_repo / variant.vae, vae_config(tiny, model), seed=seed + 1)
+    return folder
