@@ -8,7 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,7 @@ from orfeas.pipeline.generators import GenerationParams, Generator, GridField, c
 from orfeas.pipeline.image import load_image
 from orfeas.pipeline.profile import Profile
 from orfeas.pipeline.texture import apply_texture, apply_vertex_colors
+from orfeas.pipeline.views import batch_views, ordered_views
 
 ImageSource = str | os.PathLike | bytes | np.ndarray
 # Called as on_stage(image_index, stage_name) when a stage starts for an image (the service turns it into progress).
@@ -61,19 +62,19 @@ class GenerationResult:
 
 
 def generate(
-    image: ImageSource,
+    image: ImageSource | Mapping[str, ImageSource],
     options: GenerateOptions | None = None,
     settings: Settings | None = None,
     generator: Generator | None = None,
     remover: BackgroundRemover | None = None,
     on_stage: StageCallback | None = None,
 ) -> GenerationResult:
-    """Turn one image (path, bytes or RGBA array) into a mesh; see `generate_batch`."""
+    """Turn one image (path, bytes or RGBA array), or one object's views, into a mesh; see `generate_batch`."""
     return generate_batch([image], options, settings, generator, remover, on_stage)[0]
 
 
 def generate_batch(
-    images: Sequence[ImageSource],
+    images: Sequence[ImageSource | Mapping[str, ImageSource]],
     options: GenerateOptions | Sequence[GenerateOptions] | None = None,
     settings: Settings | None = None,
     generator: Generator | None = None,
@@ -85,36 +86,46 @@ def generate_batch(
     `options` is one set for all images or one per image; per-image sets may differ in seed, faces, texture and
     formats but must share what the generator sees (backend, resolution, generator options): `batch_key`.
     Raises InvalidImage for the first unusable image before any shape is generated.
+
+    An item may instead be a mapping of view name to image (`pipeline.views`: front required, left, back, right), a
+    multi-view job for a generator that has `check_views` (hunyuan3d's mv models): every view is loaded and cut out,
+    and the front one is the cut-out the texture and the result come from. Items of a batch are all single images
+    or all views with the same names; InvalidOptions otherwise, or when the model does not take that kind of input.
     """
     settings = settings or Settings()
     per_image = _options_per_image(options, len(images))
     generator = generator or create_generator(per_image[0].backend, settings)
     per_image = [_with_resolution(o, generator.default_resolution) for o in per_image]
+    check_input_views(generator, per_image[0], batch_views(images))
     notify = on_stage or (lambda _index, _stage: None)
     profiles = [Profile() for _ in images]
 
     cutouts = []
     for index, (image, profile) in enumerate(zip(images, profiles, strict=True)):
         notify(index, "image_loading")
-        cutouts.append(_prepare(image, profile, settings, remover))
+        cutouts.append(_prepare_item(image, profile, settings, remover))
     for index in range(len(images)):
         notify(index, "shape_generation")
     shapes = _generate_shapes(generator, cutouts, per_image, profiles)
 
     results = []
     for index, (cutout, shape, profile, opts) in enumerate(zip(cutouts, shapes, profiles, per_image, strict=True)):
-        mesh = _finish_mesh(shape, cutout, opts, profile, lambda stage, index=index: notify(index, stage))
-        results.append(GenerationResult(mesh, cutout, profile, opts, generator.name, batch_size=len(images)))
+        front = _front(cutout)
+        mesh = _finish_mesh(shape, front, opts, profile, lambda stage, index=index: notify(index, stage))
+        results.append(GenerationResult(mesh, front, profile, opts, generator.name, batch_size=len(images)))
     return results
 
 
-def batch_key(options: GenerateOptions) -> str:
-    """Jobs with equal keys can share one generator call."""
+def batch_key(options: GenerateOptions, views: Sequence[str] = ()) -> str:
+    """Jobs with equal keys can share one generator call; `views` are a multi-view job's view names (() for one
+    image), so multi-view jobs travel only with jobs of the same views (and variant, in generator_options)."""
     shared = {
         "backend": options.backend,
         "resolution": options.resolution,
         "generator_options": options.generator_options,
     }
+    if views:
+        shared["views"] = sorted(views)
     return hashlib.sha256(json.dumps(shared, sort_keys=True).encode()).hexdigest()[:32]
 
 
@@ -142,6 +153,31 @@ def _prepare(image: ImageSource, profile: Profile, settings: Settings, remover: 
         rgba = image if isinstance(image, np.ndarray) else load_image(image, max_pixels=settings.max_image_pixels)
     with profile.stage("background_removal"):
         return prepare_image(rgba, size=settings.image_size, margin=settings.crop_margin, remover=remover)
+
+
+def check_input_views(generator: Generator, options: GenerateOptions, views: Sequence[str]) -> None:
+    """InvalidOptions when the input's kind does not suit the generator: views for a generator without multi-view
+    models, or the generator's own check (a single image for a multi-view model, views for a single-view one)."""
+    check = getattr(generator, "check_views", None)
+    if check is not None:
+        check(dict(options.generator_options), tuple(views))
+    elif views:
+        raise InvalidOptions(f"generator {generator.name} takes one image per job, not views")
+
+
+def _prepare_item(
+    item: ImageSource | Mapping[str, ImageSource],
+    profile: Profile,
+    settings: Settings,
+    remover: BackgroundRemover | None,
+) -> Cutout | dict[str, Cutout]:
+    if isinstance(item, Mapping):
+        return {name: _prepare(view, profile, settings, remover) for name, view in ordered_views(item).items()}
+    return _prepare(item, profile, settings, remover)
+
+
+def _front(item: Cutout | Mapping[str, Cutout]) -> Cutout:
+    return item["front"] if isinstance(item, Mapping) else item
 
 
 def _generate_shapes(

@@ -7,7 +7,7 @@ clockwise seen from above, i.e. the camera on its left), `back` and `right`.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TypeVar
 
 from orfeas.errors import InvalidOptions
@@ -39,3 +39,12 @@ def ordered_views(views: Mapping[str, T]) -> dict[str, T]:
 def views_of(item: object) -> tuple[str, ...]:
     """The view names of one batch item: () for a single image, the checked names of a mapping."""
     return check_view_names(item) if isinstance(item, Mapping) else ()
+
+
+def batch_views(items: Sequence[object]) -> tuple[str, ...]:
+    """The view names every item of a batch shares (() for single images); InvalidOptions for bad names or a
+    batch mixing single images and views, or different views."""
+    kinds = {views_of(item) for item in items}
+    if len(kinds) > 1:
+        raise InvalidOptions("a batch must hold single images only, or multi-view items with the same views")
+    return kinds.pop() if kinds else ()

@@ -38,7 +38,7 @@ from orfeas.pipeline.background import Cutout
 from orfeas.pipeline.extract import extract_neural_field, torch_field
 from orfeas.pipeline.generators.base import GenerationParams
 from orfeas.pipeline.generators.hunyuan_variants import VARIANTS, Variant, find_weights, get_variant
-from orfeas.pipeline.views import check_view_names, ordered_views, views_of
+from orfeas.pipeline.views import batch_views, check_view_names, ordered_views
 
 if TYPE_CHECKING:
     import torch
@@ -267,14 +267,6 @@ def check_views(variant: Variant, views: Sequence[str]) -> None:
         raise InvalidOptions(f"model {variant.name} takes one image, not views; multi-view models: {multiview}")
     if views:
         check_view_names(views)
-
-
-def batch_views(images: Sequence[Cutout | Mapping[str, Cutout]]) -> tuple[str, ...]:
-    """The view names shared by every item of a batch, () for single images; InvalidOptions for a mixed batch."""
-    kinds = {views_of(item) for item in images}
-    if len(kinds) > 1:
-        raise InvalidOptions("a batch must hold single images only, or multi-view items with the same views")
-    return kinds.pop() if kinds else ()
 
 
 class HunyuanGenerator:
