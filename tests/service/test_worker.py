@@ -59,6 +59,18 @@ def test_results_past_retention_are_deleted_with_their_files(parts):
     assert not folder.exists() and not (artifacts.root / "inputs" / job.id).exists()
 
 
+def test_a_dead_workers_batch_is_taken_over_and_retried_in_halves(parts):
+    store, _, service, worker = parts
+    jobs, _ = service.submit([CHAIR] * 4, GenerateOptions(resolution=64, faces=2000), LOCAL_USER)
+    assert len(store.claim_batch("dead-worker", 8, lease_seconds=0.01)) == 4  # claimed, then the worker died
+    time.sleep(0.05)
+    worker.maintain()  # the takeover: nobody is charged, each job may join batches of 2 at most
+    assert {(store.get(j.id).status, store.get(j.id).batch_limit) for j in jobs} == {("queued", 2)}
+    assert worker.run_once() and worker.run_once() and not worker.run_once()
+    for job in map(store.get, [j.id for j in jobs]):
+        assert (job.status, job.result["batch_size"], job.attempts, job.solo_crashes) == ("succeeded", 2, 2, 0)
+
+
 def test_progress_buffer_writes_the_latest_stage_per_job_in_one_go(parts):
     store, _, service, _ = parts
     jobs, _ = service.submit([CHAIR, CHAIR], GenerateOptions(resolution=64), LOCAL_USER)

@@ -218,6 +218,7 @@ def test_claim_takes_the_oldest_keys_jobs_only_oldest_first(store: JobStore, clo
     for job in batch:
         assert job.status is JobStatus.RUNNING
         assert (job.attempts, job.lease_owner, job.stage, job.progress) == (1, "w1", "starting", 0)
+        assert (job.batch_size, job.batch_limit, job.solo_crashes) == (4, None, 0)
         assert job.started_at is not None
         assert clock.now < job.lease_expires_at <= clock.now + timedelta(seconds=LEASE)
     assert ids(store.claim_batch("w1", max_jobs=8, lease_seconds=LEASE)) == ids(b)
@@ -378,13 +379,14 @@ def test_expired_leases_requeue_then_fail_after_max_attempts(store: JobStore, cl
 
     for attempt in (1, 2):
         (claimed,) = store.claim_batch(f"w{attempt}", max_jobs=1, lease_seconds=10)
-        assert claimed.attempts == attempt
+        assert (claimed.attempts, claimed.batch_size) == (attempt, 1)
         clock.advance(5)
         assert store.requeue_expired(max_attempts=3) == ([], [])
         clock.advance(6)
         assert store.requeue_expired(max_attempts=3) == ([job.id], [])
         requeued = store.get(job.id)
         assert (requeued.status, requeued.lease_owner, requeued.stage, requeued.progress) == ("queued", None, None, 0)
+        assert (requeued.solo_crashes, requeued.batch_limit) == (attempt, 1)  # it ran alone: the crash is its own
         # The worker that lost its lease can no longer finish the job.
         assert not store.complete(job.id, f"w{attempt}", {}, {})
 
@@ -392,9 +394,84 @@ def test_expired_leases_requeue_then_fail_after_max_attempts(store: JobStore, cl
     clock.advance(11)
     assert store.requeue_expired(max_attempts=3) == ([], [job.id])
     failed = store.get(job.id)
-    assert (failed.status, failed.error, failed.attempts) == (JobStatus.FAILED, "worker stopped responding 3 times", 3)
+    assert (failed.status, failed.attempts, failed.solo_crashes) == (JobStatus.FAILED, 3, 3)
+    assert failed.error == "worker stopped responding 3 times while running this job alone"
     statuses = [(event["status"], event["detail"]) for event in store.events(job.id)]
     assert statuses[-3:] == [("queued", "lease expired"), ("running", None), ("failed", failed.error)]
+
+
+def run_until_drained(store: JobStore, clock: StepClock, kills_worker: set[str], max_jobs: int = 8) -> list[list[str]]:
+    """Claim and finish batches the way workers do; a batch holding a job of `kills_worker` dies (its lease
+    expires and the next worker's takeover runs). Returns the batches that died."""
+    died = []
+    for turn in range(100):
+        batch = store.claim_batch(f"w{turn}", max_jobs=max_jobs, lease_seconds=10)
+        if not batch:
+            return died
+        if kills_worker & set(ids(batch)):
+            died.append(ids(batch))
+            clock.advance(11)
+            store.requeue_expired(max_attempts=3)
+        else:
+            assert store.complete_many(f"w{turn}", [(job.id, {}, {}) for job in batch]) == set(ids(batch))
+    raise AssertionError("the queue never drained")
+
+
+def test_a_dead_batch_is_retried_in_halves_and_only_the_job_that_kills_workers_fails(
+    store: JobStore, clock: StepClock
+) -> None:
+    first = enqueue(store, count=8)
+    later = enqueue(store, count=3)
+    guilty = first[5].id
+
+    died = run_until_drained(store, clock, {guilty})
+
+    # 8 → 4 → 2 → alone, then max_attempts deaths alone; no innocent job is charged, none runs alone needlessly
+    assert [len(batch) for batch in died] == [8, 4, 2, 1, 1, 1]
+    assert died[1:3] == [ids(first[4:8]), ids(first[4:6])]
+    final = {job.id: store.get(job.id) for job in first + later}
+    assert final[guilty].status is JobStatus.FAILED and final[guilty].solo_crashes == 3
+    assert "3 times while running this job alone" in final[guilty].error
+    for job_id, job in final.items():
+        if job_id != guilty:
+            assert (job.status, job.solo_crashes) == (JobStatus.SUCCEEDED, 0)
+    assert final[first[4].id].attempts == 4 and final[first[4].id].batch_size == 1  # died three times, then alone
+    assert [event["detail"] for event in store.events(first[7].id) if event["status"] == "queued"] == [
+        None,
+        "lease expired (batch of 8, retried in halves)",
+        "lease expired (batch of 4, retried in halves)",
+    ]
+
+
+def test_requeued_jobs_keep_their_place_by_submission_time(store: JobStore, clock: StepClock) -> None:
+    old = enqueue(store, "a", count=4)
+    store.claim_batch("dead", max_jobs=8, lease_seconds=10)
+    newer = enqueue(store, "b", count=2) + enqueue(store, "a")
+    clock.advance(11)
+    assert sorted(store.requeue_expired()[0]) == sorted(ids(old))
+
+    assert store.next_queued().id == old[0].id
+    batches = []
+    while batch := store.claim_batch("w1", max_jobs=8, lease_seconds=LEASE):
+        batches.append(ids(batch))
+    assert batches == [ids(old[:2]), ids(old[2:]), ids(newer[:2]), ids(newer[2:])]
+
+
+def test_a_claim_honours_the_oldest_jobs_limit_and_takes_only_companions_it_allows(
+    store: JobStore, engine: sa.Engine
+) -> None:
+    queued = enqueue(store, count=6)
+    limits = [4, 1, None, 2, 4, 8]
+    with engine.begin() as conn:
+        for job, limit in zip(queued, limits, strict=True):
+            conn.execute(sa.update(jobs).where(jobs.c.id == job.id).values(batch_limit=limit))
+
+    batches = []
+    while batch := store.claim_batch("w1", max_jobs=8, lease_seconds=LEASE):
+        batches.append([ids(queued).index(job.id) for job in batch])
+    # head limit 4: only companions that allow 4 or more; then the one limited to 1 alone; then the rest
+    assert batches == [[0, 2, 4, 5], [1], [3]]
+    assert [store.get(job.id).batch_size for job in queued] == [4, 1, 4, 1, 4, 4]
 
 
 def test_renewed_leases_do_not_expire(store: JobStore, clock: StepClock) -> None:

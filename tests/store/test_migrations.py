@@ -61,12 +61,20 @@ def make_pre_migration_database(url: str, tmp_path: Path) -> None:
     with source.connect() as src, engine.begin() as dst:
         dst.exec_driver_sql((FIXTURES / "pre_migration_postgresql.sql").read_text())
         for table in TABLES:
-            rows = [_aware(dict(row)) for row in src.execute(sa.select(table)).mappings()]
-            dst.execute(table.insert(), rows)
+            rows = [_aware(dict(row)) for row in src.execute(select_present(src, table)).mappings()]
+            # the table as the old schema made it, so no default of a newer column is sent
+            dst.execute(sa.Table(table.name, sa.MetaData(), autoload_with=dst).insert(), rows)
         for table in (job_events, agent_requests, agent_audit):  # serial ids continue after the copied ones
             dst.exec_driver_sql(f"SELECT setval(pg_get_serial_sequence('{table.name}', 'id'), max(id)) FROM {table}")
     source.dispose()
     engine.dispose()
+
+
+def select_present(conn: sa.Connection, table: sa.Table) -> sa.Select:
+    """All rows of `table`, in primary-key order, with only the columns the database has (an older schema lacks
+    the newer ones)."""
+    present = {column["name"] for column in sa.inspect(conn).get_columns(table.name)}
+    return sa.select(*[c for c in table.c if c.name in present]).order_by(*table.primary_key.columns)
 
 
 def _aware(row: dict[str, Any]) -> dict[str, Any]:
@@ -74,14 +82,11 @@ def _aware(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def snapshot(url: str) -> dict[str, list[dict[str, Any]]]:
-    """Every row of every table, in primary-key order, timestamps as aware UTC."""
+    """Every row of every table (the columns the database has), in primary-key order, timestamps as aware UTC."""
     engine = create_db_engine(url)
     with engine.connect() as conn:
         rows = {
-            table.name: [
-                _aware(dict(row))
-                for row in conn.execute(sa.select(table).order_by(*table.primary_key.columns)).mappings()
-            ]
+            table.name: [_aware(dict(row)) for row in conn.execute(select_present(conn, table)).mappings()]
             for table in TABLES
         }
     engine.dispose()
@@ -130,6 +135,8 @@ def test_a_pre_migration_database_is_upgraded_in_place_and_keeps_its_rows(db_url
     assert [job["owner"] for job in after["jobs"]] == ["agent:alice"] * 3 + ["user:local"] * 3
     for job in before["jobs"]:
         job["owner"] = f"agent:{job['owner']}" if job["owner"] else "user:local"
+        # Revision 0003: no batch size or limit yet, no crashes charged.
+        job |= {"batch_size": None, "batch_limit": None, "solo_crashes": 0}
     assert after == before
 
     store = JobStore(engine)

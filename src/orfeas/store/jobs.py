@@ -2,6 +2,12 @@
 
 Every state change is a conditional UPDATE inside one short transaction, so a worker whose lease expired, or whose
 job was canceled, cannot overwrite what happened meanwhile; every status change also writes one `job_events` row.
+
+A worker that dies (a kernel OOM kill is a SIGKILL, so the worker cannot say which job caused it) takes its whole
+batch down. Its jobs go back to the queue in their place by submission time, each capped to half the size of the
+batch that died (`batch_limit`); the next claims honour the cap, so the batch is retried in halves and then one job
+at a time. Only a death while a job ran alone counts against it (`solo_crashes`), so only a job that kills a worker
+on its own is failed after `max_attempts`.
 """
 
 import dataclasses
@@ -52,6 +58,9 @@ class JobRecord:
     request_index: int
     owner: str
     attempts: int
+    batch_size: int | None
+    batch_limit: int | None
+    solo_crashes: int
     error: str | None
     profile: dict[str, Any] | None
     result: dict[str, Any] | None
@@ -161,6 +170,7 @@ class JobStore:
                         "request_index": index,
                         "owner": request_owner,
                         "attempts": 0,
+                        "solo_crashes": 0,
                         "cancel_requested": False,
                         "created_at": now,
                         "updated_at": now,
@@ -217,22 +227,29 @@ class JobStore:
     def claim_batch(self, worker_id: str, max_jobs: int, lease_seconds: float) -> list[JobRecord]:
         """Take the oldest queued job and up to `max_jobs - 1` more with its batch key, oldest first; [] if none.
 
-        The claimed jobs are running under a lease held by `worker_id` until `now + lease_seconds`.
+        A batch is no larger than the oldest job's `batch_limit`, and takes only companions whose own limit allows
+        a batch that large. The claimed jobs are running under a lease held by `worker_id` until
+        `now + lease_seconds`.
         """
         if max_jobs < 1:
             raise ValueError(f"max_jobs must be at least 1, got {max_jobs}")
         with self._engine.begin() as conn:
             # PostgreSQL: SKIP LOCKED lets concurrent claimers pass over rows another claimer is taking instead of
             # waiting for them. SQLite renders no FOR UPDATE; there BEGIN IMMEDIATE makes the whole claim exclusive.
-            oldest = sa.select(jobs.c.batch_key).where(_CLAIMABLE).order_by(*_QUEUE_ORDER).limit(1)
-            batch_key = conn.scalar(oldest.with_for_update(skip_locked=True))
-            if batch_key is None:
+            oldest = sa.select(jobs.c.batch_key, jobs.c.batch_limit).where(_CLAIMABLE).order_by(*_QUEUE_ORDER).limit(1)
+            head = conn.execute(oldest.with_for_update(skip_locked=True)).first()
+            if head is None:
                 return []
+            size = min(max_jobs, head.batch_limit or max_jobs)
             same_key = (
                 sa.select(jobs.c.id)
-                .where(_CLAIMABLE, jobs.c.batch_key == batch_key)
+                .where(
+                    _CLAIMABLE,
+                    jobs.c.batch_key == head.batch_key,
+                    sa.or_(jobs.c.batch_limit.is_(None), jobs.c.batch_limit >= size),
+                )
                 .order_by(*_QUEUE_ORDER)
-                .limit(max_jobs)
+                .limit(size)
             )
             job_ids = conn.scalars(same_key.with_for_update(skip_locked=True)).all()
             now = self._now()
@@ -242,6 +259,7 @@ class JobStore:
                 .values(
                     status=JobStatus.RUNNING,
                     attempts=jobs.c.attempts + 1,
+                    batch_size=len(job_ids),
                     lease_owner=worker_id,
                     lease_expires_at=now + timedelta(seconds=lease_seconds),
                     started_at=sa.func.coalesce(jobs.c.started_at, now),
@@ -384,24 +402,29 @@ class JobStore:
     def requeue_expired(self, max_attempts: int = 3) -> tuple[list[str], list[str]]:
         """Recover running jobs whose lease expired (their worker died or hung); returns (requeued ids, failed ids).
 
-        A job that has already been claimed `max_attempts` times fails instead of going back to the queue, so one
-        job that crashes every worker cannot take the service down forever.
+        A job claimed in a batch of n > 1 is not charged (which of the n killed the worker is unknown): it goes
+        back capped to batches of n // 2. A job that was alone gets a solo crash; after `max_attempts` of
+        those it fails instead of going back, so one job that crashes every worker cannot take the service down
+        forever, while the jobs that shared its batches run on.
         """
         requeued: list[str] = []
         failed: list[str] = []
         with self._engine.begin() as conn:
             now = self._now()
             expired_lease = sa.and_(jobs.c.status == JobStatus.RUNNING, jobs.c.lease_expires_at < now)
-            query = sa.select(jobs.c.id, jobs.c.attempts, jobs.c.lease_owner).where(expired_lease)
-            for job in conn.execute(query.with_for_update(skip_locked=True)).all():
-                if job.attempts >= max_attempts:
-                    detail = f"worker stopped responding {job.attempts} times"
+            query = sa.select(jobs.c.id, jobs.c.batch_size, jobs.c.solo_crashes, jobs.c.lease_owner)
+            for job in conn.execute(query.where(expired_lease).with_for_update(skip_locked=True)).all():
+                size = job.batch_size or 1
+                crashes = job.solo_crashes + 1 if size == 1 else job.solo_crashes
+                if size == 1 and crashes >= max_attempts:
+                    detail = f"worker stopped responding {crashes} times while running this job alone"
                     status, outcome = JobStatus.FAILED, failed
                     values = {"status": status, "error": detail, "finished_at": now}
                 else:
-                    status, detail, outcome = JobStatus.QUEUED, "lease expired", requeued
-                    values = {"status": status, "stage": None, "progress": 0}
-                values |= {"lease_owner": None, "lease_expires_at": None, "updated_at": now}
+                    detail = "lease expired" if size == 1 else f"lease expired (batch of {size}, retried in halves)"
+                    status, outcome = JobStatus.QUEUED, requeued
+                    values = {"status": status, "stage": None, "progress": 0, "batch_limit": max(size // 2, 1)}
+                values |= {"solo_crashes": crashes, "lease_owner": None, "lease_expires_at": None, "updated_at": now}
                 if conn.execute(sa.update(jobs).where(jobs.c.id == job.id, expired_lease).values(values)).rowcount:
                     outcome.append(job.id)
                     _record_events(conn, [job.id], status, now, worker=job.lease_owner, detail=detail)

@@ -50,6 +50,13 @@ jobs = sa.Table(
     # store, nullable only because older databases allowed NULL (see migration 0002).
     sa.Column("owner", sa.String(OWNER_LENGTH)),
     sa.Column("attempts", sa.Integer, nullable=False, default=0),
+    # How many jobs the last claim took together with this one (itself included); NULL before the first claim.
+    sa.Column("batch_size", sa.Integer),
+    # Set when a worker died holding the job in a batch of n: the largest batch it may join next (n // 2, at least
+    # 1), so a dead batch is retried in halves until the job that kills workers runs alone. NULL: no limit.
+    sa.Column("batch_limit", sa.Integer),
+    # How many times a worker died while running this job alone; `max_attempts` of them fail it (see migration 0003).
+    sa.Column("solo_crashes", sa.Integer, nullable=False, default=0, server_default="0"),
     sa.Column("error", sa.Text),
     sa.Column("profile", _Json),
     sa.Column("result", _Json),
