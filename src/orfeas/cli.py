@@ -132,9 +132,8 @@ def serve_command(
     On the API port /metrics needs a signed-in user or an API key; `--metrics-port` serves the same metrics
     unauthenticated on a port of their own, to be reached only from the monitoring network.
     """
-    import uvicorn
-
     from orfeas.api.app import create_app
+    from orfeas.api.server import serve as serve_app
 
     overrides = {key: value for key, value in {"data_dir": data_dir, "database_url": database}.items() if value}
     settings = Settings(host=host, **overrides)
@@ -155,7 +154,7 @@ def serve_command(
         stderr.print("authentication is off (ORFEAS_AUTH=off): everyone who reaches this loopback port is the admin")
     elif not application.state.services.accounts.has_admin():
         stderr.print("no admin yet: create one with `orfeas users create NAME --admin`, then sign in at /login")
-    uvicorn.run(application, host=host, port=port, log_level=log_level.lower())
+    serve_app(application, settings, port, log_level)
 
 
 agents_app = typer.Typer(help="Manage the agents allowed to call the agent API (operator commands).")

@@ -72,6 +72,13 @@ class Settings(BaseSettings):
     validation_memory_bytes: int = Field(
         512 * 2**20, description="Memory that concurrent uploads may use between them to decode images for checking."
     )
+    max_header_bytes: int = Field(64 * 1024, description="Largest request line and headers (431 above).")
+    header_timeout_seconds: float = Field(10.0, description="A request's headers must arrive within this (408).")
+    idle_timeout_seconds: float = Field(30.0, description="A request body that pauses longer is cut off.")
+    max_connections: int = Field(1000, description="Open connections and requests one API process serves (503 above).")
+    max_websockets: int = Field(500, description="Progress WebSockets one API process keeps open.")
+    max_websockets_per_client: int = Field(64, description="Progress WebSockets one client address may keep open.")
+    shutdown_grace_seconds: float = Field(10.0, description="On SIGTERM, open requests get this long to finish.")
     min_free_disk_bytes: int = Field(
         512 * 2**20, description="Below this much free space in data_dir, /readyz reports not ready."
     )

@@ -15,3 +15,9 @@ class InvalidOptions(OrfeasError):
 
 class GeneratorUnavailable(OrfeasError):
     """The requested generator is unknown or cannot run on this machine (missing extra, missing weights)."""
+
+
+class StorageUnavailable(OrfeasError):
+    """The data directory cannot take more files now (disk full, quota, read-only); nothing was stored."""
+
+    retry_after = 30

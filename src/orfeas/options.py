@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from orfeas.errors import InvalidOptions
+from orfeas.limits import check_json_value
 from orfeas.pipeline.export import parse_formats
+
+MAX_GENERATOR_OPTIONS_BYTES = 16 * 1024
 
 
 class GenerateOptions(BaseModel):
@@ -15,15 +19,23 @@ class GenerateOptions(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    backend: str = "inflate"
+    backend: str = Field("inflate", max_length=64)
     resolution: int | None = Field(
         None, ge=32, le=1024, description="Grid cells across the cut-out; None takes the generator's default."
     )
     faces: int = Field(50_000, ge=1_000, le=5_000_000, description="Face budget after decimation.")
     texture: bool = Field(True, description="Base-colour texture with UVs; off gives vertex colours.")
     formats: tuple[str, ...] = ("glb",)
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=2**32 - 1)
     generator_options: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("generator_options")
+    @classmethod
+    def _check_generator_options(cls, value: dict[str, Any]) -> dict[str, Any]:
+        check_json_value(value, "generator_options")
+        if len(json.dumps(value)) > MAX_GENERATOR_OPTIONS_BYTES:
+            raise ValueError(f"longer than {MAX_GENERATOR_OPTIONS_BYTES} bytes as JSON")
+        return value
 
     @field_validator("formats", mode="before")
     @classmethod

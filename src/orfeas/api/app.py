@@ -17,6 +17,7 @@ from prometheus_client import CollectorRegistry
 from orfeas import __version__
 from orfeas.api.deps import Services
 from orfeas.api.errors import BodySizeLimit, install_error_handlers
+from orfeas.api.progress import ProgressHub
 from orfeas.api.routes import agent, auth, docs, jobs, monitoring, studio
 from orfeas.api.security import HostOriginGuard, allowed_hosts, check_auth_binding
 from orfeas.config import Settings
@@ -79,6 +80,16 @@ def _keep_agent_tables_small(services: Services, stop: threading.Event) -> None:
             logger.exception("agent housekeeping failed")
 
 
+def _return_running_jobs(services: Services) -> None:
+    """Put the batches this process's workers are running back in the queue at once, so that a stop does not wait
+    for a long batch (or its lease) and another worker can take them; the interrupted attempt does not count."""
+    for worker in services.workers:
+        try:
+            services.store.requeue_owned(worker.worker_id)
+        except Exception:  # the leases then run out and another worker's heartbeat requeues the jobs
+            logger.exception("could not requeue the running jobs of worker %s", worker.worker_id)
+
+
 def create_app(settings: Settings | None = None, *, run_worker: bool = True) -> FastAPI:
     """The ORFEAS API; with `run_worker`, a worker thread generates the queued jobs in this process."""
     settings = settings or Settings()
@@ -106,8 +117,9 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = True) -> 
         finally:
             stop.set()
             services.sampler.stop()
+            _return_running_jobs(services)
             for thread in threads:
-                thread.join(timeout=30)
+                thread.join(timeout=settings.shutdown_grace_seconds)
 
     app = FastAPI(
         title="ORFEAS",
@@ -118,6 +130,12 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = True) -> 
         redoc_url=None,
     )
     app.state.services = services
+    app.state.progress = ProgressHub(
+        services.store.get,
+        poll_seconds=settings.poll_seconds / 2,
+        max_sockets=settings.max_websockets,
+        max_per_client=settings.max_websockets_per_client,
+    )
     app.add_middleware(BodySizeLimit, limit=settings.max_upload_bytes)
     cors = frozenset(origin.strip().rstrip("/") for origin in settings.cors_origins.split(",") if origin.strip())
     if cors:

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from fastapi import Request
 
 from orfeas.config import Settings
-from orfeas.service.agents import AgentAuthenticator
+from orfeas.service.agents import AgentAuthenticator, RefusalLimiter
 from orfeas.service.auth import AccountService
 from orfeas.service.jobs import JobService
 from orfeas.service.metrics import ServiceMetrics
@@ -32,6 +32,7 @@ class Services:
     agents: AgentStore
     authenticator: AgentAuthenticator
     accounts: AccountService
+    refusals: RefusalLimiter = field(default_factory=RefusalLimiter)
     workers: list[Worker] = field(default_factory=list)
 
 

@@ -11,10 +11,16 @@ from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from orfeas.errors import GeneratorUnavailable, InvalidImage, InvalidOptions, OrfeasError
-from orfeas.service.agents import AuthenticationFailed, PermissionDenied, RateLimited, rate_limit_headers
+from orfeas.errors import GeneratorUnavailable, InvalidImage, InvalidOptions, OrfeasError, StorageUnavailable
+from orfeas.service.agents import (
+    AuthenticationFailed,
+    PermissionDenied,
+    RateLimited,
+    TooManyFailures,
+    rate_limit_headers,
+)
 from orfeas.service.auth import AccountNotFound, Forbidden, LoginThrottled, Unauthenticated
-from orfeas.store.db import error_summary, is_database_outage
+from orfeas.store.db import error_summary, is_database_outage, is_disk_full
 from orfeas.store.jobs import JobNotFound
 from orfeas.store.users import UserExists
 
@@ -31,8 +37,10 @@ STATUS_BY_ERROR: list[tuple[type[Exception], int]] = [
     (Unauthenticated, 401),
     (Forbidden, 403),
     (LoginThrottled, 429),
+    (TooManyFailures, 429),
     (AccountNotFound, 404),
     (UserExists, 409),
+    (StorageUnavailable, 507),
 ]
 
 
@@ -55,7 +63,7 @@ def install_error_handlers(app: FastAPI) -> None:
             headers["WWW-Authenticate"] = "ORFEAS-HMAC-SHA256"
         elif isinstance(exc, Unauthenticated):
             headers["WWW-Authenticate"] = 'Bearer realm="orfeas"'
-        elif isinstance(exc, LoginThrottled):
+        elif isinstance(exc, LoginThrottled | StorageUnavailable | TooManyFailures):
             headers["Retry-After"] = str(exc.retry_after)
         return JSONResponse(error_body(type(exc).__name__, str(exc)), status_code=status_for(exc), headers=headers)
 
@@ -74,6 +82,13 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(DBAPIError)
     async def database_error(request: Request, exc: DBAPIError) -> JSONResponse:
+        if is_disk_full(exc):
+            logger.error("the job database's disk is full on %s %s", request.method, request.url.path)
+            return JSONResponse(
+                error_body("StorageUnavailable", "the server's disk is full; nothing was stored, retry later"),
+                status_code=507,
+                headers={"Retry-After": str(StorageUnavailable.retry_after)},
+            )
         if not is_database_outage(exc):
             logger.error("database error on %s %s", request.method, request.url.path, exc_info=exc)
             return JSONResponse(error_body("InternalError", "unexpected database error"), status_code=500)
@@ -102,27 +117,34 @@ class BodySizeLimit:
             await self._refuse(send)
             return
         received = 0
-        started = False
+        too_large = started = False
 
         async def counting_receive() -> Message:
-            nonlocal received
+            nonlocal received, too_large
+            if too_large:
+                return {"type": "http.disconnect"}
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.limit:
-                    raise _BodyTooLarge
+                    too_large = True  # the app sees the client go away; whatever it answers is replaced by 413
+                    return {"type": "http.disconnect"}
             return message
 
         async def tracking_send(message: Message) -> None:
             nonlocal started
+            if too_large and not started:
+                return
             started = started or message["type"] == "http.response.start"
             await send(message)
 
         try:
             await self.app(scope, counting_receive, tracking_send)
-        except _BodyTooLarge:
-            if not started:
-                await self._refuse(send)
+        except Exception:
+            if not too_large:
+                raise
+        if too_large and not started:
+            await self._refuse(send)
 
     async def _refuse(self, send: Send) -> None:
         response = JSONResponse(
@@ -130,10 +152,6 @@ class BodySizeLimit:
             status_code=413,
         )
         await response({"type": "http"}, _no_receive, send)
-
-
-class _BodyTooLarge(Exception):
-    pass
 
 
 async def _no_receive() -> Message:

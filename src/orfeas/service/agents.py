@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
+import threading
 import time
 from collections.abc import Callable, Mapping
 
@@ -178,3 +179,63 @@ def rate_limit_headers(admission: Admission) -> dict[str, str]:
     if admission.retry_after is not None:
         headers["Retry-After"] = str(admission.retry_after)
     return headers
+
+
+class TooManyFailures(OrfeasError):
+    """This client address sent too many refused agent requests lately (429); `retry_after` says when to retry."""
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__(f"too many refused agent requests from this address; retry after {retry_after} s")
+        self.retry_after = retry_after
+
+
+class RefusalLimiter:
+    """Bounds what refused (forged, stale, malformed) agent requests cost, per API process.
+
+    A client address with more than `per_address` refusals in `window_seconds` is answered 429 before any database
+    work; and of the refusals of one key id, only the first of each window is audited, with the count of those
+    left out since, so a flood cannot bury an agent's real audit entries nor hold the database's write lock.
+    """
+
+    def __init__(
+        self, per_address: int = 30, window_seconds: float = 60.0, now: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._per_address = per_address
+        self._window = window_seconds
+        self._now = now
+        self._addresses: dict[str, list[float]] = {}
+        self._keys: dict[str, tuple[float, int]] = {}  # key id -> (window start, refusals not audited since)
+        self._lock = threading.Lock()
+
+    def check(self, address: str) -> None:
+        """Raise TooManyFailures while `address` is over its refusals."""
+        with self._lock:
+            recent = self._recent(address)
+            if len(recent) >= self._per_address:
+                raise TooManyFailures(max(1, int(recent[0] + self._window - self._now()) + 1))
+
+    def refused(self, address: str, key_id: str) -> int | None:
+        """Count a refusal; returns None when it should not be audited, else how many earlier ones were not."""
+        with self._lock:
+            now = self._now()
+            self._recent(address).append(now)
+            started, skipped = self._keys.get(key_id, (None, 0))
+            if started is not None and now - started < self._window:
+                self._keys[key_id] = (started, skipped + 1)
+                return None
+            self._keys[key_id] = (now, 0)
+            self._prune(now)
+            return skipped
+
+    def _recent(self, address: str) -> list[float]:
+        cutoff = self._now() - self._window
+        times = [t for t in self._addresses.get(address, ()) if t > cutoff]
+        self._addresses[address] = times
+        return times
+
+    def _prune(self, now: float) -> None:
+        if len(self._keys) + len(self._addresses) < 10_000:
+            return
+        cutoff = now - self._window
+        self._keys = {k: v for k, v in self._keys.items() if v[0] > cutoff or v[1]}
+        self._addresses = {a: t for a, t in self._addresses.items() if t and t[-1] > cutoff}

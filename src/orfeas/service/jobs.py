@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import io
+import logging
+import os
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,17 +14,21 @@ import trimesh
 from PIL import Image
 
 from orfeas.config import Settings
-from orfeas.errors import InvalidImage, InvalidOptions
+from orfeas.errors import InvalidImage, InvalidOptions, StorageUnavailable
+from orfeas.limits import check_idempotency_key, clean_input_name
 from orfeas.options import GenerateOptions
 from orfeas.pipeline.generate import batch_key
 from orfeas.pipeline.generators import Generator, available_generators, create_generator
-from orfeas.pipeline.image import load_image
+from orfeas.pipeline.image import decoded_bytes, inspect_image, read_header
 from orfeas.pipeline.preview import render_preview
 from orfeas.service.auth import Principal
+from orfeas.service.budget import MemoryBudget
 from orfeas.store.artifacts import ArtifactStorage
 from orfeas.store.jobs import JobNotFound, JobRecord, JobStore, NewJob
 
+logger = logging.getLogger(__name__)
 PREVIEW_NAME = "preview.png"
+STORAGE_FULL_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}
 # The stage a job is in, and the progress it has reached when that stage starts.
 STAGE_PROGRESS = {
     "queued": 0,
@@ -53,6 +60,7 @@ class JobService:
         self.artifacts = artifacts
         self.settings = settings
         self._generators: dict[str, Generator] = {}  # built once, only to check options
+        self._validation_budget = MemoryBudget(settings.validation_memory_bytes)
 
     def submit(
         self,
@@ -71,6 +79,7 @@ class JobService:
             raise InvalidOptions(
                 f"{len(uploads)} images in one request; the limit is {self.settings.max_images_per_request}"
             )
+        idempotency_key = check_idempotency_key(idempotency_key)
         if options.backend not in available_generators(self.settings):
             known = ", ".join(available_generators(self.settings))
             raise InvalidOptions(f"unknown backend {options.backend!r}; available: {known}")
@@ -79,24 +88,45 @@ class JobService:
             existing = self.store.find_idempotent(idempotency_key, owner)
             if existing:
                 return existing, False
-        for upload in uploads:
-            try:
-                load_image(upload.data, max_pixels=self.settings.max_image_pixels)
-            except InvalidImage as exc:
-                raise InvalidImage(f"{upload.name}: {exc}") from None
+        names = [clean_input_name(upload.name) for upload in uploads]
+        for name, upload in zip(names, uploads, strict=True):
+            self._check_image(name, upload.data)
 
         key = batch_key(options)
         new_jobs = [
-            NewJob(id=uuid.uuid4().hex, options=options.model_dump(mode="json"), batch_key=key, input_name=u.name)
-            for u in uploads
+            NewJob(id=uuid.uuid4().hex, options=options.model_dump(mode="json"), batch_key=key, input_name=name)
+            for name in names
         ]
-        for job, upload in zip(new_jobs, uploads, strict=True):
-            self.artifacts.save_input(job.id, upload.data)
-        jobs, created = self.store.create_jobs(new_jobs, idempotency_key=idempotency_key, owner=owner)
+        try:
+            for job, upload in zip(new_jobs, uploads, strict=True):
+                self.artifacts.save_input(job.id, upload.data)
+            jobs, created = self.store.create_jobs(new_jobs, idempotency_key=idempotency_key, owner=owner)
+        except BaseException as exc:
+            self._delete_inputs(new_jobs)
+            if isinstance(exc, OSError) and exc.errno in STORAGE_FULL_ERRORS:
+                raise StorageUnavailable(
+                    f"the server cannot store uploads now ({os.strerror(exc.errno)}); nothing was stored, retry later"
+                ) from None
+            raise
         if not created:  # a concurrent request with the same key won: drop our copies
-            for job in new_jobs:
-                self.artifacts.delete(job.id)
+            self._delete_inputs(new_jobs)
         return jobs, created
+
+    def _check_image(self, name: str, data: bytes) -> None:
+        """Decode the image once to prove it usable; concurrent uploads share one memory budget for it."""
+        try:
+            header = read_header(data, max_pixels=self.settings.max_image_pixels)
+            with self._validation_budget.hold(decoded_bytes(header)):
+                inspect_image(data, max_pixels=self.settings.max_image_pixels)
+        except InvalidImage as exc:
+            raise InvalidImage(f"{name}: {exc}") from None
+
+    def _delete_inputs(self, new_jobs: list[NewJob]) -> None:
+        for job in new_jobs:
+            try:
+                self.artifacts.delete(job.id)
+            except OSError:  # the store is failing already; retention sweeps what is left
+                logger.warning("could not delete the input of refused job %s", job.id)
 
     def generator(self, name: str) -> Generator:
         """The named generator, built once (building is cheap; weights load on first use)."""

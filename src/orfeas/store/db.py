@@ -56,6 +56,14 @@ def is_database_outage(exc: BaseException) -> bool:
     return isinstance(exc, sa.exc.DBAPIError) and exc.connection_invalidated
 
 
+def is_disk_full(exc: BaseException) -> bool:
+    """True when the database could not write for lack of space (SQLite's SQLITE_FULL, PostgreSQL's 53100)."""
+    orig = getattr(exc, "orig", None)
+    if getattr(orig, "sqlstate", None) == "53100" or getattr(orig, "pgcode", None) == "53100":
+        return True
+    return "database or disk is full" in str(orig or exc)
+
+
 def error_summary(exc: BaseException) -> str:
     """The first line of a database error's message (the full text repeats the SQL and a link), for one-line logs
     and start-up errors."""

@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import json
+import logging
+from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
@@ -13,21 +14,26 @@ from fastapi.responses import FileResponse, JSONResponse
 
 from orfeas.api.deps import Services, get_services
 from orfeas.api.errors import status_for
-from orfeas.api.routes.jobs import checked_id, parse_json_object, result_file_response
+from orfeas.api.routes.jobs import JOB_ID, checked_id, parse_json_object, result_file_response
 from orfeas.api.schemas import AgentJob, JobView, SubmittedJobs, job_json
 from orfeas.errors import InvalidImage, InvalidOptions, OrfeasError
+from orfeas.limits import parse_json
 from orfeas.options import GenerateOptions
-from orfeas.service.agents import rate_limit_headers
+from orfeas.service.agents import AgentRequestRefused, rate_limit_headers
 from orfeas.service.auth import Principal, agent_principal
 from orfeas.service.jobs import Upload
 from orfeas.store.agents import AgentRecord
-from orfeas.store.jobs import JobNotFound, JobRecord
+from orfeas.store.db import is_database_outage
+from orfeas.store.jobs import JobRecord
 
 router = APIRouter(prefix="/api/agent", tags=["agent"])
+logger = logging.getLogger(__name__)
+MAX_AUDIT_DETAIL = 1000
 
 
 class AgentRequest:
-    """An authenticated agent request: who sent it, its parsed body and its rate-limit headers."""
+    """An authenticated agent request: who sent it, its parsed body, its rate-limit headers and, once the route has
+    run, what to audit (the jobs it touched)."""
 
     def __init__(self, agent: AgentRecord, headers: dict[str, str], body: bytes, request: Request):
         self.agent = agent
@@ -35,12 +41,18 @@ class AgentRequest:
         self.headers = headers
         self.body = body
         self.request = request
+        self.job_ids: list[str] = []
 
 
-def authenticated(operation: str):
-    """A dependency that verifies the signature for `operation` and audits refusals."""
+def authenticated(operation: str, success: int = 200):
+    """A dependency that verifies the signature for `operation` and writes exactly one audit row per request:
+    the refusal, or once the route has answered, its real status (`success` or the error's)."""
 
-    async def verify(request: Request, services: Annotated[Services, Depends(get_services)]) -> AgentRequest:
+    async def verify(
+        request: Request, services: Annotated[Services, Depends(get_services)]
+    ) -> AsyncIterator[AgentRequest]:
+        address = request.client.host if request.client else ""
+        services.refusals.check(address)
         body = await request.body()
         try:
             agent, admission = await asyncio.to_thread(
@@ -52,22 +64,67 @@ def authenticated(operation: str):
                 body,
                 operation,
             )
-        except OrfeasError as exc:
-            known = getattr(exc, "agent", None)
-            await asyncio.to_thread(
-                services.agents.audit,
-                key_id=request.headers.get("x-orfeas-key", ""),
-                operation=operation,
-                outcome=status_for(exc),
-                agent_id=known.id if known else None,
-                detail=str(exc),
-            )
+        except AgentRequestRefused as exc:
+            await _audit_refusal(services, exc, operation, address)
             raise
         headers = rate_limit_headers(admission)
         request.state.rate_limit_headers = headers  # error responses to this request carry them too
-        return AgentRequest(agent, headers, body, request)
+        call = AgentRequest(agent, headers, body, request)
+        outcome, detail = success, None
+        try:
+            yield call
+        except OrfeasError as exc:
+            outcome, detail = status_for(exc), str(exc)
+            raise
+        except Exception as exc:
+            outcome, detail = (503 if is_database_outage(exc) else 500), type(exc).__name__
+            raise
+        finally:
+            await asyncio.to_thread(_audit, services, call, operation, outcome, detail)
 
     return verify
+
+
+def _audit(services: Services, call: AgentRequest, operation: str, outcome: int, detail: str | None) -> None:
+    """One audit row for an admitted request; a failing audit write is logged, never the request's failure."""
+    if len(call.job_ids) > 1:
+        detail = f"{len(call.job_ids)} jobs: {', '.join(call.job_ids)}"
+    job_id = call.job_ids[0] if len(call.job_ids) == 1 else None
+    try:
+        services.agents.audit(
+            agent_id=call.agent.id,
+            key_id=call.agent.key_id,
+            operation=operation,
+            job_id=job_id,
+            outcome=outcome,
+            detail=_storable(detail),
+        )
+    except Exception:
+        logger.exception("could not audit %s by agent %s", operation, call.agent.name)
+
+
+async def _audit_refusal(services: Services, exc: AgentRequestRefused, operation: str, address: str) -> None:
+    """Audit a refused request unless its key id's refusals are being counted rather than recorded."""
+    skipped = services.refusals.refused(address, exc.key_id or "")
+    if skipped is None:
+        return
+    detail = str(exc) + (f" ({skipped} more refusals of this key id not recorded one by one)" if skipped else "")
+    try:
+        await asyncio.to_thread(
+            services.agents.audit,
+            key_id=exc.key_id or "",
+            operation=operation,
+            outcome=status_for(exc),
+            agent_id=exc.agent.id if exc.agent else None,
+            detail=_storable(detail),
+        )
+    except Exception:
+        logger.exception("could not audit a refused %s request", operation)
+
+
+def _storable(detail: str | None) -> str | None:
+    """Audit text without NUL (PostgreSQL refuses it) and of bounded length."""
+    return None if detail is None else detail.replace("\x00", "\\0")[:MAX_AUDIT_DETAIL]
 
 
 def signed_path(request: Request) -> str:
@@ -78,23 +135,23 @@ def signed_path(request: Request) -> str:
 
 @router.post("/generate-3d", status_code=202, response_model=AgentJob)
 async def generate_3d(
-    call: Annotated[AgentRequest, Depends(authenticated("generate"))],
+    call: Annotated[AgentRequest, Depends(authenticated("generate", success=202))],
     services: Annotated[Services, Depends(get_services)],
 ) -> JSONResponse:
     """One image (JSON with base64 data, or multipart field `image`) plus options → 202 with the job."""
     uploads, options = await _read_submission(call, services, many=False)
-    jobs = await _submit(call, services, "generate", uploads, options)
+    jobs = await _submit(call, services, uploads, options)
     return JSONResponse({"job": _agent_view(jobs[0], call.principal)}, status_code=202, headers=call.headers)
 
 
 @router.post("/batch", status_code=202, response_model=SubmittedJobs)
 async def batch(
-    call: Annotated[AgentRequest, Depends(authenticated("batch"))],
+    call: Annotated[AgentRequest, Depends(authenticated("batch", success=202))],
     services: Annotated[Services, Depends(get_services)],
 ) -> JSONResponse:
     """Up to `max_agent_batch` images → 202 with one job per image (they go to the batching worker together)."""
     uploads, options = await _read_submission(call, services, many=True)
-    jobs = await _submit(call, services, "batch", uploads, options)
+    jobs = await _submit(call, services, uploads, options)
     return JSONResponse(
         {"jobs": [_agent_view(job, call.principal) for job in jobs]}, status_code=202, headers=call.headers
     )
@@ -107,7 +164,7 @@ async def status(
     services: Annotated[Services, Depends(get_services)],
 ) -> JSONResponse:
     """Status, progress and result URLs of one of this agent's jobs."""
-    job = await asyncio.to_thread(_own_job, services, call, job_id, "status")
+    job = await asyncio.to_thread(_own_job, services, call, job_id)
     return JSONResponse(_agent_view(job, call.principal), headers=call.headers)
 
 
@@ -118,55 +175,25 @@ async def download(
     call: Annotated[AgentRequest, Depends(authenticated("download"))],
     services: Annotated[Services, Depends(get_services)],
 ) -> FileResponse:
-    job = await asyncio.to_thread(_own_job, services, call, job_id, "download")
+    job = await asyncio.to_thread(_own_job, services, call, job_id)
     response = result_file_response(services, job, fmt)
     response.headers.update(call.headers)
     return response
 
 
-def _own_job(services: Services, call: AgentRequest, job_id: str, operation: str) -> JobRecord:
+def _own_job(services: Services, call: AgentRequest, job_id: str) -> JobRecord:
     """The job if this agent owns it; another agent's job is indistinguishable from a missing one (404)."""
-    try:
-        job = services.jobs.get(checked_id(job_id), call.principal)
-    except JobNotFound as exc:
-        services.agents.audit(
-            agent_id=call.agent.id, key_id=call.agent.key_id, operation=operation, outcome=404, detail=str(exc)
-        )
-        raise
-    services.agents.audit(
-        agent_id=call.agent.id, key_id=call.agent.key_id, operation=operation, job_id=job.id, outcome=200
-    )
-    return job
+    if JOB_ID.fullmatch(job_id):
+        call.job_ids.append(job_id)
+    return services.jobs.get(checked_id(job_id), call.principal)
 
 
 async def _submit(
-    call: AgentRequest, services: Services, operation: str, uploads: list[Upload], options: GenerateOptions
+    call: AgentRequest, services: Services, uploads: list[Upload], options: GenerateOptions
 ) -> list[JobRecord]:
-    agent = call.agent
     idempotency_key = call.request.headers.get("idempotency-key")
-    try:
-        jobs, _created = await asyncio.to_thread(
-            services.jobs.submit, uploads, options, call.principal, idempotency_key
-        )
-    except OrfeasError as exc:
-        await asyncio.to_thread(
-            services.agents.audit,
-            agent_id=agent.id,
-            key_id=agent.key_id,
-            operation=operation,
-            outcome=status_for(exc),
-            detail=str(exc),
-        )
-        raise
-    for job in jobs:
-        await asyncio.to_thread(
-            services.agents.audit,
-            agent_id=agent.id,
-            key_id=agent.key_id,
-            operation=operation,
-            job_id=job.id,
-            outcome=202,
-        )
+    jobs, _created = await asyncio.to_thread(services.jobs.submit, uploads, options, call.principal, idempotency_key)
+    call.job_ids = [job.id for job in jobs]
     return jobs
 
 
@@ -180,10 +207,7 @@ async def _read_submission(call: AgentRequest, services: Services, many: bool) -
         options_field = form.get("options")
         raw_options = parse_json_object(options_field if isinstance(options_field, str) else "{}", "options")
     else:
-        try:
-            payload = json.loads(call.body or b"{}")
-        except json.JSONDecodeError as exc:
-            raise InvalidOptions(f"body is not valid JSON: {exc}") from None
+        payload = parse_json(call.body or b"{}", "body", max_bytes=services.settings.max_upload_bytes)
         if not isinstance(payload, dict):
             raise InvalidOptions("body must be a JSON object")
         items = payload.get("images", []) if many else [payload] if "image" in payload else []

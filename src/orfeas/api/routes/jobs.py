@@ -3,31 +3,30 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import re
-import time
+from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, File, Form, Header, Query, UploadFile, WebSocket, WebSocketDisconnect
 from fastapi.responses import FileResponse, JSONResponse
-from sqlalchemy.exc import DBAPIError
+from websockets.exceptions import ConnectionClosed
 
 from orfeas.api.deps import Services, get_services
+from orfeas.api.progress import DatabaseGone, ProgressHub
 from orfeas.api.schemas import JobList, JobView, SubmittedJobs, job_json
 from orfeas.api.security import caller, websocket_caller
 from orfeas.errors import InvalidOptions, OrfeasError
-from orfeas.options import GenerateOptions
+from orfeas.limits import parse_json
+from orfeas.options import MAX_GENERATOR_OPTIONS_BYTES, GenerateOptions
 from orfeas.pipeline.export import FORMATS
 from orfeas.service.auth import Principal
 from orfeas.service.jobs import Upload
-from orfeas.store.db import is_database_outage
 from orfeas.store.jobs import JobNotFound, JobRecord
 
 router = APIRouter(prefix="/api/jobs", tags=["jobs"])
 Caller = Annotated[Principal, Depends(caller)]
 JOB_ID = re.compile(r"[0-9a-f]{32}")
 FINISHED = {"succeeded", "failed", "canceled"}
-OUTAGE_SECONDS = 60.0  # how long a progress socket waits for an unreachable database before it gives up
 MEDIA_TYPES = {
     "glb": "model/gltf-binary",
     "obj": "application/zip",
@@ -87,7 +86,7 @@ def list_jobs(
     services: Annotated[Services, Depends(get_services)],
     principal: Caller,
     limit: Annotated[int, Query(ge=1, le=200)] = 20,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
     status: Annotated[str | None, Query(pattern="^(queued|running|succeeded|failed|canceled)$")] = None,
 ) -> JSONResponse:
     """Your jobs (an admin: everyone's), newest first."""
@@ -142,67 +141,93 @@ def preview(job_id: str, services: Annotated[Services, Depends(get_services)], p
 async def job_events(websocket: WebSocket, job_id: str) -> None:
     """Progress events {status, progress, stage, ...} from the current state until the job ends.
 
-    The socket polls the job's row (one primary-key read per `poll_seconds / 2`), so it sees progress written by a
-    worker anywhere in the cluster, whichever API server took the job; see docs/BENCHMARKS.md for the cost. While the
-    database is unreachable it keeps waiting, and gives up with an error event after OUTAGE_SECONDS.
+    All sockets following one job in this API process share one poller of its row (see api/progress.py), so a
+    socket sees progress written by a worker anywhere in the cluster at the cost of one read per job, not per
+    socket. Sockets per client address and in total are capped (close code 1013: try again later).
     """
     services: Services = websocket.app.state.services
+    hub: ProgressHub = websocket.app.state.progress
     try:
         principal = await websocket_caller(websocket)
     except OrfeasError as exc:
         await websocket.close(code=4401, reason=str(exc))
         return
-    await websocket.accept()
-    last = None
-    outage_since: float | None = None
+    client = websocket.client.host if websocket.client else ""
+    refusal = hub.admit(client)
+    if refusal is not None:
+        await websocket.close(code=1013, reason=refusal)
+        return
     try:
-        while True:
-            try:
-                job = await asyncio.to_thread(services.jobs.get, checked_id(job_id), principal)
-            except JobNotFound as exc:
-                await websocket.send_json({"type": "error", "error": {"type": "JobNotFound", "message": str(exc)}})
-                await websocket.close(code=4404)
-                return
-            except DBAPIError as exc:
-                if not is_database_outage(exc):
-                    raise
-                outage_since = outage_since or time.monotonic()
-                if time.monotonic() - outage_since > OUTAGE_SECONDS:
-                    message = "the job database is unavailable; reconnect later"
-                    await websocket.send_json(
-                        {"type": "error", "error": {"type": "ServiceUnavailable", "message": message}}
-                    )
-                    await websocket.close(code=1011)
-                    return
-                await asyncio.sleep(1.0)
-                continue
-            outage_since = None
-            event = {
-                "type": "progress",
-                "job_id": job.id,
-                "status": job.status,
-                "progress": job.progress,
-                "stage": job.stage,
-                "error": job.error,
-            }
-            if event != last:
-                await websocket.send_json(event)
-                last = event
-            if job.status in FINISHED:
-                await websocket.send_json({"type": "end", **await asyncio.to_thread(view, services, principal, job)})
+        await websocket.accept()
+        await _send_progress(websocket, services, hub, principal, job_id)
+    except (WebSocketDisconnect, ConnectionClosed, OSError):  # the client left mid-send
+        return
+    finally:
+        hub.release(client)
+
+
+async def _send_progress(
+    websocket: WebSocket, services: Services, hub: ProgressHub, principal: Principal, job_id: str
+) -> None:
+    try:
+        job = await asyncio.to_thread(services.jobs.get, checked_id(job_id), principal)
+    except JobNotFound as exc:
+        await websocket.send_json({"type": "error", "error": {"type": "JobNotFound", "message": str(exc)}})
+        await websocket.close(code=4404)
+        return
+    disconnected = asyncio.create_task(_until_disconnect(websocket))
+    try:
+        async for current in _racing(hub.updates(job), disconnected):
+            await websocket.send_json(
+                {
+                    "type": "progress",
+                    "job_id": current.id,
+                    "status": current.status,
+                    "progress": current.progress,
+                    "stage": current.stage,
+                    "error": current.error,
+                }
+            )
+            if current.status in FINISHED:
+                end = await asyncio.to_thread(view, services, principal, current)
+                await websocket.send_json({"type": "end", **end})
                 await websocket.close()
                 return
-            await asyncio.sleep(services.settings.poll_seconds / 2)
-    except WebSocketDisconnect:
-        return
+    except DatabaseGone:
+        message = "the job database is unavailable; reconnect later"
+        await websocket.send_json({"type": "error", "error": {"type": "ServiceUnavailable", "message": message}})
+        await websocket.close(code=1011)
+    finally:
+        disconnected.cancel()
+
+
+async def _until_disconnect(websocket: WebSocket) -> None:
+    """Returns when the client goes away (clients send nothing on this socket)."""
+    while (await websocket.receive())["type"] != "websocket.disconnect":
+        pass
+
+
+async def _racing(updates: AsyncIterator[JobRecord], stop: asyncio.Task) -> AsyncIterator[JobRecord]:
+    """The items of `updates` until `stop` finishes (the client left), whichever comes first."""
+    try:
+        while True:
+            following = asyncio.ensure_future(anext(updates))
+            done, _ = await asyncio.wait({following, stop}, return_when=asyncio.FIRST_COMPLETED)
+            if following not in done:
+                following.cancel()
+                await asyncio.gather(following, return_exceptions=True)
+                return
+            try:
+                yield following.result()
+            except StopAsyncIteration:
+                return
+    finally:
+        await updates.aclose()
 
 
 def parse_json_object(text: str, field: str) -> dict[str, Any]:
-    """A form field holding a JSON object; InvalidOptions (422) naming the field when it is not one."""
-    try:
-        value = json.loads(text or "{}")
-    except json.JSONDecodeError as exc:
-        raise InvalidOptions(f"{field} is not valid JSON: {exc}") from None
+    """A form field holding a small JSON object; InvalidOptions (422) naming the field when it is not one."""
+    value = parse_json(text or "{}", field, max_bytes=MAX_GENERATOR_OPTIONS_BYTES)
     if not isinstance(value, dict):
         raise InvalidOptions(f"{field} must be a JSON object")
     return value
