@@ -95,6 +95,7 @@ bench: setup
 	$(BIN)/python bench/agents_load.py --write docs/BENCHMARKS.md
 	$(BIN)/python bench/extract_bench.py --write docs/BENCHMARKS.md
 	$(BIN)/python bench/cluster_bench.py --write docs/BENCHMARKS.md
+	$(BIN)/python bench/quality_bench.py --write docs/BENCHMARKS.md
 
 clean:
 	rm -rf out .pytest_cache .ruff_cache
