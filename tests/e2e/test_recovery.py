@@ -3,23 +3,31 @@
 from __future__ import annotations
 
 import io
+import json
+import signal
 import sqlite3
 import time
 
 from PIL import Image
 
-from tests.e2e.server import Server, wait_for
+from orfeas.store.db import sqlite_url
+from tests.e2e.server import TEST_GENERATORS, Server, WorkerProcess, wait_for
 from tests.synthetic import EXAMPLES
 
 CHAIR = (EXAMPLES / "chair.png").read_bytes()
 
 
-def red_square() -> bytes:
-    image = Image.new("RGBA", (256, 256), (0, 0, 0, 0))
-    image.paste((230, 20, 20, 255), (64, 64, 192, 192))
+def square(colour: tuple[int, int, int], size: int = 256) -> bytes:
+    """A coloured square cut-out on a transparent background (no background removal needed)."""
+    image = Image.new("RGBA", (size, size), (0, 0, 0, 0))
+    image.paste((*colour, 255), (size // 4, size // 4, 3 * size // 4, 3 * size // 4))
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+def red_square() -> bytes:
+    return square((230, 20, 20))
 
 
 def succeeded_events(data_dir) -> dict[str, int]:
@@ -85,3 +93,63 @@ def test_out_of_memory_splits_the_batch_and_fails_only_the_job_that_cannot_fit(t
     assert all(job["result"]["batch_size"] <= 2 for job in others)
     log = server.log.read_text()
     assert "splitting the batch" in log
+
+
+def queued_details(data_dir, job_id: str) -> list[str | None]:
+    with sqlite3.connect(data_dir / "orfeas.db") as db:
+        rows = db.execute("SELECT detail FROM job_events WHERE job_id = ? AND status = 'queued' ORDER BY id", (job_id,))
+        return [detail for (detail,) in rows.fetchall()]
+
+
+def test_a_job_that_kills_every_worker_fails_alone_and_the_jobs_of_its_batches_succeed(tmp_path):
+    data = tmp_path / "data"
+    generators = {**json.loads(TEST_GENERATORS), "crash": "tests.crash_generators:crash_on_red"}
+    env = {
+        "ORFEAS_GENERATORS": json.dumps(generators),
+        "ORFEAS_MAX_BATCH": "4",
+        "ORFEAS_MAX_ATTEMPTS": "2",
+        "ORFEAS_LEASE_SECONDS": "3",
+        "ORFEAS_HEARTBEAT_SECONDS": "0.5",
+    }
+    server = Server(data, env=env, args=("--no-worker",)).start()
+    worker = WorkerProcess(data, sqlite_url(data), server.env, data / "worker.log")
+    blue = square((40, 120, 220))
+    deaths = []
+    try:
+        with server.client() as client:
+            files = [("image", (f"blue{i}.png", blue, "image/png")) for i in range(5)]
+            files.insert(3, ("image", ("red.png", red_square(), "image/png")))
+            form = {"backend": "crash", "faces": "1000", "resolution": "64"}
+            first = client.post("/api/jobs", files=files, data=form).json()["jobs"]
+            later_files = [("image", (f"late{i}.png", blue, "image/png")) for i in range(3)]
+            later = client.post("/api/jobs", files=later_files, data=form).json()["jobs"]
+            ids = [job["id"] for job in first + later]
+            worker.start()
+            deadline = time.monotonic() + 180
+            while True:  # a supervisor: restart the worker whenever it dies (systemd Restart=always, Kubernetes)
+                views = [client.get(f"/api/jobs/{job_id}").json() for job_id in ids]
+                if all(view["status"] in ("succeeded", "failed", "canceled") for view in views):
+                    break
+                if worker.process.poll() is not None:
+                    deaths.append(worker.process.returncode)
+                    worker.start()
+                assert time.monotonic() < deadline, [view["status"] for view in views]
+                time.sleep(0.1)
+    finally:
+        worker.stop()
+        server.stop()
+
+    by_name = {view["input_name"]: view for view in views}
+    red = by_name.pop("red.png")
+    assert red["status"] == "failed"
+    assert red["error"] == "worker stopped responding 2 times while running this job alone"
+    assert {name: view["status"] for name, view in by_name.items()} == dict.fromkeys(by_name, "succeeded")
+    # The batch of 4 died, then the half holding red (2), then red alone, twice (ORFEAS_MAX_ATTEMPTS).
+    assert deaths == [-signal.SIGKILL] * 4
+    assert queued_details(data, red["id"]) == [
+        None,
+        "lease expired (batch of 4, retried in halves)",
+        "lease expired (batch of 2, retried in halves)",
+        "lease expired",
+    ]
+    assert [by_name[f"blue{i}.png"]["result"]["batch_size"] for i in range(3)] == [2, 2, 1]  # retried in halves
