@@ -1,6 +1,12 @@
 // The ORFEAS JSON API as the studio uses it. Every call throws ApiError with the server's message on failure.
 
-export class ApiError extends Error {}
+export class ApiError extends Error {
+  /** `status` is the HTTP status, 0 when the server could not be reached. */
+  constructor(message, status = 0) {
+    super(message);
+    this.status = status;
+  }
+}
 
 const UNSAFE = new Set(["POST", "PUT", "PATCH", "DELETE"]);
 
@@ -32,7 +38,7 @@ async function request(path, init = {}) {
     } catch {
       // not JSON: keep the status line
     }
-    throw new ApiError(message);
+    throw new ApiError(message, response.status);
   }
   return response;
 }

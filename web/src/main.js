@@ -1,54 +1,41 @@
 // The ORFEAS studio: pick images, see their cut-outs, generate models, follow the jobs, view and download results.
 
 import * as api from "./api.js";
+import { endReason, plural, stageLabel } from "./describe.js";
 import { FINISHED, followJob } from "./follow.js";
+import { History } from "./history.js";
 import { Monitor } from "./monitor.js";
+import { Selection } from "./selection.js";
 import { Viewer } from "./viewer.js";
 
-const ACCEPTED = new Set(["image/png", "image/jpeg", "image/webp"]);
-const HISTORY_LIMIT = 30;
 const $ = (id) => document.getElementById(id);
 
-const state = { files: [], disconnected: new Set(), jobs: new Map() };
+const state = {
+  disconnected: new Set(),
+  jobs: new Map(),
+  limits: {}, // {faces: {minimum, maximum, default}, resolution: {...}} from GET /api/generators
+  viewedAt: 0, // when the person last opened a model themselves (a finished job then does not replace it)
+};
 let viewer = null;
+let selection = null;
+let history = null;
 
 // ---- images and cut-outs
 
-function chooseFiles(files) {
-  state.files = [...files].filter((file) => ACCEPTED.has(file.type));
-  $("generate").disabled = state.files.length === 0;
-  showCutouts(state.files);
-}
-
-async function showCutouts(files) {
-  const previews = $("cutout-previews");
-  previews.replaceChildren();
-  for (const file of files) {
-    const figure = document.createElement("figure");
-    figure.className = "cutout-preview";
-    const caption = document.createElement("figcaption");
-    caption.textContent = file.name;
-    const pending = document.createElement("p");
-    pending.className = "hint";
-    pending.textContent = "cutting out…";
-    figure.append(pending, caption);
-    previews.append(figure);
-    try {
-      const img = document.createElement("img");
-      img.className = "cutout";
-      img.alt = `Cut-out of ${file.name}`;
-      img.src = await api.cutout(file);
-      pending.replaceWith(img);
-    } catch (err) {
-      pending.className = "error cutout-error";
-      pending.textContent = `Cut-out failed: ${err.message}`;
-    }
-  }
+function updateGenerateButton() {
+  const count = selection.sendable().length;
+  const button = $("generate");
+  button.disabled = count === 0;
+  button.textContent = count > 1 ? `Generate ${count} models` : "Generate";
 }
 
 function setUpDropZone() {
   const zone = $("drop-zone");
   const input = $("file-input");
+  const choose = (files) => {
+    showFormError("");
+    selection.add(files);
+  };
   zone.addEventListener("click", (event) => {
     if (event.target !== input) input.click();
   });
@@ -58,7 +45,10 @@ function setUpDropZone() {
       input.click();
     }
   });
-  input.addEventListener("change", () => chooseFiles(input.files));
+  input.addEventListener("change", () => {
+    choose(input.files);
+    input.value = ""; // choosing the same file again, after removing it, fires `change` again
+  });
   zone.addEventListener("dragover", (event) => {
     event.preventDefault();
     zone.classList.add("dragging");
@@ -67,7 +57,7 @@ function setUpDropZone() {
   zone.addEventListener("drop", (event) => {
     event.preventDefault();
     zone.classList.remove("dragging");
-    chooseFiles(event.dataTransfer.files);
+    choose(event.dataTransfer.files);
   });
 }
 
@@ -78,10 +68,17 @@ async function loadGenerators() {
   const defaults = new Map();
   try {
     const listing = await api.generators();
+    const unavailable = [];
     for (const generator of listing.generators) {
-      select.append(new Option(generator.name, generator.name, false, generator.name === listing.default));
+      const label = generator.available ? generator.name : `${generator.name} (not ready: weights missing)`;
+      const option = new Option(label, generator.name, false, generator.name === listing.default);
+      option.disabled = !generator.available;
+      select.append(option);
       defaults.set(generator.name, generator.default_resolution);
+      if (!generator.available) unavailable.push(generator);
     }
+    showUnavailable(unavailable);
+    applyLimits(listing.limits || {});
     setConnection("server", true);
   } catch (err) {
     showFormError(`Could not load the generators: ${err.message}`);
@@ -95,6 +92,61 @@ async function loadGenerators() {
   showDefault();
 }
 
+/** Under the generator list: which generators cannot run yet, and (opened) where their weights go. */
+function showUnavailable(generators) {
+  const hint = $("backend-hint");
+  hint.hidden = !generators.length;
+  const names = generators.map((generator) => generator.name).join(", ");
+  hint.querySelector("summary").textContent =
+    `${names} ${generators.length === 1 ? "is" : "are"} not ready on this server: weights missing (where to put them)`;
+  hint.querySelector("ul").replaceChildren(
+    ...generators.map((generator) => {
+      const li = document.createElement("li");
+      li.textContent = `${generator.name}: ${generator.reason}`;
+      return li;
+    }),
+  );
+}
+
+/** Put the server's bounds on the number fields and say them in the hints. */
+function applyLimits(limits) {
+  state.limits = limits;
+  const fields = { resolution: $("opt-resolution"), faces: $("opt-faces") };
+  for (const [name, input] of Object.entries(fields)) {
+    const bounds = limits[name];
+    if (!bounds) continue;
+    if (bounds.minimum != null) input.min = bounds.minimum;
+    if (bounds.maximum != null) input.max = bounds.maximum;
+    if (bounds.default != null && !input.value) input.value = bounds.default;
+  }
+  const range = (bounds) => `${Number(bounds.minimum).toLocaleString("en")}–${Number(bounds.maximum).toLocaleString("en")}`;
+  if (limits.resolution) $("resolution-hint").textContent = `${range(limits.resolution)}; empty: the generator's default`;
+  if (limits.faces) $("faces-hint").textContent = range(limits.faces);
+}
+
+/** The first problem with a number field against the server's bounds, marking the field; "" when all are fine. */
+function checkNumbers() {
+  const checks = [
+    ["resolution", $("opt-resolution"), "Resolution"],
+    ["faces", $("opt-faces"), "Faces"],
+  ];
+  let problem = "";
+  for (const [name, input, label] of checks) {
+    const text = input.value.trim();
+    const bounds = state.limits[name] || {};
+    let message = "";
+    if (text === "" && name === "faces") message = `${label}: enter a number`;
+    else if (text !== "" && !/^\d+$/.test(text)) message = `${label}: enter a whole number`;
+    else if (text !== "" && bounds.minimum != null && Number(text) < bounds.minimum)
+      message = `${label}: at least ${Number(bounds.minimum).toLocaleString("en")}`;
+    else if (text !== "" && bounds.maximum != null && Number(text) > bounds.maximum)
+      message = `${label}: at most ${Number(bounds.maximum).toLocaleString("en")}`;
+    input.setAttribute("aria-invalid", String(Boolean(message)));
+    problem ||= message;
+  }
+  return problem;
+}
+
 function showFormError(message) {
   const error = $("form-error");
   error.textContent = message;
@@ -104,15 +156,18 @@ function showFormError(message) {
 async function generate(event) {
   event.preventDefault();
   showFormError("");
+  const files = selection.sendable();
   const formats = [...document.querySelectorAll("input[name=format]:checked")].map((box) => box.value);
-  if (!state.files.length) return showFormError("Choose at least one image.");
+  if (!files.length) return showFormError("Choose at least one image.");
   if (!formats.length) return showFormError("Choose at least one format.");
+  const problem = checkNumbers();
+  if (problem) return showFormError(problem);
   const form = new FormData();
-  for (const file of state.files) form.append("image", file, file.name);
+  for (const file of files) form.append("image", file, file.name);
   form.append("backend", $("opt-backend").value);
   const resolution = $("opt-resolution").value.trim();
   if (resolution) form.append("resolution", resolution);
-  form.append("faces", $("opt-faces").value || "50000");
+  form.append("faces", $("opt-faces").value.trim());
   form.append("texture", $("opt-texture").checked ? "true" : "false");
   form.append("formats", formats.join(","));
   form.append("seed", "0");
@@ -121,30 +176,36 @@ async function generate(event) {
   button.disabled = true;
   try {
     const { jobs } = await api.submitJobs(form);
-    for (const job of jobs) trackJob(job);
-    refreshHistory();
+    selection.clearSent(); // a second click must not send the same images again
+    const submittedAt = Date.now();
+    const rows = jobs.map((job) => trackJob(job, submittedAt));
+    rows.at(-1)?.scrollIntoView({ block: "nearest", behavior: "smooth" }); // the newest row, on top of the list
+    history.refresh();
   } catch (err) {
     showFormError(`Could not submit: ${err.message}`);
   } finally {
-    button.disabled = state.files.length === 0;
+    updateGenerateButton();
   }
 }
 
-// ---- jobs
+// ---- jobs sent from this page
 
-function trackJob(job) {
+function trackJob(job, submittedAt) {
   const item = renderJob(job);
   $("jobs").prepend(item);
   state.jobs.set(job.id, item);
-  if (FINISHED.has(job.status)) return;
+  if (FINISHED.has(job.status)) return item;
   followJob(job, {
     onUpdate: (update) => updateJob(item, update),
     onEnd: (final) => {
       updateJob(item, final);
-      refreshHistory();
+      history.refresh();
+      // show the new model unless the person opened another one since sending this job
+      if (final.status === "succeeded" && final.result_urls?.glb && state.viewedAt < submittedAt) showModel(final);
     },
     onConnection: (connected) => setConnection(job.id, connected),
   });
+  return item;
 }
 
 function renderJob(job) {
@@ -182,13 +243,17 @@ function updateJob(li, job) {
   li.job = merged;
   li.dataset.status = merged.status || "";
   li.querySelector(".job-status").textContent = merged.status || "";
-  li.querySelector(".job-stage").textContent = merged.stage || "";
+  const ended = merged.status === "failed" || merged.status === "canceled";
+  // a job that ended without a model shows why, not the progress it had reached
+  li.querySelector(".job-stage").textContent = FINISHED.has(merged.status) ? "" : stageLabel(merged.stage);
   const progress = li.querySelector(".job-progress");
+  progress.hidden = ended;
   progress.value = merged.status === "succeeded" ? 100 : Number(merged.progress) || 0;
-  progress.setAttribute("aria-valuetext", `${progress.value}%${merged.stage ? `, ${merged.stage}` : ""}`);
+  progress.setAttribute("aria-valuetext", `${progress.value}%${merged.stage ? `, ${stageLabel(merged.stage)}` : ""}`);
   const error = li.querySelector(".job-error");
-  error.textContent = merged.error || "";
-  error.hidden = !merged.error;
+  const reason = ended ? endReason(merged) : merged.error || "";
+  error.textContent = reason;
+  error.hidden = !reason;
   const cancel = li.querySelector(".cancel");
   if (cancel && FINISHED.has(merged.status)) cancel.remove();
   // a progress event says "succeeded" before the end message brings the result URLs
@@ -203,7 +268,7 @@ function addResultActions(li, job) {
   view.className = "view";
   view.textContent = "View";
   if (job.result_urls?.glb) {
-    view.addEventListener("click", () => showModel(job));
+    view.addEventListener("click", () => openModel(job));
   } else {
     view.disabled = true;
     view.title = "Ask for GLB to view the model here";
@@ -232,6 +297,15 @@ function setConnection(key, connected) {
 
 // ---- viewer
 
+/** The person asked for this model (View, a History tile): show it and bring the viewer on screen. */
+function openModel(job) {
+  state.viewedAt = Date.now();
+  const card = $("viewer").closest(".card");
+  const box = card.getBoundingClientRect();
+  if (box.top < 0 || box.bottom > window.innerHeight) card.scrollIntoView({ block: "start", behavior: "smooth" });
+  return showModel(job);
+}
+
 async function showModel(job) {
   const message = $("viewer").querySelector(".viewer-message");
   if (!viewer) {
@@ -244,81 +318,52 @@ async function showModel(job) {
     await viewer.load(job.result_urls.glb);
     message.textContent = "";
     const faces = job.result?.faces;
-    $("face-count").textContent = faces == null ? "" : `${Number(faces).toLocaleString("en")} faces`;
+    $("face-count").textContent = faces == null ? "" : plural(faces, "face");
+    $("viewer-name").textContent = job.input_name || "";
     document.body.dataset.modelLoaded = "true";
+    document.body.dataset.modelJob = job.id;
   } catch (err) {
     message.textContent = `Could not load the model: ${err.message}`;
   }
 }
 
-// ---- history
-
-async function refreshHistory() {
-  let jobs;
-  try {
-    ({ jobs } = await api.listJobs(HISTORY_LIMIT));
-  } catch {
-    return; // keep the last listing; the connection status already says what is wrong
-  }
-  $("history").replaceChildren(...jobs.map(renderHistoryItem));
-}
-
-function renderHistoryItem(job) {
-  const li = document.createElement("li");
-  li.className = "history-item";
-  li.dataset.jobId = job.id;
-  li.dataset.status = job.status;
-  const thumb = document.createElement("img");
-  thumb.className = "thumb";
-  thumb.alt = "";
-  thumb.loading = "lazy";
-  if (job.preview_url) thumb.src = job.preview_url;
-  const name = document.createElement("span");
-  name.className = "history-name";
-  name.textContent = job.input_name || job.id;
-  const status = document.createElement("span");
-  status.className = "history-status";
-  status.textContent = job.status;
-  const when = document.createElement("time");
-  when.className = "history-time hint";
-  if (job.created_at) {
-    when.dateTime = job.created_at;
-    when.textContent = new Date(job.created_at).toLocaleString();
-  }
-  li.append(thumb, name, status, when);
-  if (job.status === "succeeded" && job.result_urls?.glb) {
-    li.tabIndex = 0;
-    li.setAttribute("role", "button");
-    li.setAttribute("aria-label", `View ${name.textContent}`);
-    li.addEventListener("click", () => showModel(job));
-    li.addEventListener("keydown", (event) => {
-      if (event.key === "Enter" || event.key === " ") {
-        event.preventDefault();
-        showModel(job);
-      }
-    });
-  }
-  return li;
-}
-
-// ---- tabs
+// ---- tabs: click, or arrow keys / Home / End on the tab list (one tab in the Tab order at a time)
 
 function setUpTabs(monitor) {
   const tabs = [
     [$("tab-studio"), $("studio")],
     [$("tab-monitor"), $("monitor-view")],
   ];
-  const select = (chosen) => {
+  const select = (chosen, { focus = false } = {}) => {
     for (const [tab, panel] of tabs) {
       const active = tab === chosen;
       tab.setAttribute("aria-selected", String(active));
+      tab.tabIndex = active ? 0 : -1;
       panel.hidden = !active;
     }
+    if (focus) chosen.focus();
     if (chosen.id === "tab-monitor") monitor.start();
     else monitor.stop();
     if (chosen.id === "tab-studio") viewer?.resize();
   };
-  for (const [tab] of tabs) tab.addEventListener("click", () => select(tab));
+  for (const [tab] of tabs) {
+    tab.addEventListener("click", () => select(tab));
+    tab.addEventListener("keydown", (event) => {
+      const index = tabs.findIndex(([other]) => other === tab);
+      const target = {
+        ArrowRight: (index + 1) % tabs.length,
+        ArrowDown: (index + 1) % tabs.length,
+        ArrowLeft: (index - 1 + tabs.length) % tabs.length,
+        ArrowUp: (index - 1 + tabs.length) % tabs.length,
+        Home: 0,
+        End: tabs.length - 1,
+      }[event.key];
+      if (target === undefined) return;
+      event.preventDefault();
+      select(tabs[target][0], { focus: true });
+    });
+  }
+  select(tabs[0][0]);
 }
 
 // ---- who is signed in
@@ -346,13 +391,21 @@ function start() {
   } catch (err) {
     $("viewer").querySelector(".viewer-message").textContent = `3D view unavailable: ${err.message}`;
   }
+  selection = new Selection($("cutout-previews"), updateGenerateButton);
+  history = new History($("history"), $("history-more"), openModel);
   setUpDropZone();
-  $("options").addEventListener("submit", generate);
+  const form = $("options");
+  form.addEventListener("submit", generate);
+  // an error about the form goes as soon as the person changes what it was about
+  form.addEventListener("input", () => {
+    showFormError("");
+    for (const field of form.querySelectorAll("[aria-invalid=true]")) field.setAttribute("aria-invalid", "false");
+  });
   $("wireframe-toggle").addEventListener("change", (event) => viewer?.setWireframe(event.target.checked));
   setUpTabs(new Monitor($("monitor-view")));
   showUser();
   loadGenerators();
-  refreshHistory();
+  history.start();
 }
 
 start();

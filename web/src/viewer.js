@@ -1,4 +1,4 @@
-// The 3D viewer: one GLB at a time in an orbitable scene, framed to fit.
+// The 3D viewer: one GLB at a time in an orbitable scene, framed to fit; turned by mouse, touch or keyboard.
 
 import {
   Box3,
@@ -10,11 +10,27 @@ import {
   SRGBColorSpace,
   Scene,
   Sphere,
+  Spherical,
   Vector3,
   WebGLRenderer,
 } from "three";
 import { GLTFLoader } from "three/examples/jsm/loaders/GLTFLoader.js";
 import { OrbitControls } from "three/examples/jsm/controls/OrbitControls.js";
+
+const TURN_STEP = MathUtils.degToRad(15); // one arrow key press
+const ZOOM_STEP = 1.2; // one + or - press changes the distance by this factor
+// keys that turn and zoom the model; the browser's own use of them (scrolling) is prevented on the viewer
+const KEYS = {
+  ArrowLeft: (viewer) => viewer.turn(TURN_STEP, 0),
+  ArrowRight: (viewer) => viewer.turn(-TURN_STEP, 0),
+  ArrowUp: (viewer) => viewer.turn(0, TURN_STEP),
+  ArrowDown: (viewer) => viewer.turn(0, -TURN_STEP),
+  "+": (viewer) => viewer.zoom(1 / ZOOM_STEP),
+  "=": (viewer) => viewer.zoom(1 / ZOOM_STEP),
+  "-": (viewer) => viewer.zoom(ZOOM_STEP),
+  _: (viewer) => viewer.zoom(ZOOM_STEP),
+  Home: (viewer) => viewer.model && viewer.frame(),
+};
 
 export class Viewer {
   /** Builds the scene on `container`'s canvas; throws when WebGL is unavailable. */
@@ -42,8 +58,37 @@ export class Viewer {
     this.model = null;
     this.wireframe = false;
 
+    container.addEventListener("keydown", (event) => {
+      const action = KEYS[event.key];
+      if (!action || event.altKey || event.ctrlKey || event.metaKey) return;
+      event.preventDefault();
+      action(this);
+    });
+
     new ResizeObserver(() => this.resize()).observe(container);
     this.resize();
+  }
+
+  /** Orbit the camera about the target: `left` radians around the vertical axis, `up` radians towards the top. */
+  turn(left, up) {
+    const offset = this.camera.position.clone().sub(this.controls.target);
+    const spherical = new Spherical().setFromVector3(offset);
+    spherical.theta += left;
+    spherical.phi = MathUtils.clamp(spherical.phi - up, 0.01, Math.PI - 0.01);
+    offset.setFromSpherical(spherical);
+    this.camera.position.copy(this.controls.target).add(offset);
+    this.controls.update();
+    this.render();
+  }
+
+  /** Move the camera `factor` times its distance from the target, within the controls' limits. */
+  zoom(factor) {
+    const offset = this.camera.position.clone().sub(this.controls.target);
+    const { minDistance, maxDistance } = this.controls;
+    offset.setLength(MathUtils.clamp(offset.length() * factor, minDistance, maxDistance));
+    this.camera.position.copy(this.controls.target).add(offset);
+    this.controls.update();
+    this.render();
   }
 
   resize() {

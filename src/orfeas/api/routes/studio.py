@@ -10,33 +10,87 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, File, Request, UploadFile
 from fastapi.responses import FileResponse, RedirectResponse, Response
 from PIL import Image
+from pydantic import BaseModel, Field
 
 from orfeas.api.deps import Services, get_services
-from orfeas.api.schemas import GeneratorList
 from orfeas.api.security import caller
-from orfeas.errors import OrfeasError
+from orfeas.config import Settings
+from orfeas.errors import GeneratorUnavailable, OrfeasError
+from orfeas.options import GenerateOptions
 from orfeas.pipeline.background import prepare_image
 from orfeas.pipeline.generators import available_generators
+from orfeas.pipeline.generators.hunyuan import find_weights
 from orfeas.pipeline.image import load_image
 
 router = APIRouter(tags=["studio"])
 WEB = resources.files("orfeas") / "web"
 
 
-@router.get("/api/generators", response_model=GeneratorList, dependencies=[Depends(caller)])
+class StudioGenerator(BaseModel):
+    name: str
+    default_resolution: int | None
+    available: bool = Field(description="False when the generator is installed but cannot run here yet.")
+    reason: str | None = Field(None, description="Why it cannot run, and what to do (where its weights go).")
+
+
+class FieldLimits(BaseModel):
+    minimum: int | None = None
+    maximum: int | None = None
+    default: int | None = None
+
+
+class StudioGenerators(BaseModel):
+    generators: list[StudioGenerator]
+    default: str
+    limits: dict[str, FieldLimits] = Field(description="Bounds the server enforces on the numeric job options.")
+
+
+@router.get("/api/generators", response_model=StudioGenerators, dependencies=[Depends(caller)])
 def generators(services: Annotated[Services, Depends(get_services)]) -> dict[str, Any]:
-    """Generators this server can run, with their default grid resolution."""
+    """Generators this server offers, whether each can run now (weights present), and the options' bounds."""
     listing = []
     for name in available_generators(services.settings):
         generator = services.jobs.generator(name)
-        listing.append({"name": name, "default_resolution": generator.default_resolution})
-    return {"generators": listing, "default": "inflate"}
+        reason = missing_weights(name, services.settings)
+        listing.append(
+            {
+                "name": name,
+                "default_resolution": generator.default_resolution,
+                "available": reason is None,
+                "reason": reason,
+            }
+        )
+    return {"generators": listing, "default": "inflate", "limits": option_limits()}
+
+
+def missing_weights(name: str, settings: Settings) -> str | None:
+    """What keeps an installed generator from running (hunyuan3d without its weights on disk), else None."""
+    if name != "hunyuan3d":
+        return None
+    try:
+        find_weights(settings)
+    except GeneratorUnavailable as exc:
+        return str(exc)
+    return None
+
+
+def option_limits() -> dict[str, dict[str, int | None]]:
+    """The ge/le bounds and defaults of GenerateOptions' numeric fields: the form reads them instead of a copy."""
+    limits = {}
+    for name in ("resolution", "faces"):
+        field = GenerateOptions.model_fields[name]
+        bounds = {"minimum": None, "maximum": None, "default": field.default}
+        for rule in field.metadata:
+            bounds["minimum"] = getattr(rule, "ge", bounds["minimum"])
+            bounds["maximum"] = getattr(rule, "le", bounds["maximum"])
+        limits[name] = bounds
+    return limits
 
 
 @router.post("/api/cutout", responses={200: {"content": {"image/png": {}}}}, dependencies=[Depends(caller)])
 async def cutout(
     services: Annotated[Services, Depends(get_services)],
-    image: Annotated[UploadFile, File(description="One image (PNG, JPEG, WebP).")],
+    image: Annotated[UploadFile, File(description="One image (PNG, JPEG, WebP, GIF).")],
 ) -> Response:
     """The image with its background removed, cropped and centred, as the generator will see it (PNG)."""
     data = await image.read()
