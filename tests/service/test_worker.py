@@ -1,20 +1,23 @@
-"""The worker in-process, on a real SQLite store: batching, retention, progress coalescing."""
+"""The worker in-process, on a real SQLite store: batching, crash takeover, retention, orphan files, progress
+coalescing."""
 
 from __future__ import annotations
 
+import os
 import time
 
 import pytest
+import sqlalchemy as sa
 
 from orfeas.config import Settings
 from orfeas.options import GenerateOptions
 from orfeas.service.auth import LOCAL_USER
 from orfeas.service.jobs import JobService, Upload
 from orfeas.service.optimizer import MemoryProbe, ResourceOptimizer
-from orfeas.service.worker import ProgressBuffer, Worker, is_out_of_memory
+from orfeas.service.worker import ORPHAN_GRACE_SECONDS, ProgressBuffer, Worker, is_out_of_memory
 from orfeas.store.artifacts import ArtifactStore
 from orfeas.store.db import create_db_engine, sqlite_url
-from orfeas.store.jobs import JobNotFound, JobStore
+from orfeas.store.jobs import JobNotFound, JobStore, new_job_id
 from orfeas.store.migrate import init_db
 from tests.synthetic import EXAMPLES
 
@@ -69,6 +72,62 @@ def test_a_dead_workers_batch_is_taken_over_and_retried_in_halves(parts):
     assert worker.run_once() and worker.run_once() and not worker.run_once()
     for job in map(store.get, [j.id for j in jobs]):
         assert (job.status, job.result["batch_size"], job.attempts, job.solo_crashes) == ("succeeded", 2, 2, 0)
+
+
+def make_old(path, seconds: float = 2 * ORPHAN_GRACE_SECONDS) -> None:
+    past = time.time() - seconds
+    os.utime(path, (past, past))
+
+
+def test_maintenance_deletes_old_files_without_a_job_row_and_keeps_the_rest(tmp_path):
+    settings = Settings(data_dir=tmp_path)  # default retention: nothing finished is old
+    engine = create_db_engine(sqlite_url(tmp_path))
+    init_db(engine)
+    store, artifacts = JobStore(engine), ArtifactStore(tmp_path)
+    service = JobService(store, artifacts, settings)
+    worker = Worker(store, artifacts, settings, ResourceOptimizer(MemoryProbe("cpu"), max_batch=8), worker_id="w1")
+    (done,), _ = service.submit([CHAIR], GenerateOptions(resolution=64, faces=2000), LOCAL_USER)
+    worker.run_once()
+    (waiting,), _ = service.submit([CHAIR], GenerateOptions(resolution=64, faces=2000), LOCAL_USER)
+    inputs, results = artifacts.root / "inputs", artifacts.root / "results"
+    lost_input, lost_results, in_flight = new_job_id(), new_job_id(), new_job_id()
+    artifacts.save_input(lost_input, CHAIR.data)  # a refused or crashed submission: an input and no row
+    with artifacts.write_results(lost_results) as folder:  # retention cut short between the row and the files
+        (folder / "model.glb").write_bytes(b"glb")
+    artifacts.save_input(in_flight, CHAIR.data)  # saved just now, its row not yet inserted
+    partial = inputs / f".{new_job_id()}.0badcafe.tmp"  # an input write cut short by a crash
+    partial.write_bytes(b"half")
+    stranger = inputs / "README"
+    stranger.write_text("not a job file")
+    for path in (inputs / lost_input, results / lost_results, partial, stranger, inputs / done.id):
+        make_old(path)
+    make_old(results / done.id)
+    make_old(inputs / waiting.id)
+
+    worker.maintain()
+
+    assert not (inputs / lost_input).exists() and not (results / lost_results).exists() and not partial.exists()
+    assert (inputs / in_flight).exists() and stranger.exists()
+    assert (inputs / waiting.id).exists() and (inputs / done.id).exists()
+    assert artifacts.result_file(done.id, "model.glb") is not None
+    assert store.get(done.id).status == "succeeded" and store.get(waiting.id).status == "queued"
+
+
+def test_a_database_error_deletes_no_file(tmp_path):
+    settings = Settings(data_dir=tmp_path)
+    engine = create_db_engine(sqlite_url(tmp_path))
+    init_db(engine)
+    artifacts = ArtifactStore(tmp_path)
+    worker = Worker(JobStore(engine), artifacts, settings, ResourceOptimizer(MemoryProbe("cpu")), worker_id="w1")
+    orphan = new_job_id()
+    artifacts.save_input(orphan, CHAIR.data)
+    make_old(artifacts.root / "inputs" / orphan)
+    engine.dispose()
+    (tmp_path / "orfeas.db").unlink()
+    (tmp_path / "orfeas.db").mkdir()  # the database cannot be opened: every query fails
+    with pytest.raises(sa.exc.OperationalError):
+        worker.sweep_orphans()
+    assert (artifacts.root / "inputs" / orphan).exists()
 
 
 def test_progress_buffer_writes_the_latest_stage_per_job_in_one_go(parts):

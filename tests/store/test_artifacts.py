@@ -4,11 +4,14 @@ worker running on a second implementation that is not a directory."""
 from __future__ import annotations
 
 import inspect
+import os
 import tempfile
+import time
 import uuid
 import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -46,6 +49,7 @@ def test_the_directory_store_implements_every_method_of_the_interface():
         "has_result",
         "result_file",
         "delete",
+        "job_ids_stored_before",
     }
     for name in wanted:
         expected = inspect.signature(getattr(ArtifactStorage, name)).parameters
@@ -125,16 +129,60 @@ def test_delete_removes_input_results_and_interrupted_writes(storage):
     assert storage.has_result(other, "model.glb") and storage.load_input(other) == b"x"
 
 
+def age(path: Path, seconds: float) -> None:
+    """Set a file's or folder's modification time `seconds` into the past."""
+    past = time.time() - seconds
+    os.utime(path, (past, past))
+
+
+def test_jobs_stored_before_a_cutoff_are_those_with_no_newer_file(storage):
+    old_input, old_results, fresh, partial, mixed = (job_id() for _ in range(5))
+    for each in (old_input, fresh, mixed):
+        storage.save_input(each, b"x")
+    for each in (old_results, mixed):
+        with storage.write_results(each) as folder:
+            (folder / "model.glb").write_bytes(b"glb")
+    left = storage.root / "inputs" / f".{partial}.0badcafe.tmp"  # save_input killed mid-write
+    left.write_bytes(b"half")
+    staging = storage.root / "results" / f".{old_results}.deadbeef.tmp"  # write_results killed mid-write
+    staging.mkdir()
+    (storage.root / "inputs" / "notes.txt").write_text("not a job's")
+    for path in (
+        storage.root / "inputs" / old_input,
+        storage.result_dir(old_results),
+        staging,
+        left,
+        storage.root / "inputs" / "notes.txt",
+        storage.root / "inputs" / mixed,  # an old input, but results written just now
+    ):
+        age(path, 7200)
+
+    cutoff = datetime.now(UTC) - timedelta(hours=1)
+    assert storage.job_ids_stored_before(cutoff) == sorted([old_input, old_results, partial])
+    assert storage.job_ids_stored_before(datetime.now(UTC) - timedelta(hours=3)) == []
+    with pytest.raises(ValueError):
+        storage.job_ids_stored_before(datetime.now())
+    storage.delete(partial)
+    storage.delete(old_results)
+    assert not left.exists() and not staging.exists()
+    assert storage.job_ids_stored_before(cutoff) == [old_input]
+
+
 class MemoryArtifactStore:
     """A second ArtifactStorage, shaped like an object store: files live in a dict under their keys, and
     `result_file` materializes one into a local cache, as an S3 implementation would download it."""
 
     def __init__(self, cache: Path) -> None:
         self.objects: dict[str, bytes] = {}
+        self.modified: dict[str, datetime] = {}  # an object store's LastModified
         self.cache = cache
 
+    def _put(self, key: str, data: bytes) -> None:
+        self.objects[key] = data
+        self.modified[key] = datetime.now(UTC)
+
     def save_input(self, job_id: str, data: bytes) -> None:
-        self.objects[f"inputs/{job_id}"] = data
+        self._put(f"inputs/{job_id}", data)
 
     def load_input(self, job_id: str) -> bytes:
         return self.objects[f"inputs/{job_id}"]
@@ -145,10 +193,10 @@ class MemoryArtifactStore:
             yield Path(staging)
             for path in Path(staging).iterdir():
                 if not path.name.startswith("."):
-                    self.objects[f"results/{job_id}/{path.name}"] = path.read_bytes()
+                    self._put(f"results/{job_id}/{path.name}", path.read_bytes())
 
     def save_result(self, job_id: str, name: str, data: bytes) -> None:
-        self.objects[f"results/{job_id}/{name}"] = data
+        self._put(f"results/{job_id}/{name}", data)
 
     def has_result(self, job_id: str, name: str) -> bool:
         return f"results/{job_id}/{name}" in self.objects
@@ -164,7 +212,14 @@ class MemoryArtifactStore:
 
     def delete(self, job_id: str) -> None:
         for key in [k for k in self.objects if k == f"inputs/{job_id}" or k.startswith(f"results/{job_id}/")]:
-            del self.objects[key]
+            del self.objects[key], self.modified[key]
+
+    def job_ids_stored_before(self, cutoff: datetime) -> list[str]:
+        newest: dict[str, datetime] = {}
+        for key, modified in self.modified.items():
+            job = key.split("/")[1]
+            newest[job] = max(newest.get(job, modified), modified)
+        return sorted(job for job, modified in newest.items() if modified < cutoff)
 
 
 def test_the_service_and_the_worker_need_nothing_but_the_interface(tmp_path):
@@ -186,6 +241,10 @@ def test_the_service_and_the_worker_need_nothing_but_the_interface(tmp_path):
     assert zipfile.ZipFile(storage.result_file(job.id, "model.obj.zip")).namelist()[0].startswith("model")
     assert service.preview_path(done).read_bytes().startswith(b"\x89PNG")
     assert storage.has_result(job.id, "preview.png")
+    orphan = uuid.uuid4().hex
+    storage.save_input(orphan, b"a submission that died before inserting its job")
+    assert worker.sweep_orphans(grace_seconds=3600) == []  # too recent: it may be a submission in flight
+    assert worker.sweep_orphans(grace_seconds=0) == [orphan]
     worker.maintain()  # retention 0 h: the job and every one of its objects go
     assert not storage.objects
     engine.dispose()

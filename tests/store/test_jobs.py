@@ -501,6 +501,13 @@ def test_requeue_owned_returns_jobs_without_counting_an_attempt(store: JobStore)
     assert len(store.claim_batch("w2", max_jobs=2, lease_seconds=LEASE)) == 2
 
 
+def test_existing_ids_finds_the_rows_among_many_ids(store: JobStore) -> None:
+    known = ids(enqueue(store, count=3))
+    unknown = [new_job_id() for _ in range(1200)]  # more than one IN list's worth
+    assert store.existing_ids(unknown[:600] + known + unknown[600:]) == set(known)
+    assert store.existing_ids([]) == set()
+
+
 def test_count_by_status_and_queue_depth(store: JobStore) -> None:
     assert store.count_by_status() == {"queued": 0, "running": 0, "succeeded": 0, "failed": 0, "canceled": 0}
     assert store.queue_depth() == 0

@@ -39,6 +39,9 @@ logger = logging.getLogger(__name__)
 
 RESULT_STEM = "model"
 MAINTENANCE_SECONDS = 10.0  # how often the loop applies retention (and requeues expired leases, as the heartbeat does)
+ORPHAN_SWEEP_SECONDS = 600.0  # how often maintenance looks for job files without a job row (it lists every file)
+# Job files without a row are left alone this long: a submission stores its inputs first and inserts the rows after.
+ORPHAN_GRACE_SECONDS = 3600.0
 BACKOFF_FIRST_SECONDS = 0.2  # first wait after a failed loop iteration; doubles per failure in a row
 BACKOFF_MAX_SECONDS = 5.0  # bound, so a worker notices a recovered database within about 5 s
 
@@ -141,6 +144,7 @@ class Worker:
         self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.generators: dict[str, Generator] = {}  # loaded once, kept for the worker's lifetime
         self.last_beat = time.monotonic()
+        self._next_orphan_sweep = 0.0  # monotonic time; the first maintenance sweeps
         self._active: list[str] = []
         self._lock = threading.Lock()
 
@@ -251,11 +255,28 @@ class Worker:
         self._store_results(jobs, results, still_ours)
 
     def maintain(self) -> None:
-        """Return expired leases to the queue and delete results past retention."""
+        """Return expired leases to the queue, delete jobs past retention with their files, and, every
+        `ORPHAN_SWEEP_SECONDS`, the files of jobs that have no row."""
         self.requeue_expired()
         cutoff = datetime.now(UTC) - timedelta(hours=self.settings.retention_hours)
         for job_id in self.store.delete_finished_before(cutoff):
             self.artifacts.delete(job_id)
+        if time.monotonic() >= self._next_orphan_sweep:
+            self.sweep_orphans()
+            self._next_orphan_sweep = time.monotonic() + ORPHAN_SWEEP_SECONDS
+
+    def sweep_orphans(self, grace_seconds: float = ORPHAN_GRACE_SECONDS) -> list[str]:
+        """Delete the files of jobs without a row, untouched for `grace_seconds` (a submission that failed or died
+        between storing its input and inserting its job; retention interrupted between the row and the files);
+        returns their ids. A database error propagates before anything is deleted."""
+        stored = self.artifacts.job_ids_stored_before(datetime.now(UTC) - timedelta(seconds=grace_seconds))
+        known = self.store.existing_ids(stored)
+        orphans = [job_id for job_id in stored if job_id not in known]
+        for job_id in orphans:
+            self.artifacts.delete(job_id)
+        if orphans:
+            logger.info("deleted the files of jobs without a row", extra={"jobs": len(orphans), "first": orphans[0]})
+        return orphans
 
     def _generate(self, jobs: list[JobRecord]) -> tuple[list[GenerationResult], set[str]]:
         """Run the batch; returns the results and the ids of the jobs still ours (not canceled or taken over)."""

@@ -12,6 +12,9 @@ store (S3 and the like) implements the same methods next:
 - `has_result` / `result_file`: whether a result exists, and a local file to read or serve it from (an object store
   downloads it into a local cache, or the API redirects to a signed URL instead); None for unknown or unsafe names.
 - `delete`: everything of a job (retention, a lost idempotency race); missing files are fine.
+- `job_ids_stored_before`: the jobs that have files here, none written since a cutoff; with the job table it finds
+  the files no job row owns (a submission that stored its input and then failed or crashed before inserting its
+  row, retention interrupted between deleting the row and the files), which the worker's maintenance deletes.
 
 Job ids are 32 lower-case hex digits and result names have no separators or leading dot; any other value is
 refused, so no request can reach outside a job's files.
@@ -25,12 +28,15 @@ import secrets
 import shutil
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Protocol
 
 # Names a caller may ask for inside a job's folder: no separators, no leading dot.
 _SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 _JOB_ID = re.compile(r"[0-9a-f]{32}")
+# A job's entry in inputs/ or results/: the job id, or a temporary ".<id>.<random>.tmp" an interrupted write left.
+_JOB_ENTRY = re.compile(r"([0-9a-f]{32})|\.([0-9a-f]{32})\.[0-9a-f]+\.tmp")
 
 
 class ArtifactStorage(Protocol):
@@ -49,6 +55,8 @@ class ArtifactStorage(Protocol):
     def result_file(self, job_id: str, name: str) -> Path | None: ...
 
     def delete(self, job_id: str) -> None: ...
+
+    def job_ids_stored_before(self, cutoff: datetime) -> list[str]: ...
 
 
 class LocalArtifactStore:
@@ -108,10 +116,33 @@ class LocalArtifactStore:
     def delete(self, job_id: str) -> None:
         """Remove the job's input and results, and what an interrupted write left (missing files are fine)."""
         self._input_path(job_id).unlink(missing_ok=True)
+        for partial in (self.root / "inputs").glob(f".{job_id}.*.tmp"):
+            partial.unlink(missing_ok=True)
         results = self.root / "results"
         shutil.rmtree(results / job_id, ignore_errors=True)
         for staging in results.glob(f".{job_id}.*.tmp"):
             shutil.rmtree(staging, ignore_errors=True)
+
+    def job_ids_stored_before(self, cutoff: datetime) -> list[str]:
+        """Ids of the jobs with an input, results or a temporary left here, none of them modified at or after
+        `cutoff` (timezone-aware), sorted. A results folder's time moves whenever a file is published into it."""
+        if cutoff.tzinfo is None:
+            raise ValueError("cutoff must be timezone-aware")
+        newest: dict[str, float] = {}
+        for folder in (self.root / "inputs", self.root / "results"):
+            with os.scandir(folder) as entries:
+                for entry in entries:
+                    match = _JOB_ENTRY.fullmatch(entry.name)
+                    if match is None:
+                        continue
+                    try:
+                        modified = entry.stat(follow_symlinks=False).st_mtime
+                    except FileNotFoundError:  # deleted meanwhile (retention in another process)
+                        continue
+                    job_id = match.group(1) or match.group(2)
+                    newest[job_id] = max(newest.get(job_id, modified), modified)
+        limit = cutoff.timestamp()
+        return sorted(job_id for job_id, modified in newest.items() if modified < limit)
 
     def result_dir(self, job_id: str) -> Path:
         """The job's result folder (created); local to this class, not part of ArtifactStorage."""

@@ -26,6 +26,7 @@ from orfeas.store.schema import FINISHED_STATUSES, JobStatus, job_events, jobs
 
 _ACTIVE_STATUSES = (JobStatus.QUEUED, JobStatus.RUNNING)
 _QUEUE_ORDER = (jobs.c.created_at, jobs.c.request_index, jobs.c.id)
+_IDS_PER_QUERY = 500  # ids per IN (...) list: bounded statements however many are asked about
 _CLAIMABLE = sa.and_(jobs.c.status == JobStatus.QUEUED, sa.not_(jobs.c.cancel_requested))
 
 
@@ -486,6 +487,15 @@ class JobStore:
         )
         with read_only(self._engine) as conn:
             return list(conn.scalars(query))
+
+    def existing_ids(self, job_ids: Sequence[str]) -> set[str]:
+        """The ids among `job_ids` that have a job row."""
+        found: set[str] = set()
+        with read_only(self._engine) as conn:
+            for start in range(0, len(job_ids), _IDS_PER_QUERY):
+                chunk = list(job_ids[start : start + _IDS_PER_QUERY])
+                found.update(conn.scalars(sa.select(jobs.c.id).where(jobs.c.id.in_(chunk))))
+        return found
 
     def delete_finished_before(self, cutoff: datetime) -> list[str]:
         """Delete finished jobs (and their events) that finished before `cutoff`; returns their ids."""
