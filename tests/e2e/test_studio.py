@@ -296,6 +296,16 @@ def test_monitor_shows_stages_recommendations_and_device(page, server):
     assert len(stages) >= 2, stages
     expect(page.locator("#recommendations")).not_to_be_empty()
     expect(page.locator("#device")).to_have_text(re.compile(r"\S"))
+    # words for people: plurals, stage names without underscores, no command-line flags on a web page
+    total = httpx.get(f"{server.url}/api/performance/summary").json()["total_pipelines"]
+    noun = "finished job" if total == 1 else "finished jobs"
+    expect(page.locator("#pipeline-summary")).to_contain_text(f"{total} {noun}; average")
+    labels = page.locator("#stage-chart text").evaluate_all("nodes => nodes.map(n => n.textContent)")
+    assert "Shape generation" in labels, labels
+    advice = [page.locator(selector).inner_text() for selector in ("#bottlenecks", "#recommendations")]
+    words = " ".join([*labels, *advice])
+    assert "_" not in words and "--" not in words, words
+    expect(page.locator("#device")).to_contain_text("CPU busy")
     expect(page.locator("#queue-depth")).to_have_text(re.compile(r"\d"))
     screenshot(page, "11-monitor")
 

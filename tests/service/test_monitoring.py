@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 
 import pytest
@@ -113,14 +114,27 @@ def test_summary_without_stored_total_adds_the_stages() -> None:
 def test_bottlenecks_by_severity() -> None:
     profiles = [profile(shape_generation=6.0, mesh_cleanup=3.0, export=1.0)]
     assert performance_summary(profiles)["bottlenecks"] == [
-        {"stage": "shape_generation", "share": 0.6, "severity": "high"},
-        {"stage": "mesh_cleanup", "share": 0.3, "severity": "medium"},
+        {"stage": "shape_generation", "label": "shape generation", "share": 0.6, "severity": "high"},
+        {"stage": "mesh_cleanup", "label": "mesh cleanup", "share": 0.3, "severity": "medium"},
     ]
 
 
-@pytest.mark.parametrize(("share", "severity"), [(0.5, "high"), (0.99, "high"), (0.25, "medium"), (0.2499, None)])
-def test_bottleneck_severity_thresholds(share: float, severity: str | None) -> None:
-    assert bottleneck_severity(share) == severity
+@pytest.mark.parametrize(
+    ("share", "seconds", "severity"),
+    [(0.5, 2.0, "high"), (0.99, 1.0, "high"), (0.25, 5.0, "medium"), (0.2499, 50.0, None), (0.9, 0.99, None)],
+)
+def test_bottleneck_severity_thresholds(share: float, seconds: float, severity: str | None) -> None:
+    assert bottleneck_severity(share, seconds) == severity
+
+
+def test_a_short_stage_of_a_short_job_is_no_bottleneck() -> None:
+    """The studio once flagged a 0.36 s export in a 0.77 s job: a large share of almost nothing."""
+    summary = performance_summary([profile(image_loading=0.05, shape_generation=0.36, export=0.36)])
+    assert summary["stage_breakdown"]["export"]["share"] > 0.45
+    assert summary["bottlenecks"] == []
+    [note] = recommendations(summary, None, None, None)
+    assert note["message"] == "no stage needs a change of settings" and note["severity"] == "info"
+    assert note["reason"] == "the slowest stage, shape generation, averages 0.36 s of 0.77 s per job over 1 job"
 
 
 def test_no_data_says_so() -> None:
@@ -136,35 +150,49 @@ def test_no_data_note_disappears_once_jobs_finish() -> None:
 
 
 @pytest.mark.parametrize(
-    ("stage", "advice"),
+    ("stage", "page", "cli"),
     [
-        ("shape_generation", "lower the number of steps"),
-        ("mesh_cleanup", "lower --faces"),
-        ("export", "request fewer formats"),
-        ("texturing", "turn texture off"),
-        ("background_removal", "transparent background"),
+        ("shape_generation", "lower Resolution, or the generator's steps", "lower --resolution or -O steps=N"),
+        ("mesh_extraction", "lower Resolution", "lower --resolution"),
+        ("mesh_cleanup", "lower Faces or Resolution", "lower --faces or --resolution"),
+        ("export", "tick fewer Formats", "ask for fewer formats (--format)"),
+        ("texturing", "untick Texture", "pass --no-texture"),
+        ("background_removal", "transparent background", "transparent background"),
     ],
 )
-def test_dominant_stage_gets_its_advice(stage: str, advice: str) -> None:
+def test_dominant_stage_gets_its_advice_for_the_page_and_for_the_cli(stage: str, page: str, cli: str) -> None:
     summary = performance_summary([profile(**{stage: 99.0, "image_loading": 1.0})])
     result = recommendations(summary, None, None, None)
-    assert result[0]["message"].startswith(f"{stage} is 99% of time: ")
-    assert advice in result[0]["message"]
+    label = stage.replace("_", " ").capitalize()
+    assert result[0]["message"].startswith(f"{label} is 99% of the time: ")
+    assert page in result[0]["message"] and "--" not in result[0]["message"]
+    assert result[0]["cli"].startswith(f"{label} is 99% of the time: ") and cli in result[0]["cli"]
     assert result[0]["severity"] == "high"
-    assert "99.00 s of 100.00 s" in result[0]["reason"]
+    assert result[0]["reason"] == f"{stage.replace('_', ' ')} averages 99.00 s of 100.00 s per job over 1 job"
+
+
+def test_reasons_count_jobs_in_the_plural() -> None:
+    summary = performance_summary([profile(shape_generation=9.0, export=1.0)] * 3)
+    assert recommendations(summary, None, None, None)[0]["reason"].endswith("over 3 jobs")
 
 
 def test_balanced_stages_get_no_stage_advice() -> None:
-    assert recommendations(balanced_summary(), None, None, None) == []
+    assert messages(recommendations(balanced_summary(), None, None, None)) == "no stage needs a change of settings"
+
+
+def device_advice(summary: dict, reading, plan, trend) -> list[dict]:
+    """The advice other than notes (the balanced summary's "no stage needs a change" one)."""
+    return [item for item in recommendations(summary, reading, plan, trend) if item["severity"] != "info"]
 
 
 def test_nearly_full_memory_warns() -> None:
     summary = balanced_summary()
-    advice = recommendations(summary, gpu(0.97), None, None)
-    assert messages(advice) == "GPU memory nearly full (97%): lower max_batch or the resolution"
+    advice = device_advice(summary, gpu(0.97), None, None)
+    assert messages(advice) == "GPU memory nearly full (97%): lower Resolution, or the server's ORFEAS_MAX_BATCH"
+    assert advice[0]["cli"] == "GPU memory nearly full (97%): lower --resolution, or the server's ORFEAS_MAX_BATCH"
     assert advice[0]["severity"] == "high"
-    assert recommendations(summary, gpu(0.9), None, None) == []
-    assert "RAM memory nearly full" in messages(recommendations(summary, cpu(0.99), None, None))
+    assert device_advice(summary, gpu(0.9), None, None) == []
+    assert "RAM memory nearly full" in messages(device_advice(summary, cpu(0.99), None, None))
 
 
 def test_under_used_gpu_names_the_bound() -> None:
@@ -173,17 +201,17 @@ def test_under_used_gpu_names_the_bound() -> None:
     capped = plan_batch(reading.free_bytes, reading.used_bytes, reading.total_bytes, GIB, 40, max_batch=8)
     short_queue = plan_batch(reading.free_bytes, reading.used_bytes, reading.total_bytes, GIB, 2, max_batch=8)
 
-    assert "raise the batch size" in messages(recommendations(summary, reading, None, None))
-    capped_advice = messages(recommendations(summary, reading, capped, None))
-    assert capped_advice.startswith("GPU under-used (25% of memory): raise max_batch above 8")
+    assert "raise the batch size" in messages(device_advice(summary, reading, None, None))
+    capped_advice = messages(device_advice(summary, reading, capped, None))
+    assert capped_advice.startswith("GPU under-used (25% of memory): raise ORFEAS_MAX_BATCH above 8")
     assert "fits 14 images" in capped_advice
-    assert "limited by the queue (2 waiting)" in messages(recommendations(summary, reading, short_queue, None))
+    assert "limited by the queue (2 waiting)" in messages(device_advice(summary, reading, short_queue, None))
 
 
 def test_busy_gpu_or_cpu_is_not_called_under_used() -> None:
     summary = balanced_summary()
-    assert recommendations(summary, gpu(0.6), None, None) == []
-    assert recommendations(summary, cpu(0.1), None, None) == []
+    assert device_advice(summary, gpu(0.6), None, None) == []
+    assert device_advice(summary, cpu(0.1), None, None) == []
 
 
 def idle_trend(mean: float, samples: int = 30) -> dict:
@@ -194,8 +222,11 @@ def test_idle_gpu_while_jobs_wait_advises_larger_batches() -> None:
     summary = balanced_summary()
     reading = gpu(0.7)  # memory is not under-used, so only the compute rule can speak
     waiting = plan_batch(reading.free_bytes, reading.used_bytes, reading.total_bytes, GIB, 20, max_batch=4)
-    advice = recommendations(summary, reading, waiting, idle_trend(0.25))
-    assert messages(advice) == "GPU busy 25% of the time while jobs wait: raise max_batch or the memory target"
+    advice = device_advice(summary, reading, waiting, idle_trend(0.25))
+    assert messages(advice) == (
+        "GPU busy 25% of the time while jobs wait: raise ORFEAS_MAX_BATCH or the memory target"
+        " (ORFEAS_TARGET_UTILIZATION)"
+    )
 
 
 @pytest.mark.parametrize(
@@ -210,7 +241,7 @@ def test_compute_rule_stays_silent_without_support(trend: dict, queue: int) -> N
     summary = balanced_summary()
     reading = gpu(0.7)
     plan = plan_batch(reading.free_bytes, reading.used_bytes, reading.total_bytes, GIB, queue, max_batch=4)
-    assert recommendations(summary, reading, plan, trend) == []
+    assert device_advice(summary, reading, plan, trend) == []
 
 
 def test_recommendations_sorted_most_severe_first() -> None:
@@ -282,6 +313,33 @@ def test_sampler_thread_starts_and_stops() -> None:
     assert reads >= 3
     time.sleep(0.05)
     assert probe.reads == reads
+
+
+def test_latest_is_the_sampler_threads_reading() -> None:
+    probe = FakeProbe(gpu(0.5, utilization=0.7))
+    sampler = UtilizationSampler(probe)
+    assert sampler.latest().utilization is None  # before the first sample: memory only
+    sampler.sample()
+    assert sampler.latest() == probe.reading
+
+
+def test_requests_see_the_cpu_busy_while_the_sampler_runs() -> None:
+    """psutil counts CPU time per calling thread since its previous call: a request thread's own first reading is
+    0 however busy the machine is. `latest()` hands over the sampler thread's reading instead."""
+    sampler = UtilizationSampler(MemoryProbe("cpu"))
+    sampler.start(interval_s=0.05)
+    try:
+        deadline = time.monotonic() + 0.6
+        while time.monotonic() < deadline:  # keep one core busy
+            pass
+        seen: list[MemoryReading] = []
+        worker = threading.Thread(target=lambda: seen.append(sampler.latest()))
+        worker.start()
+        worker.join()
+    finally:
+        sampler.stop()
+    assert seen[0].utilization is not None and seen[0].utilization > 0
+    assert seen[0].utilization == sampler.trend()["last_utilization"]
 
 
 def test_device_status_on_gpu() -> None:

@@ -1,6 +1,7 @@
 // The monitor view: time per pipeline stage, bottlenecks, advice, the device and the queue, refreshed while shown.
 
 import * as api from "./api.js";
+import { plural, stageLabel } from "./describe.js";
 
 const REFRESH_MS = 3000;
 const SVG = "http://www.w3.org/2000/svg";
@@ -37,7 +38,7 @@ export class Monitor {
       renderList(
         document.getElementById("bottlenecks"),
         summary.value.bottlenecks || [],
-        (item) => `${item.stage}: ${percent(item.share)} of the time`,
+        (item) => `${capitalize(item.label || stageLabel(item.stage))}: ${percent(item.share)} of the time`,
         "No bottlenecks.",
       );
     }
@@ -45,7 +46,7 @@ export class Monitor {
       renderList(
         document.getElementById("recommendations"),
         advice.value.recommendations || [],
-        (item) => (item.reason ? `${item.message} (${item.reason})` : item.message),
+        (item) => capitalize(item.reason ? `${item.message} (${item.reason})` : item.message),
         "Nothing to change.",
       );
     }
@@ -53,6 +54,10 @@ export class Monitor {
     document.getElementById("queue-depth").textContent =
       queued.status === "fulfilled" ? String(queued.value) : "unknown";
   }
+}
+
+function capitalize(text) {
+  return text ? text[0].toUpperCase() + text.slice(1) : text;
 }
 
 function percent(share) {
@@ -71,9 +76,9 @@ function bytes(value) {
 
 function renderSummary(summary) {
   const text = summary.total_pipelines
-    ? `${summary.total_pipelines} pipelines; average ${seconds(summary.avg_duration)}, ` +
+    ? `${plural(summary.total_pipelines, "finished job")}; average ${seconds(summary.avg_duration)}, ` +
       `p50 ${seconds(summary.p50_duration)}, p95 ${seconds(summary.p95_duration)}`
-    : "No pipelines profiled yet.";
+    : "No finished jobs yet.";
   document.getElementById("pipeline-summary").textContent = text;
 }
 
@@ -94,7 +99,7 @@ function renderStageChart(container, breakdown) {
   svg.setAttribute("role", "img");
   svg.setAttribute(
     "aria-label",
-    "Share of pipeline time per stage: " + stages.map(([s, v]) => `${s} ${percent(v.share)}`).join(", "),
+    "Share of job time per stage: " + stages.map(([s, v]) => `${stageLabel(s)} ${percent(v.share)}`).join(", "),
   );
   stages.forEach(([stage, value], index) => {
     const y = index * rowHeight;
@@ -102,7 +107,7 @@ function renderStageChart(container, breakdown) {
     label.setAttribute("x", labelWidth - 8);
     label.setAttribute("y", y + rowHeight / 2 + 5);
     label.setAttribute("text-anchor", "end");
-    label.textContent = stage;
+    label.textContent = capitalize(stageLabel(stage));
     const bar = document.createElementNS(SVG, "rect");
     bar.setAttribute("class", "bar");
     bar.dataset.stage = stage;
@@ -111,7 +116,7 @@ function renderStageChart(container, breakdown) {
     bar.setAttribute("height", rowHeight - 10);
     bar.setAttribute("width", Math.max(1, (value.share || 0) * barSpace));
     const title = document.createElementNS(SVG, "title");
-    title.textContent = `${stage}: ${percent(value.share)}, average ${seconds(value.avg_seconds)}`;
+    title.textContent = `${capitalize(stageLabel(stage))}: ${percent(value.share)}, average ${seconds(value.avg_seconds)}`;
     bar.append(title);
     const amount = document.createElementNS(SVG, "text");
     amount.setAttribute("x", labelWidth + Math.max(1, (value.share || 0) * barSpace) + 6);
@@ -144,7 +149,7 @@ function renderDevice(list, status) {
   const rows = [
     ["Device", `${status.name || status.device || "unknown"}${status.gpu ? " (GPU)" : " (CPU)"}`],
     ["Memory", `${bytes(memory.used)} of ${bytes(memory.total)} (${percent(memory.used_fraction)})`],
-    ["Utilization", status.utilization == null ? "unknown" : percent(status.utilization)],
+    [status.gpu ? "GPU busy" : "CPU busy", status.utilization == null ? "not measured yet" : percent(status.utilization)],
     ["Trend", describeTrend(trend)],
     ["Batch size", status.batch_size == null ? "–" : String(status.batch_size)],
     ["Batch reason", status.batch_reason || "–"],

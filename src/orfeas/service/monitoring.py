@@ -11,7 +11,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -21,8 +21,11 @@ logger = logging.getLogger(__name__)
 
 # A stage whose share of all pipeline time is at least this is a bottleneck of "medium" severity...
 BOTTLENECK_MEDIUM = 0.25
-# ...and at least this, "high".
+# ...and at least this, "high"...
 BOTTLENECK_HIGH = 0.5
+# ...provided it averages at least this many seconds per job: in a job of a second or two no stage is worth a
+# change of settings, whatever its share.
+BOTTLENECK_MIN_SECONDS = 1.0
 # GPU memory below this share in use means batches could be larger.
 UNDER_USED_MEMORY = 0.5
 # Device memory above this share in use risks out-of-memory failures.
@@ -35,17 +38,41 @@ MIN_TREND_SAMPLES = 10
 # the sampled window; smaller changes are "steady".
 TREND_CHANGE = 0.05
 
-# What to do when a stage dominates; the key is the stage name the pipeline's profile uses.
+# What to do when a stage dominates, worded for the studio's form ("page") and for `orfeas generate` ("cli");
+# the key is the stage name the pipeline's profile uses.
 STAGE_ADVICE = {
-    "image_loading": "send smaller images (fewer pixels to decode and resize)",
-    "background_removal": "send images with a transparent background: their alpha is used instead of segmentation",
-    "shape_generation": "lower the number of steps or the resolution, or use hierarchical (FlashVDM) decoding",
-    "mesh_extraction": "lower the resolution",
-    "mesh_cleanup": "lower --faces or the resolution",
-    "texturing": "turn texture off to get vertex colours instead",
-    "export": "request fewer formats",
+    "image_loading": {
+        "page": "send smaller images (fewer pixels to decode and resize)",
+        "cli": "send smaller images (fewer pixels to decode and resize)",
+    },
+    "background_removal": {
+        "page": "send images with a transparent background: their alpha is used instead of segmentation",
+        "cli": "send images with a transparent background: their alpha is used instead of segmentation",
+    },
+    "shape_generation": {
+        "page": "lower Resolution, or the generator's steps; on the server, hierarchical or FlashVDM decoding"
+        " (ORFEAS_HUNYUAN_DECODER)",
+        "cli": "lower --resolution or -O steps=N; hierarchical or FlashVDM decoding with ORFEAS_HUNYUAN_DECODER",
+    },
+    "mesh_extraction": {"page": "lower Resolution", "cli": "lower --resolution"},
+    "mesh_cleanup": {"page": "lower Faces or Resolution", "cli": "lower --faces or --resolution"},
+    "texturing": {
+        "page": "untick Texture to get vertex colours instead",
+        "cli": "pass --no-texture to get vertex colours instead",
+    },
+    "export": {"page": "tick fewer Formats", "cli": "ask for fewer formats (--format)"},
 }
 SEVERITY_ORDER = {"high": 0, "medium": 1, "low": 2, "info": 3}
+
+
+def stage_label(stage: str) -> str:
+    """A stage name as people read it: "shape_generation" → "shape generation"."""
+    return stage.replace("_", " ")
+
+
+def plural(count: int, noun: str) -> str:
+    """ "1 job", "2 jobs"."""
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -57,8 +84,8 @@ def performance_summary(profiles: list[dict]) -> dict:
     """Durations, per-stage breakdown, slowest stage and bottlenecks over finished jobs' profiles.
 
     A stage a job did not run counts as 0 s for that job, so the stage averages add up to `avg_duration` and a
-    stage's share is its part of all pipeline time. Bottlenecks are the stages with share ≥ 0.25 ("medium"),
-    ≥ 0.5 being "high", largest first.
+    stage's share is its part of all pipeline time. Bottlenecks are the stages that average at least
+    BOTTLENECK_MIN_SECONDS per job with a share ≥ 0.25 ("medium"), ≥ 0.5 being "high", largest first.
     """
     totals = [_profile_total(profile) for profile in profiles]
     stage_names = list(dict.fromkeys(name for profile in profiles for name in profile.get("stages", {})))
@@ -71,11 +98,13 @@ def performance_summary(profiles: list[dict]) -> dict:
             "share": round(sum(seconds) / grand_total, 4) if grand_total else 0.0,
             "p95_seconds": percentile(seconds, 95),
         }
-    bottlenecks = [
-        {"stage": name, "share": stats["share"], "severity": bottleneck_severity(stats["share"])}
-        for name, stats in sorted(breakdown.items(), key=lambda item: -item[1]["share"])
-        if bottleneck_severity(stats["share"]) is not None
-    ]
+    bottlenecks = []
+    for name, stats in sorted(breakdown.items(), key=lambda item: -item[1]["share"]):
+        severity = bottleneck_severity(stats["share"], stats["avg_seconds"])
+        if severity is not None:
+            bottlenecks.append(
+                {"stage": name, "label": stage_label(name), "share": stats["share"], "severity": severity}
+            )
     return {
         "total_pipelines": len(profiles),
         "avg_duration": round(grand_total / len(totals), 4) if totals else None,
@@ -92,8 +121,11 @@ def _profile_total(profile: dict) -> float:
     return float(total) if total is not None else float(sum(profile.get("stages", {}).values()))
 
 
-def bottleneck_severity(share: float) -> str | None:
-    """Severity of a stage taking `share` of all time: "high" from 0.5, "medium" from 0.25, else None."""
+def bottleneck_severity(share: float, avg_seconds: float) -> str | None:
+    """Severity of a stage taking `share` of all time and `avg_seconds` per job: None under
+    BOTTLENECK_MIN_SECONDS, else "high" from a share of 0.5, "medium" from 0.25, else None."""
+    if avg_seconds < BOTTLENECK_MIN_SECONDS:
+        return None
     if share >= BOTTLENECK_HIGH:
         return "high"
     if share >= BOTTLENECK_MEDIUM:
@@ -104,12 +136,14 @@ def bottleneck_severity(share: float) -> str | None:
 def recommendations(
     summary: dict, reading: MemoryReading | None, plan: BatchPlan | None, utilization_trend: dict | None
 ) -> list[dict]:
-    """Advice, each {message, reason, severity}, from whatever data is given; most severe first.
+    """Advice, each {message, cli, reason, severity}, from whatever data is given; most severe first.
 
-    Each rule speaks only when its data supports it; missing inputs (None) silence the rules that need them.
+    `message` names the studio's form fields, `cli` the `orfeas generate` options. Each rule speaks only when its
+    data supports it; missing inputs (None) silence the rules that need them.
     """
     advice = [
         *no_jobs_yet(summary),
+        *no_bottleneck(summary),
         *stage_bottlenecks(summary),
         *memory_nearly_full(reading),
         *memory_under_used(reading, plan),
@@ -118,15 +152,31 @@ def recommendations(
     return sorted(advice, key=lambda item: SEVERITY_ORDER[item["severity"]])
 
 
-def _advice(message: str, reason: str, severity: str) -> dict:
-    return {"message": message, "reason": reason, "severity": severity}
+def _advice(message: str, reason: str, severity: str, cli: str | None = None) -> dict:
+    return {"message": message, "cli": cli or message, "reason": reason, "severity": severity}
 
 
 def no_jobs_yet(summary: dict) -> list[dict]:
     """Say that there is nothing to analyse before the first job finishes."""
     if summary.get("total_pipelines"):
         return []
-    return [_advice("no finished jobs yet: timings appear after the first job", "0 finished pipelines", "info")]
+    return [_advice("no finished jobs yet: timings appear after the first job", "no finished jobs", "info")]
+
+
+def no_bottleneck(summary: dict) -> list[dict]:
+    """Once jobs have finished and no stage is a bottleneck, say so and name the slowest stage's time."""
+    slowest = summary.get("slowest_stage")
+    if not summary.get("total_pipelines") or summary.get("bottlenecks") or slowest is None:
+        return []
+    stats = summary["stage_breakdown"][slowest]
+    return [
+        _advice(
+            "no stage needs a change of settings",
+            f"the slowest stage, {stage_label(slowest)}, averages {stats['avg_seconds']:.2f} s of"
+            f" {summary['avg_duration']:.2f} s per job over {plural(summary['total_pipelines'], 'job')}",
+            "info",
+        )
+    ]
 
 
 def stage_bottlenecks(summary: dict) -> list[dict]:
@@ -137,12 +187,14 @@ def stage_bottlenecks(summary: dict) -> list[dict]:
         if stage not in STAGE_ADVICE:
             continue
         stats = summary["stage_breakdown"][stage]
+        share = f"{stage_label(stage).capitalize()} is {bottleneck['share']:.0%} of the time"
         advice.append(
             _advice(
-                f"{stage} is {bottleneck['share']:.0%} of time: {STAGE_ADVICE[stage]}",
-                f"{stage} averages {stats['avg_seconds']:.2f} s of {summary['avg_duration']:.2f} s per job"
-                f" over {summary['total_pipelines']} jobs",
+                f"{share}: {STAGE_ADVICE[stage]['page']}",
+                f"{stage_label(stage)} averages {stats['avg_seconds']:.2f} s of {summary['avg_duration']:.2f} s per"
+                f" job over {plural(summary['total_pipelines'], 'job')}",
                 bottleneck["severity"],
+                cli=f"{share}: {STAGE_ADVICE[stage]['cli']}",
             )
         )
     return advice
@@ -155,9 +207,12 @@ def memory_nearly_full(reading: MemoryReading | None) -> list[dict]:
     kind = "GPU" if reading.is_gpu else "RAM"
     return [
         _advice(
-            f"{kind} memory nearly full ({reading.used_fraction:.0%}): lower max_batch or the resolution",
+            f"{kind} memory nearly full ({reading.used_fraction:.0%}): lower Resolution, or the server's"
+            " ORFEAS_MAX_BATCH",
             f"{format_bytes(reading.used_bytes)} of {format_bytes(reading.total_bytes)} used on {reading.device}",
             "high",
+            cli=f"{kind} memory nearly full ({reading.used_fraction:.0%}): lower --resolution, or the server's"
+            " ORFEAS_MAX_BATCH",
         )
     ]
 
@@ -167,9 +222,9 @@ def memory_under_used(reading: MemoryReading | None, plan: BatchPlan | None) -> 
     if reading is None or not reading.is_gpu or reading.used_fraction >= UNDER_USED_MEMORY:
         return []
     if plan is None:
-        action = "raise the batch size (max_batch)"
+        action = "raise the batch size (ORFEAS_MAX_BATCH)"
     elif plan.limited_by == "max_batch":
-        action = f"raise max_batch above {plan.max_batch} (memory fits {plan.fits_in_memory} images)"
+        action = f"raise ORFEAS_MAX_BATCH above {plan.max_batch} (memory fits {plan.fits_in_memory} images)"
     elif plan.limited_by == "queue":
         action = f"submit jobs together: the last batch was limited by the queue ({plan.queue_length} waiting)"
     else:
@@ -192,7 +247,8 @@ def compute_under_used(reading: MemoryReading | None, plan: BatchPlan | None, tr
         return []  # idle for lack of work: nothing to change on the service
     return [
         _advice(
-            f"GPU busy {mean:.0%} of the time while jobs wait: raise max_batch or the memory target",
+            f"GPU busy {mean:.0%} of the time while jobs wait: raise ORFEAS_MAX_BATCH or the memory target"
+            " (ORFEAS_TARGET_UTILIZATION)",
             f"mean utilization {mean:.0%} over {trend['window_seconds']:.0f} s; last batch took {plan.size}"
             f" of {plan.queue_length} waiting ({plan.limited_by} bound)",
             "medium",
@@ -208,12 +264,18 @@ class UtilizationSample:
 
 
 class UtilizationSampler:
-    """The last `capacity` readings of a device, taken on demand or every `interval_s` on a daemon thread."""
+    """The last `capacity` readings of a device, taken on demand or every `interval_s` on a daemon thread.
+
+    The sampler owns the utilization counter: a CPU reading (`psutil.cpu_percent(interval=None)`) is the share
+    busy since the same thread's previous call, so a request thread reading the probe itself gets 0 on its first
+    call and an average over minutes later. Requests read `latest()`, the sampler thread's last reading, instead.
+    """
 
     def __init__(self, probe: MemorySource, capacity: int = 120, clock: Callable[[], float] = time.monotonic) -> None:
         self.probe = probe
         self.clock = clock
         self._samples: deque[UtilizationSample] = deque(maxlen=capacity)
+        self._latest: MemoryReading | None = None
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -221,7 +283,15 @@ class UtilizationSampler:
     def sample(self) -> UtilizationSample:
         """Read the probe once and keep the result."""
         reading = self.probe.read()
+        with self._lock:
+            self._latest = reading
         return self.record(self.clock(), reading.utilization, reading.used_bytes)
+
+    def latest(self) -> MemoryReading:
+        """The last reading the sampler took; before its first one, a memory reading with utilization unknown."""
+        with self._lock:
+            latest = self._latest
+        return latest if latest is not None else replace(self.probe.read(), utilization=None)
 
     def record(self, timestamp: float, utilization: float | None, used_bytes: int) -> UtilizationSample:
         """Keep a sample taken elsewhere (also how tests feed known series)."""
@@ -245,13 +315,17 @@ class UtilizationSampler:
             self._thread = None
 
     def _run(self, interval_s: float) -> None:
+        try:
+            self.probe.read()  # starts this thread's CPU counter: its first value covers no time at all
+        except Exception:
+            logger.exception("utilization sample failed")
         while True:
+            if self._stop.wait(interval_s):
+                return
             try:
                 self.sample()
             except Exception:
                 logger.exception("utilization sample failed")
-            if self._stop.wait(interval_s):
-                return
 
     def trend(self) -> dict:
         """Mean, last value and direction of utilization over the kept samples, and mean memory in use.

@@ -24,9 +24,10 @@ def summary(services: Annotated[Services, Depends(get_services)]) -> dict[str, A
 
 @router.get("/api/performance/recommendations", dependencies=[Depends(caller)])
 def advice(services: Annotated[Services, Depends(get_services)]) -> dict[str, Any]:
-    """Actionable advice derived from the profiles and the device's memory and utilization."""
+    """Advice from the profiles and the device's memory and utilization: `message` names the studio's form fields,
+    `cli` the `orfeas generate` options."""
     data = performance_summary(services.store.recent_profiles(PROFILE_WINDOW))
-    reading = services.probe.read()
+    reading = services.sampler.latest()  # not the probe: the sampler thread owns the utilization counter
     items = recommendations(data, reading, services.optimizer.last_plan, services.sampler.trend())
     return {"recommendations": items}
 
@@ -35,7 +36,7 @@ def advice(services: Annotated[Services, Depends(get_services)]) -> dict[str, An
 def gpu_status(services: Annotated[Services, Depends(get_services)]) -> dict[str, Any]:
     """Device memory and utilization with its trend, and the batch size the optimizer would choose now."""
     plan = _current_plan(services)
-    reading, trend = services.probe.read(), services.sampler.trend()
+    reading, trend = services.sampler.latest(), services.sampler.trend()
     status = device_status(reading, plan, trend)
     data = performance_summary(services.store.recent_profiles(PROFILE_WINDOW))
     status["recommendations"] = recommendations(data, reading, plan, trend)
