@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 from PIL import Image
@@ -14,7 +15,7 @@ from orfeas.pipeline.background import (
     crop_to_object,
     prepare_image,
     remove_background,
-    segment_plain_background,
+    segment_studio_background,
 )
 from tests.synthetic import EXAMPLES as SHARED_IMAGES  # copies of ../shared/images kept in the repo
 
@@ -93,7 +94,7 @@ def test_alpha_mask_ignores_a_few_transparent_pixels(disc_mask):
 @pytest.mark.parametrize("background", [127, 255, 30])
 @pytest.mark.parametrize("noise", [0.0, 3.0])
 def test_segments_disc_on_plain_background(disc_mask, background, noise):
-    mask = segment_plain_background(on_background(disc_mask, background, noise))
+    mask = segment_studio_background(on_background(disc_mask, background, noise))
     assert mask.dtype == bool
     assert mask.shape == disc_mask.shape
     assert iou(mask, disc_mask) >= 0.97
@@ -105,7 +106,7 @@ def test_ring_keeps_its_hole(background):
     hole = disc((360, 360), (180, 180), 60)
     ring = outer & ~hole
 
-    mask = segment_plain_background(on_background(ring, background, noise=2.0))
+    mask = segment_studio_background(on_background(ring, background, noise=2.0))
 
     assert iou(mask, ring) >= 0.97
     assert not mask[disc((360, 360), (180, 180), 55)].any()  # the hole, short of its anti-aliased rim
@@ -118,7 +119,7 @@ def test_keeps_grayish_parts_distinct_from_background(disc_mask):
     rgb = on_background(disc_mask, 127)
     rgb[legs] = (90, 88, 106)
 
-    mask = segment_plain_background(rgb)
+    mask = segment_studio_background(rgb)
 
     assert mask[legs].mean() > 0.9
     assert iou(mask, disc_mask | legs) >= 0.95
@@ -128,7 +129,7 @@ def test_keeps_grayish_parts_distinct_from_background(disc_mask):
 def test_segments_shared_gray_images(name, fraction_range):
     rgb = load_shared(name)[..., :3]
 
-    mask = segment_plain_background(rgb)
+    mask = segment_studio_background(rgb)
 
     low, high = fraction_range
     assert low < mask.mean() < high
@@ -138,7 +139,7 @@ def test_segments_shared_gray_images(name, fraction_range):
 
 def test_teapot_handle_hole_stays_open():
     rgb = load_shared("teapot.png")[..., :3]
-    mask = segment_plain_background(rgb)
+    mask = segment_studio_background(rgb)
     # The see-through part of the handle, measured on the image (plain 127 gray surrounded by the handle).
     handle_hole = (slice(400, 440), slice(700, 740))
     assert (rgb[handle_hole] == 127).all()
@@ -292,3 +293,111 @@ def test_prepare_image_shared(name, method):
     r0, r1, c0, c1 = bbox(cutout.mask)
     assert abs(max(r1 - r0, c1 - c0) - 0.9 * 512) <= 2
     assert 0.1 < cutout.mask.mean() < 0.8
+
+
+# Studio photos: sweeps, spots and shadows are backdrop; the object keeps thin parts and far-coloured stripes.
+
+
+def studio_sweep(shape: tuple[int, int], top: float = 235.0, bottom: float = 70.0) -> np.ndarray:
+    """A light-to-dark vertical studio gradient (float RGB, 0-255)."""
+    level = np.linspace(top, bottom, shape[0])[:, None, None]
+    return np.broadcast_to(level, (*shape, 3)).astype(np.float64).copy()
+
+
+def soft_shadow(shape: tuple[int, int], centre: tuple[int, int], axes: tuple[int, int], blur: float) -> np.ndarray:
+    """Shadow strength (0-1) of a blurred elliptical floor shadow."""
+    strength = np.zeros(shape, np.float32)
+    cv2.ellipse(strength, (centre[1], centre[0]), axes, 0, 0, 360, 1.0, -1)
+    strength = cv2.GaussianBlur(strength, (0, 0), blur)
+    return strength / strength.max()
+
+
+def photo(rgb: np.ndarray, noise: float = 2.0) -> np.ndarray:
+    rgb = rgb + np.random.default_rng(1).normal(0.0, noise, rgb.shape)
+    return np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
+
+
+def test_a_disc_with_a_floor_shadow_on_a_sweep_comes_out_without_shadow_or_backdrop():
+    shape = (360, 360)
+    disc_ = disc(shape, (160, 180), 80)
+    backdrop = studio_sweep(shape)
+    backdrop *= 1.0 - 0.6 * soft_shadow(shape, (250, 195), (90, 22), 12.0)[..., None]
+    rgb = backdrop.copy()
+    rgb[disc_] = OBJECT_COLOUR
+
+    mask = segment_studio_background(photo(rgb))
+
+    assert iou(mask, disc_) >= 0.97
+    assert not mask[265:280].any()  # the shadow's core, below the disc
+
+
+@pytest.mark.parametrize("spot", [True, False])
+def test_a_spot_lit_or_vignetted_backdrop_is_backdrop(spot):
+    shape = (320, 400)
+    rows, cols = np.mgrid[0 : shape[0], 0 : shape[1]]
+    radius = np.hypot(rows - 150, cols - 210) / np.hypot(*shape)
+    level = 80 + 170 * np.exp(-((radius / 0.4) ** 2)) if spot else 245 * (1 - 0.15 * (radius / radius.max()) ** 2)
+    rgb = np.repeat(level[..., None], 3, axis=2)
+    box = np.zeros(shape, dtype=bool)
+    box[100:220, 150:260] = True
+    rgb[box] = (60, 90, 200)
+
+    assert iou(segment_studio_background(photo(rgb)), box) >= 0.97
+
+
+def test_a_black_and_white_striped_object_on_grey_has_no_holes():
+    shape = (360, 300)
+    body = np.zeros(shape, dtype=bool)
+    body[60:300, 80:220] = True
+    rgb = np.full((*shape, 3), 128.0)
+    stripes = (np.arange(shape[0]) // 12) % 2 == 0
+    rgb[body & stripes[:, None]] = 20
+    rgb[body & ~stripes[:, None]] = 240
+
+    mask = segment_studio_background(photo(rgb))
+
+    assert iou(mask, body) >= 0.97
+    assert ndimage.binary_fill_holes(mask).sum() - mask.sum() < 0.001 * body.sum()
+
+
+def test_a_thin_stick_touching_a_box_is_kept_to_its_tip():
+    shape = (320, 400)
+    box = np.zeros(shape, dtype=bool)
+    box[140:260, 80:200] = True
+    stick = np.zeros(shape, dtype=bool)
+    stick[190:193, 200:360] = True  # three pixels wide, leaving the box's side
+    rgb = np.full((*shape, 3), 245.0)
+    rgb[box] = (180, 70, 50)
+    rgb[stick] = (40, 40, 40)
+
+    mask = segment_studio_background(photo(rgb))
+
+    assert mask[stick].mean() > 0.9
+    assert mask[190:193, 350:360].any()  # the tip
+    assert iou(mask, box | stick) >= 0.97
+
+
+def test_a_pale_part_the_object_surrounds_is_not_taken_for_a_shadow():
+    # a light grey panel framed by a dark frame on white: its own shading, not a shadow on the floor
+    shape = (320, 320)
+    frame = np.zeros(shape, dtype=bool)
+    frame[60:260, 60:260] = True
+    panel = np.zeros(shape, dtype=bool)
+    panel[80:240, 80:240] = True
+    rgb = np.full((*shape, 3), 250.0)
+    rgb[frame] = (70, 50, 40)
+    rgb[panel] = 205.0
+
+    assert iou(segment_studio_background(photo(rgb)), frame) >= 0.97
+
+
+def test_a_hole_that_shows_the_sweep_stays_open():
+    shape = (360, 360)
+    outer, hole = disc(shape, (180, 180), 140), disc(shape, (180, 180), 60)
+    rgb = studio_sweep(shape)
+    rgb[outer & ~hole] = OBJECT_COLOUR
+
+    mask = segment_studio_background(photo(rgb))
+
+    assert iou(mask, outer & ~hole) >= 0.97
+    assert not mask[disc(shape, (180, 180), 55)].any()

@@ -59,11 +59,31 @@ _GRABCUT_PAD = 8
 # Width of the border strip that samples the background colour, as a share of the working image's side.
 _BORDER_FRACTION = 0.03
 # Lab distance (CIE76 delta E) below which a pixel always counts as background colour. Lower keeps object
-# parts close to the background colour (grey legs on grey) but lets more of a dark matting halo in; 8 balances
-# the two on the test images.
+# parts close to the background colour (grey legs on grey) but lets more of a dark matting halo in.
 _MIN_COLOR_DISTANCE = 8.0
-# Components smaller than this share of the largest one are dropped.
+# Degree of the polynomial (in x and y) that models the backdrop's colour: a sweep, a spot light, vignetting.
+_BACKDROP_DEGREE = 4
+# Rounds of "fit the backdrop to the pixels that look like it, re-select them".
+_BACKDROP_ROUNDS = 3
+# ... on a copy with this longest side (the backdrop varies slowly).
+_BACKDROP_SIDE = 80
+# A shadow darkens the backdrop without changing its hue: chromaticity (r, g, b over r + g + b) within this of the
+# backdrop's, lightness between these shares of the backdrop's, and a smooth neighbourhood (a soft edge).
+_SHADOW_CHROMA = 0.03
+_SHADOW_LIGHTNESS = (0.2, 0.97)
+_SHADOW_MAX_GRADIENT = 6.0
+# ... and at least this share of its surroundings is backdrop (a region the object surrounds is part of it).
+_SHADOW_MIN_OPEN = 0.6
+# A region darker than this share of the backdrop's lightness needs only this share of backdrop round it.
+_DARK_SHADOW = 0.7
+_DARK_SHADOW_MIN_OPEN = 0.3
+# Components smaller than this share of the largest one, or than this share of the image, are dropped.
 _MIN_COMPONENT_FRACTION = 0.005
+_MIN_SPECK_FRACTION = 2e-4
+# Half-width (full-resolution pixels) of the band round the outline where edges are re-estimated per pixel, and
+# the least colour contrast (Lab) between object and backdrop there for the per-pixel estimate to be trusted.
+_EDGE_BAND = 3
+_EDGE_MIN_CONTRAST = 30.0
 
 
 def alpha_mask(rgba: np.ndarray) -> np.ndarray | None:
@@ -80,28 +100,33 @@ def alpha_mask(rgba: np.ndarray) -> np.ndarray | None:
     return alpha.astype(np.float32) / 255.0
 
 
-def segment_plain_background(rgb: np.ndarray) -> np.ndarray:
-    """Boolean object mask for a photo or render on a plain (white, gray, single-colour) background.
+def segment_studio_background(rgb: np.ndarray) -> np.ndarray:
+    """Boolean object mask for a photo or render on a studio backdrop: plain, a sweep or a spot, with shadows.
 
-    The background colour is sampled from a border strip; pixels far from it seed GrabCut, which settles the
-    uncertain ones on a downscaled copy. The result is upscaled smoothly and cleaned of specks. Holes that
-    show the background (a torus, a teapot handle) stay open. A drop shadow clearly darker than the background
-    is kept as part of the object; pass an RGBA cut-out or a learned remover for such images.
+    The backdrop's colour is modelled as a smooth polynomial of position, fitted to the border and then to every
+    pixel that matches it, so gradients and vignetting count as backdrop. Pixels far from it seed GrabCut as object,
+    except those that look like the backdrop in shadow (same hue, darker, soft): those start as background and
+    GrabCut's colour models and edges settle them. Holes that show the backdrop stay open; enclosed holes that do
+    not look like it are filled. The outline is then re-estimated at full resolution from the local object and
+    backdrop colours.
     """
     rgb = np.ascontiguousarray(rgb[..., :3], dtype=np.uint8)
     small = _downscale(rgb, _WORK_SIDE)
     lab = cv2.cvtColor(small.astype(np.float32) / 255.0, cv2.COLOR_RGB2Lab)
     border = _border_strip(small.shape[:2], max(2, round(_BORDER_FRACTION * max(small.shape[:2]))))
-    distance, threshold = _background_distance(lab, border)
+    backdrop = fit_backdrop(lab, border)
+    distance = np.linalg.norm(lab - backdrop, axis=2)
+    threshold = max(_MIN_COLOR_DISTANCE, 3.0 * float(np.median(distance[border])))
     far = distance >= threshold
     if not far.any():
         return np.zeros(rgb.shape[:2], dtype=bool)
-    trimap = _grabcut_trimap(distance, threshold, border)
+    shadow_like, ratio = _shadow_like(small, lab, backdrop)
+    shadow = _cast_shadows(far & shadow_like, far, ratio)
+    trimap = _grabcut_trimap(distance, threshold, border, shadow)
     fg = _run_grabcut(small, trimap)
-    fg = cv2.morphologyEx(fg.astype(np.uint8), cv2.MORPH_OPEN, np.ones((3, 3), np.uint8)).astype(bool)
     fg = _drop_small_components(fg)
-    fg = _fill_object_holes(fg, far)
-    return _upscale_mask(fg, rgb.shape[:2])
+    fg = _fill_object_holes(fg, far & ~shadow)
+    return _refine_edges(rgb, _upscale_mask(fg, rgb.shape[:2]), backdrop)
 
 
 def remove_background(rgba: np.ndarray, remover: BackgroundRemover | None = None) -> tuple[np.ndarray, str]:
@@ -118,7 +143,7 @@ def remove_background(rgba: np.ndarray, remover: BackgroundRemover | None = None
         if remover is not None:
             alpha, method = _as_alpha(remover(rgba), rgba.shape[:2]), "custom"
         else:
-            alpha, method = segment_plain_background(rgba[..., :3]).astype(np.float32), "grabcut"
+            alpha, method = segment_studio_background(rgba[..., :3]).astype(np.float32), "grabcut"
         # Keep whatever transparency the image had even though it was not a mask of its own.
         alpha *= rgba[..., 3].astype(np.float32) / 255.0
     _check_coverage(alpha, method)
@@ -203,25 +228,123 @@ def _border_strip(shape: tuple[int, int], width: int) -> np.ndarray:
     return strip
 
 
-def _background_distance(lab: np.ndarray, border: np.ndarray) -> tuple[np.ndarray, float]:
-    """Lab distance of every pixel to the background colour, and the distance beyond which a pixel is object.
+def fit_backdrop(lab: np.ndarray, border: np.ndarray) -> np.ndarray:
+    """The backdrop's Lab colour at every pixel: a polynomial of position fitted to the pixels that match it.
 
-    The colour is the border's median; the threshold is three times the border's median distance (a robust
-    spread: for Gaussian noise that is about 4.6 sigma), but never below `_MIN_COLOR_DISTANCE`.
+    A quadratic fitted to the border strip sets the tolerance (its residual there); each later round refits the
+    full polynomial on every pixel within that tolerance of the model (the object and its shadow are far from it),
+    so the model follows a sweep or a spot of light across the frame rather than extrapolating from the edges. The
+    backdrop is smooth, so the fit runs on a small copy and the polynomial is evaluated at full size.
     """
-    background = np.median(lab[border], axis=0)
-    distance = np.linalg.norm(lab - background, axis=2)
-    threshold = max(_MIN_COLOR_DISTANCE, 3.0 * float(np.median(distance[border])))
-    return distance, threshold
+    height, width = lab.shape[:2]
+    scale = min(1.0, _BACKDROP_SIDE / max(height, width))
+    size = (max(2, round(width * scale)), max(2, round(height * scale)))
+    small = cv2.resize(lab, size, interpolation=cv2.INTER_AREA) if scale < 1.0 else lab
+    edge = cv2.resize(border.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST).astype(bool)
+    edge |= _border_strip(small.shape[:2], 1)
+    powers_y, powers_x = _powers(small.shape[0]), _powers(small.shape[1])
+    exponents = [(i, j) for i in range(_BACKDROP_DEGREE + 1) for j in range(_BACKDROP_DEGREE + 1 - i)]
+    terms = np.stack([powers_x[None, :, i] * powers_y[:, None, j] for i, j in exponents], axis=-1).reshape(
+        -1, len(exponents)
+    )
+    values = small.reshape(-1, 3).astype(np.float64)
+    border_only = edge.ravel()
+    # first a quadratic on the border strip (refitted without the border pixels it explains worst, where the
+    # object may touch the frame); its residual there sets the tolerance for the later rounds, which refit the
+    # full polynomial on every pixel within that tolerance
+    quadratic = [k for k, (i, j) in enumerate(exponents) if i + j <= 2]
+    chosen = border_only
+    for _ in range(2):
+        coef = _fit_polynomial(terms, values, chosen, quadratic)
+        distance = np.linalg.norm(values - terms @ coef, axis=1)
+        tolerance = max(_MIN_COLOR_DISTANCE, 3.0 * float(np.median(distance[border_only])))
+        chosen = border_only & (distance < tolerance)
+    everything = list(range(len(exponents)))
+    for _ in range(_BACKDROP_ROUNDS):
+        selected = distance < tolerance
+        if selected.sum() < 2 * len(exponents):
+            break
+        coef = _fit_polynomial(terms, values, selected, everything)
+        distance = np.linalg.norm(values - terms @ coef, axis=1)
+    # sum_ij c_ij x^i y^j as (powers of y) @ C @ (powers of x)^T, one channel at a time
+    full_y, full_x = _powers(height), _powers(width)
+    model = np.empty((height, width, 3), np.float32)
+    for channel in range(3):
+        grid = np.zeros((_BACKDROP_DEGREE + 1, _BACKDROP_DEGREE + 1))
+        for (i, j), c in zip(exponents, coef[:, channel], strict=True):
+            grid[j, i] = c
+        model[..., channel] = full_y @ grid @ full_x.T
+    return model
 
 
-def _grabcut_trimap(distance: np.ndarray, threshold: float, border: np.ndarray) -> np.ndarray:
-    """GrabCut seeds: background-coloured border is certain background, colours far from it probable object.
+def _fit_polynomial(terms: np.ndarray, values: np.ndarray, rows: np.ndarray, used: list[int]) -> np.ndarray:
+    """Least-squares coefficients (zero for the terms not `used`) of the polynomial through `values[rows]`."""
+    design = terms[rows][:, used]
+    coef = np.zeros((terms.shape[1], values.shape[1]))
+    # normal equations: a 15 x 15 solve, much cheaper here than an SVD-based lstsq on thousands of rows
+    coef[used] = np.linalg.solve(design.T @ design + 1e-6 * np.eye(len(used)), design.T @ values[rows])
+    return coef
 
-    Pixels almost exactly the background colour are certain background too (that keeps see-through holes
-    open), and the eroded core of the far region is certain object (that keeps grey parts of the object in).
+
+def _powers(count: int) -> np.ndarray:
+    """Powers 0.._BACKDROP_DEGREE of `count` coordinates spread over [-1, 1], as a (count, degree + 1) array."""
+    t = np.linspace(-1.0, 1.0, count)
+    return t[:, None] ** np.arange(_BACKDROP_DEGREE + 1)[None, :]
+
+
+def _shadow_like(rgb: np.ndarray, lab: np.ndarray, backdrop: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Pixels that look like the backdrop in shadow (its chromaticity, darker, no sharp edge nearby), and every
+    pixel's lightness as a share of the backdrop's. Colours are smoothed first: a shadow is smooth, and the
+    chromaticity of dark pixels is noisy."""
+    backdrop_rgb = cv2.cvtColor(backdrop, cv2.COLOR_Lab2RGB)
+    image = cv2.GaussianBlur(rgb.astype(np.float32) / 255.0, (0, 0), 1.5)
+    chroma = image / np.maximum(image.sum(axis=2, keepdims=True), 1e-3)
+    backdrop_chroma = backdrop_rgb / np.maximum(backdrop_rgb.sum(axis=2, keepdims=True), 1e-3)
+    same_hue = np.abs(chroma - backdrop_chroma).max(axis=2) < _SHADOW_CHROMA
+    lightness = cv2.GaussianBlur(lab[..., 0], (0, 0), 1.0)
+    ratio = (lightness + 1.0) / (backdrop[..., 0] + 1.0)
+    darker = (ratio > _SHADOW_LIGHTNESS[0]) & (ratio < _SHADOW_LIGHTNESS[1])
+    gradient = np.hypot(
+        cv2.Sobel(lightness, cv2.CV_32F, 1, 0, ksize=3), cv2.Sobel(lightness, cv2.CV_32F, 0, 1, ksize=3)
+    )
+    soft = cv2.dilate(gradient, np.ones((3, 3), np.uint8)) / 8.0 < _SHADOW_MAX_GRADIENT
+    shadow = cv2.morphologyEx((same_hue & darker & soft).astype(np.uint8), cv2.MORPH_CLOSE, np.ones((3, 3), np.uint8))
+    return shadow.astype(bool), ratio
+
+
+def _cast_shadows(shadow: np.ndarray, far: np.ndarray, ratio: np.ndarray) -> np.ndarray:
+    """The shadow-like regions that are shadows on the backdrop: mostly surrounded by backdrop, or clearly dark and
+    partly against it. A pale region the object surrounds (a white seat, a white face) is the object's own shading.
     """
-    far = distance >= threshold
+    count, labels = cv2.connectedComponents(shadow.astype(np.uint8), connectivity=8)
+    if count <= 1:
+        return shadow
+    ring = cv2.dilate(shadow.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool) & ~shadow
+    nearest = _nearest_label(labels, ring)
+    against_backdrop = np.bincount(nearest[ring], weights=~far[ring], minlength=count)
+    open_share = against_backdrop / np.maximum(np.bincount(nearest[ring], minlength=count), 1)
+    darkness = np.bincount(labels.ravel(), weights=ratio.ravel(), minlength=count) / np.maximum(
+        np.bincount(labels.ravel(), minlength=count), 1
+    )
+    keep = (open_share >= _SHADOW_MIN_OPEN) | ((open_share >= _DARK_SHADOW_MIN_OPEN) & (darkness <= _DARK_SHADOW))
+    keep[0] = False
+    return keep[labels]
+
+
+def _nearest_label(labels: np.ndarray, where: np.ndarray) -> np.ndarray:
+    """For each pixel, the label of the nearest labelled (non-zero) pixel; used on the ring round the regions."""
+    dilated = cv2.dilate(labels.astype(np.float32), np.ones((3, 3), np.uint8))
+    return np.where(where, dilated, 0).astype(np.int64)
+
+
+def _grabcut_trimap(distance: np.ndarray, threshold: float, border: np.ndarray, shadow: np.ndarray) -> np.ndarray:
+    """GrabCut seeds: backdrop-coloured border is certain background, colours far from it probable object.
+
+    Pixels almost exactly the backdrop colour are certain background too (that keeps see-through holes open), and
+    the eroded core of the far region is certain object (that keeps grey parts of the object in). Shadow-like
+    pixels start as probable background.
+    """
+    far = (distance >= threshold) & ~shadow
     trimap = np.where(far, cv2.GC_PR_FGD, cv2.GC_PR_BGD).astype(np.uint8)
     trimap[distance < threshold / 4.0] = cv2.GC_BGD
     trimap[border & ~far] = cv2.GC_BGD
@@ -265,11 +388,16 @@ def _box_around(mask: np.ndarray, pad: int) -> tuple[int, int, int, int]:
 
 
 def _drop_small_components(mask: np.ndarray) -> np.ndarray:
+    """Drop specks: components much smaller than the largest one or than a small share of the image.
+
+    No morphological opening, so thin parts (a stick, a leg) survive however narrow they are.
+    """
     count, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
-    if count <= 2:
+    if count <= 1:
         return mask
     areas = stats[1:, cv2.CC_STAT_AREA]
-    keep = np.concatenate([[False], areas >= _MIN_COMPONENT_FRACTION * areas.max()])
+    smallest = max(_MIN_COMPONENT_FRACTION * areas.max(), _MIN_SPECK_FRACTION * mask.size)
+    keep = np.concatenate([[False], areas >= smallest])
     return keep[labels]
 
 
@@ -294,6 +422,51 @@ def _upscale_mask(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
         return mask
     smooth = cv2.resize(mask.astype(np.float32), (shape[1], shape[0]), interpolation=cv2.INTER_LINEAR)
     return smooth >= 0.5
+
+
+def _refine_edges(rgb: np.ndarray, mask: np.ndarray, backdrop: np.ndarray) -> np.ndarray:
+    """Re-decide the pixels near the outline at full resolution with the compositing equation.
+
+    In a band round the outline each pixel is I = a F + (1 - a) B, with F the mean object colour just inside and
+    B the mean backdrop colour just outside (shadow included); its opacity is the projection of I - B onto F - B.
+    Where object and backdrop are too alike there the coarse mask stands.
+    """
+    if not mask.any():
+        return mask
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * _EDGE_BAND + 1, 2 * _EDGE_BAND + 1))
+    inner = cv2.erode(mask.astype(np.uint8), kernel)
+    outer = 1 - cv2.dilate(mask.astype(np.uint8), kernel)
+    band = (inner == 0) & (outer == 0)
+    if not band.any():
+        return mask
+    top, bottom, left, right = _box_around(band, pad=4 * _EDGE_BAND)
+    window = (slice(top, bottom), slice(left, right))
+    image = rgb[window].astype(np.float32)
+    sigma = 2.0 * _EDGE_BAND
+    object_colour = _masked_blur(image, inner[window], sigma)
+    backdrop_colour = _masked_blur(image, outer[window], sigma)
+    contrast = object_colour - backdrop_colour
+    alpha = ((image - backdrop_colour) * contrast).sum(axis=2) / np.maximum((contrast**2).sum(axis=2), 1e-6)
+    lab_contrast = _lab_distance(object_colour, backdrop_colour)
+    decided = band[window] & (lab_contrast >= _EDGE_MIN_CONTRAST)
+    refined = mask.copy()
+    refined[window] = np.where(decided, alpha >= 0.5, mask[window])
+    return refined
+
+
+def _masked_blur(image: np.ndarray, weight: np.ndarray, sigma: float) -> np.ndarray:
+    """Gaussian mean of `image` over the pixels where `weight` is set (normalised convolution)."""
+    weight = weight.astype(np.float32)
+    total = cv2.GaussianBlur(weight, (0, 0), sigma)
+    blurred = cv2.GaussianBlur(image * weight[..., None], (0, 0), sigma)
+    return blurred / np.maximum(total, 1e-6)[..., None]
+
+
+def _lab_distance(rgb_a: np.ndarray, rgb_b: np.ndarray) -> np.ndarray:
+    """CIE76 distance between two float RGB (0-255) images."""
+    lab_a = cv2.cvtColor(np.clip(rgb_a / 255.0, 0, 1).astype(np.float32), cv2.COLOR_RGB2Lab)
+    lab_b = cv2.cvtColor(np.clip(rgb_b / 255.0, 0, 1).astype(np.float32), cv2.COLOR_RGB2Lab)
+    return np.linalg.norm(lab_a - lab_b, axis=2)
 
 
 def _square_window(mask: np.ndarray, margin: float) -> tuple[int, int, int]:
