@@ -422,8 +422,7 @@ class JobStore:
                     status, outcome = JobStatus.FAILED, failed
                     values = {"status": status, "error": detail, "finished_at": now}
                 else:
-                    detail = "lease expired" if size == 1 else f"lease expired (batch of {size}, retried in halves)"
-                    status, outcome = JobStatus.QUEUED, requeued
+                    status, detail, outcome = JobStatus.QUEUED, "lease expired", requeued
                     values = {"status": status, "stage": None, "progress": 0, "batch_limit": max(size // 2, 1)}
                 values |= {"solo_crashes": crashes, "lease_owner": None, "lease_expires_at": None, "updated_at": now}
                 if conn.execute(sa.update(jobs).where(jobs.c.id == job.id, expired_lease).values(values)).rowcount:
