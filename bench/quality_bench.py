@@ -82,7 +82,7 @@ def default_remover(rgb: np.ndarray) -> np.ndarray:
 
 
 def onnx_remover(model: Path) -> Callable[[np.ndarray], np.ndarray]:
-    from orfeas.pipeline.background import OnnxRemover
+    from orfeas.pipeline.learned_remover import OnnxRemover
 
     remover = OnnxRemover(model)
     return lambda rgb: remove_background(rgb, remover)[0] >= 0.5

@@ -130,7 +130,8 @@ def segment_studio_background(rgb: np.ndarray) -> np.ndarray:
 
 
 def remove_background(rgba: np.ndarray, remover: BackgroundRemover | None = None) -> tuple[np.ndarray, str]:
-    """Object opacity as (H, W) float32 in [0, 1] and the method that found it ("alpha", "custom", "grabcut").
+    """Object opacity as (H, W) float32 in [0, 1] and the method that found it: "alpha", "grabcut", or the
+    remover's `name` ("onnx:u2net"; "custom" for a remover without one).
 
     The image's alpha wins when it is a real mask; else the plug-in `remover`; else classical segmentation.
     Raises `InvalidImage` when no object can be told apart from the background.
@@ -141,7 +142,7 @@ def remove_background(rgba: np.ndarray, remover: BackgroundRemover | None = None
         method = "alpha"
     else:
         if remover is not None:
-            alpha, method = _as_alpha(remover(rgba), rgba.shape[:2]), "custom"
+            alpha, method = _as_alpha(remover(rgba), rgba.shape[:2]), str(getattr(remover, "name", "custom"))
         else:
             alpha, method = segment_studio_background(rgba[..., :3]).astype(np.float32), "grabcut"
         # Keep whatever transparency the image had even though it was not a mask of its own.

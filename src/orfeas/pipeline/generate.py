@@ -25,6 +25,7 @@ from orfeas.pipeline.export import export_mesh, safe_stem, to_export_frame
 from orfeas.pipeline.extract import extract_mesh
 from orfeas.pipeline.generators import GenerationParams, Generator, GridField, create_generator
 from orfeas.pipeline.image import load_image
+from orfeas.pipeline.learned_remover import create_remover
 from orfeas.pipeline.profile import Profile
 from orfeas.pipeline.texture import apply_texture, apply_vertex_colors
 from orfeas.pipeline.views import batch_views, ordered_views
@@ -99,6 +100,8 @@ def generate_batch(
     check_input_views(generator, per_image[0], batch_views(images))
     notify = on_stage or (lambda _index, _stage: None)
     profiles = [Profile() for _ in images]
+    # the learned remover the settings name, if any (a caller that generates often builds it once and passes it)
+    remover = remover if remover is not None else create_remover(settings)
 
     cutouts = []
     for index, (image, profile) in enumerate(zip(images, profiles, strict=True)):
