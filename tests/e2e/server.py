@@ -57,7 +57,7 @@ class Server:
         self.process: subprocess.Popen | None = None
         self.log = log or data_dir / "server.log"
 
-    def start(self, timeout: float = 30.0) -> Server:
+    def start(self, timeout: float = 90.0) -> Server:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(

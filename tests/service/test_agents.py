@@ -244,3 +244,18 @@ def test_an_unknown_operation_is_a_programming_error(call: Call, authenticator: 
     call.operation = "delete"
     with pytest.raises(ValueError):
         call.send(authenticator)
+
+
+def test_refusals_are_audited_once_per_window_and_throttled_per_address() -> None:
+    from orfeas.service.agents import RefusalLimiter
+
+    clock = [1000.0]
+    limiter = RefusalLimiter(per_address=3, window_seconds=60, now=lambda: clock[0])
+    first = [limiter.refused("10.0.0.1", "ak_victim") for _ in range(5)]
+    assert [r.audit for r in first] == [True, False, False, False, False]
+    assert [r.throttled for r in first] == [False, False, False, True, True]
+    assert first[-1].retry_after > 0
+    assert not limiter.refused("10.0.0.2", "ak_other").throttled  # another address is not affected
+    clock[0] += 61
+    later = limiter.refused("10.0.0.1", "ak_victim")
+    assert later.audit and later.skipped == 4 and not later.throttled

@@ -62,24 +62,38 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
                 self._refuse("431 Request Header Fields Too Large", "the request's headers are too large")
                 return
         super().data_received(data)
-        if self._header_count > self.limits.max_headers and not self._refused:
-            self._refuse("431 Request Header Fields Too Large", "the request has too many headers")
+
+    def on_message_begin(self) -> None:
+        if not self._refused:
+            super().on_message_begin()
+
+    def on_url(self, url: bytes) -> None:
+        if not self._refused:
+            super().on_url(url)
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._header_count += 1
-        if self._header_count <= self.limits.max_headers:
+        if self._header_count > self.limits.max_headers and not self._refused:
+            self._refuse("431 Request Header Fields Too Large", "the request has too many headers")
+        if not self._refused:
             super().on_header(name, value)
 
     def on_headers_complete(self) -> None:
         self._awaiting_headers = False
         self._cancel_timer()
-        if self._header_count > self.limits.max_headers:
-            return  # refused in data_received once the parser returns
+        if self._refused:
+            return
         super().on_headers_complete()
         if not self.transport.is_closing() and self.cycle is not None and self.cycle.more_body:
             self._arm(self.limits.idle_timeout, self._body_too_slow)
 
+    def on_body(self, body: bytes) -> None:
+        if not self._refused:
+            super().on_body(body)
+
     def on_message_complete(self) -> None:
+        if self._refused:
+            return
         super().on_message_complete()
         self._awaiting_headers = True
         self._header_bytes = self._header_count = 0

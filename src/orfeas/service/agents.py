@@ -14,6 +14,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 from orfeas.errors import OrfeasError
 from orfeas.signing import (
@@ -189,12 +190,24 @@ class TooManyFailures(OrfeasError):
         self.retry_after = retry_after
 
 
+@dataclass(frozen=True)
+class Refusal:
+    """What to do about one refused agent request: whether to audit it (and how many were left out before it),
+    and whether its address is over its refusals (answer 429 instead of 401)."""
+
+    audit: bool
+    skipped: int
+    throttled: bool
+    retry_after: int
+
+
 class RefusalLimiter:
     """Bounds what refused (forged, stale, malformed) agent requests cost, per API process.
 
-    A client address with more than `per_address` refusals in `window_seconds` is answered 429 before any database
-    work; and of the refusals of one key id, only the first of each window is audited, with the count of those
-    left out since, so a flood cannot bury an agent's real audit entries nor hold the database's write lock.
+    Every request is still verified, so a real agent behind the same address as an attacker keeps working; but a
+    client address with more than `per_address` refusals in `window_seconds` gets 429 for further refusals, and of
+    the refusals of one key id only the first of each window is audited, with the count of those left out, so a
+    flood cannot bury an agent's real audit entries nor take the database's write lock again and again.
     """
 
     def __init__(
@@ -207,31 +220,21 @@ class RefusalLimiter:
         self._keys: dict[str, tuple[float, int]] = {}  # key id -> (window start, refusals not audited since)
         self._lock = threading.Lock()
 
-    def check(self, address: str) -> None:
-        """Raise TooManyFailures while `address` is over its refusals."""
-        with self._lock:
-            recent = self._recent(address)
-            if len(recent) >= self._per_address:
-                raise TooManyFailures(max(1, int(recent[0] + self._window - self._now()) + 1))
-
-    def refused(self, address: str, key_id: str) -> int | None:
-        """Count a refusal; returns None when it should not be audited, else how many earlier ones were not."""
+    def refused(self, address: str, key_id: str) -> Refusal:
+        """Count one refusal from `address` presenting `key_id`."""
         with self._lock:
             now = self._now()
-            self._recent(address).append(now)
+            recent = [t for t in self._addresses.get(address, ()) if t > now - self._window] + [now]
+            self._addresses[address] = recent[-(self._per_address + 1) :]
+            throttled = len(recent) > self._per_address
+            retry_after = max(1, int(recent[-self._per_address - 1] + self._window - now) + 1) if throttled else 0
             started, skipped = self._keys.get(key_id, (None, 0))
             if started is not None and now - started < self._window:
                 self._keys[key_id] = (started, skipped + 1)
-                return None
+                return Refusal(audit=False, skipped=0, throttled=throttled, retry_after=retry_after)
             self._keys[key_id] = (now, 0)
             self._prune(now)
-            return skipped
-
-    def _recent(self, address: str) -> list[float]:
-        cutoff = self._now() - self._window
-        times = [t for t in self._addresses.get(address, ()) if t > cutoff]
-        self._addresses[address] = times
-        return times
+            return Refusal(audit=True, skipped=skipped, throttled=throttled, retry_after=retry_after)
 
     def _prune(self, now: float) -> None:
         if len(self._keys) + len(self._addresses) < 10_000:

@@ -19,7 +19,7 @@ from orfeas.api.schemas import AgentJob, JobView, SubmittedJobs, job_json
 from orfeas.errors import InvalidImage, InvalidOptions, OrfeasError
 from orfeas.limits import parse_json
 from orfeas.options import GenerateOptions
-from orfeas.service.agents import AgentRequestRefused, rate_limit_headers
+from orfeas.service.agents import AgentRequestRefused, TooManyFailures, rate_limit_headers
 from orfeas.service.auth import Principal, agent_principal
 from orfeas.service.jobs import Upload
 from orfeas.store.agents import AgentRecord
@@ -52,7 +52,6 @@ def authenticated(operation: str, success: int = 200):
         request: Request, services: Annotated[Services, Depends(get_services)]
     ) -> AsyncIterator[AgentRequest]:
         address = request.client.host if request.client else ""
-        services.refusals.check(address)
         body = await request.body()
         try:
             agent, admission = await asyncio.to_thread(
@@ -65,7 +64,11 @@ def authenticated(operation: str, success: int = 200):
                 operation,
             )
         except AgentRequestRefused as exc:
-            await _audit_refusal(services, exc, operation, address)
+            refusal = services.refusals.refused(address, exc.key_id or "")
+            if refusal.audit:
+                await asyncio.to_thread(_audit_refusal, services, exc, operation, refusal.skipped)
+            if refusal.throttled:
+                raise TooManyFailures(refusal.retry_after) from None
             raise
         headers = rate_limit_headers(admission)
         request.state.rate_limit_headers = headers  # error responses to this request carry them too
@@ -103,15 +106,10 @@ def _audit(services: Services, call: AgentRequest, operation: str, outcome: int,
         logger.exception("could not audit %s by agent %s", operation, call.agent.name)
 
 
-async def _audit_refusal(services: Services, exc: AgentRequestRefused, operation: str, address: str) -> None:
-    """Audit a refused request unless its key id's refusals are being counted rather than recorded."""
-    skipped = services.refusals.refused(address, exc.key_id or "")
-    if skipped is None:
-        return
+def _audit_refusal(services: Services, exc: AgentRequestRefused, operation: str, skipped: int) -> None:
     detail = str(exc) + (f" ({skipped} more refusals of this key id not recorded one by one)" if skipped else "")
     try:
-        await asyncio.to_thread(
-            services.agents.audit,
+        services.agents.audit(
             key_id=exc.key_id or "",
             operation=operation,
             outcome=status_for(exc),

@@ -154,7 +154,8 @@ async def job_events(websocket: WebSocket, job_id: str) -> None:
         return
     client = websocket.client.host if websocket.client else ""
     refusal = hub.admit(client)
-    if refusal is not None:
+    if refusal is not None:  # accepted first, so that the client sees the close code and the reason
+        await websocket.accept()
         await websocket.close(code=1013, reason=refusal)
         return
     try:
