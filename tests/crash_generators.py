@@ -1,5 +1,6 @@
-"""A generator that kills its own process, the way the kernel's OOM killer ends a worker (SIGKILL: no exception,
-no clean-up), for any batch holding a mostly red image; loaded by worker processes through ORFEAS_GENERATORS."""
+"""Generators for crash and memory tests, loaded by worker processes through ORFEAS_GENERATORS: one that kills its
+own process the way the kernel's OOM killer ends a worker (SIGKILL: no exception, no clean-up) for any batch holding
+a mostly red image, and one that declares how much memory each image needs (ORFEAS_TEST_IMAGE_BYTES)."""
 
 from __future__ import annotations
 
@@ -32,3 +33,19 @@ class CrashOnRedGenerator(InflateGenerator):
 
 def crash_on_red(settings: Settings) -> CrashOnRedGenerator:
     return CrashOnRedGenerator()
+
+
+class DeclaredMemoryGenerator(InflateGenerator):
+    """inflate that tells the batch sizing each image needs ORFEAS_TEST_IMAGE_BYTES."""
+
+    name = "declared"
+
+    def __init__(self, per_image_bytes: int):
+        self.per_image_bytes = per_image_bytes
+
+    def memory_per_image(self, params) -> int:
+        return self.per_image_bytes
+
+
+def declared_memory(settings: Settings) -> DeclaredMemoryGenerator:
+    return DeclaredMemoryGenerator(int(os.environ["ORFEAS_TEST_IMAGE_BYTES"]))

@@ -6,15 +6,27 @@ import io
 import json
 import signal
 import sqlite3
+import subprocess
 import time
 
+import pytest
 from PIL import Image
 
+from orfeas.service.optimizer import MemoryProbe, ResourceOptimizer
 from orfeas.store.db import sqlite_url
-from tests.e2e.server import TEST_GENERATORS, Server, WorkerProcess, wait_for
+from tests.cgroups import memory_cgroup
+from tests.e2e.server import ORFEAS, TEST_GENERATORS, Server, WorkerProcess, stop_process, wait_for
 from tests.synthetic import EXAMPLES
 
 CHAIR = (EXAMPLES / "chair.png").read_bytes()
+MIB = 2**20
+GENERATORS = json.dumps(
+    {
+        **json.loads(TEST_GENERATORS),
+        "crash": "tests.crash_generators:crash_on_red",
+        "declared": "tests.crash_generators:declared_memory",
+    }
+)
 
 
 def square(colour: tuple[int, int, int], size: int = 256) -> bytes:
@@ -103,9 +115,8 @@ def crash_columns(data_dir, job_id: str) -> tuple[int, int, int, int]:
 
 def test_a_job_that_kills_every_worker_fails_alone_and_the_jobs_of_its_batches_succeed(tmp_path):
     data = tmp_path / "data"
-    generators = {**json.loads(TEST_GENERATORS), "crash": "tests.crash_generators:crash_on_red"}
     env = {
-        "ORFEAS_GENERATORS": json.dumps(generators),
+        "ORFEAS_GENERATORS": GENERATORS,
         "ORFEAS_DEVICE": "cpu",  # no torch import at each worker start: the generator is CPU only
         "ORFEAS_MAX_BATCH": "4",
         "ORFEAS_MAX_ATTEMPTS": "2",
@@ -149,3 +160,45 @@ def test_a_job_that_kills_every_worker_fails_alone_and_the_jobs_of_its_batches_s
     assert deaths == [-signal.SIGKILL] * 4
     assert crash_columns(data, red["id"]) == (4, 1, 1, 2)  # attempts, last batch size, batch limit, solo crashes
     assert [by_name[f"blue{i}.png"]["result"]["batch_size"] for i in range(3)] == [2, 2, 1]  # retried in halves
+
+
+def test_a_worker_in_a_memory_limited_cgroup_sizes_its_batches_from_the_limit(tmp_path):
+    limit, per_image = 1536 * MIB, 256 * MIB
+    env = {
+        "ORFEAS_GENERATORS": GENERATORS,
+        "ORFEAS_TEST_IMAGE_BYTES": str(per_image),
+        "ORFEAS_DEVICE": "cpu",
+        "ORFEAS_MAX_BATCH": "8",
+    }
+    data = tmp_path / "data"
+    host = ResourceOptimizer(MemoryProbe("cpu"), max_batch=8).plan(per_image, queue_length=8)
+    if host.size < 8:
+        pytest.skip(f"the host itself has too little memory free to show the difference: {host.reason}")
+    with memory_cgroup(limit) as cgroup:
+        server = Server(data, env=env, args=("--no-worker",)).start()
+        worker = None
+        try:
+            with server.client() as client:
+                files = [("image", (f"blue{i}.png", square((40, 120, 220)), "image/png")) for i in range(8)]
+                form = {"backend": "declared", "faces": "1000", "resolution": "64"}
+                jobs = client.post("/api/jobs", files=files, data=form).json()["jobs"]
+                # The worker joins the cgroup before it starts (exec keeps the pid), so all its memory counts there.
+                join_then_run = 'echo $$ > "$1/cgroup.procs" && shift && exec "$@"'
+                command = [ORFEAS, "worker", "--data-dir", str(data), "--database", sqlite_url(data)]
+                with open(data / "worker.log", "ab") as log:
+                    worker = subprocess.Popen(
+                        ["sh", "-c", join_then_run, "sh", str(cgroup), *command],
+                        env=server.env,
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                    )
+                final = wait_for(client, [job["id"] for job in jobs], timeout=120)
+        finally:
+            stop_process(worker)
+            server.stop()
+    assert [job["status"] for job in final] == ["succeeded"] * 8
+    sizes = [job["result"]["batch_size"] for job in final]
+    # The host's RAM would take all 8 at once; the limit allows at most 0.85 × 1.5 GiB / 256 MiB = 5, less what the
+    # worker itself already uses.
+    assert max(sizes) <= 5, sizes
+    assert "1.5 GiB total" in (data / "worker.log").read_text()

@@ -8,9 +8,7 @@ import logging
 import os
 import subprocess
 import sys
-import time
 import types
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,8 +16,6 @@ import psutil
 import pytest
 
 from orfeas.service.optimizer import (
-    CGROUP_ROOT,
-    PROC_SELF_CGROUP,
     MemoryProbe,
     MemoryReading,
     ResourceOptimizer,
@@ -28,6 +24,7 @@ from orfeas.service.optimizer import (
     read_cgroup_memory,
     read_host_memory,
 )
+from tests.cgroups import memory_cgroup
 from tests.synthetic import REPO
 
 GIB = 2**30
@@ -342,70 +339,11 @@ print(json.dumps({"total": reading.total_bytes, "free": reading.free_bytes, "siz
 """
 
 
-def own_cgroup_path(controller: str) -> str | None:
-    for line in PROC_SELF_CGROUP.read_text().splitlines():
-        hierarchy, controllers, path = line.split(":", 2)
-        if (controller == "" and hierarchy == "0" and controllers == "") or controller in controllers.split(","):
-            return path
-    return None
-
-
-def memory_cgroup_candidates(name: str) -> list[tuple[Path, str]]:
-    """Where a test cgroup with a memory limit could go: (directory, limit file), cgroup v2 first."""
-    candidates = []
-    for mount in (CGROUP_ROOT, CGROUP_ROOT / "unified"):
-        control = mount / "cgroup.subtree_control"
-        if control.is_file() and "memory" in control.read_text().split():
-            candidates.append((mount / name, "memory.max"))
-            break
-    v1 = CGROUP_ROOT / "memory"
-    own = own_cgroup_path("memory")
-    if (v1 / "cgroup.procs").is_file() and own is not None:
-        parent = v1 / own.lstrip("/")  # nested in our own cgroup, so the test stays inside its accounting
-        candidates.append(((parent if parent.is_dir() else v1) / name, "memory.limit_in_bytes"))
-    return candidates
-
-
 @pytest.fixture
 def limited_cgroup() -> Iterator[tuple[Path, int]]:
-    """A real memory cgroup made for the test with a 256 MiB limit, removed afterwards; skipped where the test
-    cannot make one (not root, no writable cgroup filesystem with the memory controller)."""
-    if not sys.platform.startswith("linux") or os.geteuid() != 0:
-        pytest.skip("making a cgroup needs root on Linux")
-    limit = 256 * MIB
-    name = f"orfeas-test-{uuid.uuid4().hex[:8]}"
-    reasons = []
-    for directory, limit_file in memory_cgroup_candidates(name):
-        try:
-            directory.mkdir()
-        except OSError as exc:
-            reasons.append(f"{directory}: {exc}")
-            continue
-        try:
-            (directory / limit_file).write_text(str(limit))
-        except OSError as exc:
-            reasons.append(f"{directory / limit_file}: {exc}")
-            directory.rmdir()
-            continue
-        try:
-            yield directory, limit
-        finally:
-            remove_cgroup(directory)
-        return
-    pytest.skip(f"no writable memory cgroup: {reasons or 'no cgroup filesystem with the memory controller'}")
-
-
-def remove_cgroup(directory: Path) -> None:
-    """rmdir, retried briefly: the kernel lets go of a cgroup a moment after its last process exits."""
-    for _ in range(50):
-        try:
-            directory.rmdir()
-            return
-        except FileNotFoundError:
-            return
-        except OSError:
-            time.sleep(0.1)
-    directory.rmdir()
+    """A real memory cgroup with a 256 MiB limit, made for the test (skipped where it cannot be)."""
+    with memory_cgroup(256 * MIB) as directory:
+        yield directory, 256 * MIB
 
 
 def test_a_process_in_a_memory_limited_cgroup_plans_batches_within_the_limit(limited_cgroup) -> None:
