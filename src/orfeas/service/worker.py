@@ -1,7 +1,8 @@
 """The worker: claims batches of compatible jobs, runs them through one generator call, stores the results.
 
 Crash safety comes from the store: a claimed job carries a lease that a heartbeat renews; a worker that dies
-stops renewing, and `requeue_expired` (run by every worker at start and then by each heartbeat) puts its jobs back.
+stops renewing, and `requeue_expired` (run by every worker at start and then by each heartbeat) puts its jobs back,
+capped to half the batch that died, so a job that kills workers ends up alone and only it is failed (store/jobs.py).
 A job completes only while its lease is ours, so it completes at most once.
 
 When the database cannot be reached (restart, cut connections), the loop backs off exponentially with jitter and
