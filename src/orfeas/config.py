@@ -87,7 +87,9 @@ class Settings(BaseSettings):
     device: str = Field("auto", description="'auto', 'cpu' or 'cuda:N': the device whose memory sizes batches.")
     lease_seconds: float = Field(30.0, description="A claimed job returns to the queue if not renewed this long.")
     heartbeat_seconds: float = Field(5.0, description="How often a worker renews the leases of its jobs.")
-    max_attempts: int = Field(3, description="A job whose worker died this many times is failed.")
+    max_attempts: int = Field(
+        3, description="A job whose worker died this many times while running it alone is failed."
+    )
     poll_seconds: float = Field(0.2, description="Idle worker's wait between queue checks.")
     retention_hours: float = Field(24 * 7, description="Finished jobs and their files are deleted after this.")
 

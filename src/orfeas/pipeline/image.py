@@ -62,9 +62,7 @@ def inspect_image(source: str | os.PathLike | bytes, *, max_pixels: int = 40_000
     every block), other formats decode once in their native mode and are dropped at once.
     """
     with _open(source, max_pixels) as img:
-        _check_format(img)
-        _check_size(img, max_pixels)
-        width, height = img.size
+        width, height = _checked_header(img, max_pixels)
         _select_first_frame(img)
         if img.format == "JPEG":
             img.draft(img.mode, (max(1, width // 8), max(1, height // 8)))
@@ -72,9 +70,22 @@ def inspect_image(source: str | os.PathLike | bytes, *, max_pixels: int = 40_000
         return ImageInfo(format=img.format, width=width, height=height)
 
 
+def read_header(source: str | os.PathLike | bytes, *, max_pixels: int = 40_000_000) -> ImageInfo:
+    """Format and size from the header alone (nothing decoded); InvalidImage as `load_image` would raise it."""
+    with _open(source, max_pixels) as img:
+        width, height = _checked_header(img, max_pixels)
+        return ImageInfo(format=img.format, width=width, height=height)
+
+
 def decoded_bytes(info: ImageInfo) -> int:
-    """An upper bound of the memory one full `load_image` of this image holds at once (RGBA plus the decode)."""
+    """An upper bound of the memory decoding this image holds at once (16-bit RGBA, the widest mode we take)."""
     return info.pixels * 8
+
+
+def _checked_header(img: Image.Image, max_pixels: int) -> tuple[int, int]:
+    _check_format(img)
+    _check_size(img, max_pixels)
+    return img.size
 
 
 def _open(source: str | os.PathLike | bytes, max_pixels: int) -> Image.Image:
