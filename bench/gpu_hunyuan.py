@@ -1,13 +1,18 @@
 """Hunyuan3D-2 shape generation on a GPU: diffusion and volume decoding, seconds per image.
 
-    python bench/gpu_hunyuan.py [--device cuda] [--dtypes float32,float16,bfloat16] [--batches 1,4] [--steps 30]
-                                [--resolution 384] [--json out.json] [--write docs/BENCHMARKS.md]
+    python bench/gpu_hunyuan.py [--model hunyuan3d-dit-v2-0] [--device cuda] [--dtypes float32,float16,bfloat16]
+                                [--batches 1,4] [--steps 30] [--resolution 384] [--json out.json]
+                                [--write docs/BENCHMARKS.md]
+    for m in hunyuan3d-dit-v2-0 hunyuan3d-dit-v2-mini-turbo hunyuan3d-dit-v2-mv; do
+        python bench/gpu_hunyuan.py --model $m --json $m.json; done    # the variants, each its default steps
     python bench/gpu_hunyuan.py --tiny --device cpu      # a smoke run of this script, a few seconds on the CPU
 
-The full-size architecture (hunyuan3d-dit-v2-0's config) with random weights, built in memory: diffusion and dense
-decoding cost the same whatever the weights hold. Diffusion: `sample_latents` over a batch (the conditioner once,
-then one DiT pass per step on 2 x batch sequences for classifier-free guidance); seconds per image = batch time /
-batch size, with the peak memory the batch added against `memory_per_image`'s estimate.
+A variant's full-size architecture (hunyuan_random.model_config: hunyuan3d-dit-v2-0's config by default; a -turbo
+variant with its turbo VAE, a multi-view one fed four views per item) with random weights, built in memory:
+diffusion and dense decoding cost the same whatever the weights hold. Diffusion: `sample_latents` over a batch
+(the conditioner once, then one DiT pass per step on 2 x batch sequences for classifier-free guidance, batch
+sequences for a guidance-distilled -fast or -turbo variant) at the variant's default steps; seconds per image =
+batch time / batch size, with the peak memory the batch added against `memory_per_image`'s estimate.
 
 Decoding one image's latents at the octree resolution: hierarchical decoding follows the surface, and a random
 model's field has no realistic one, so both of our methods run the real shape decoder on every point they query but
@@ -33,7 +38,8 @@ from orfeas.pipeline.background import Cutout
 from orfeas.pipeline.extract import extract_neural_field, torch_field
 from orfeas.pipeline.generators.base import GenerationParams
 from orfeas.pipeline.generators.hunyuan import BOX, HunyuanGenerator, decode_latents, sample_latents
-from orfeas.pipeline.generators.hunyuan_random import model_config, random_pipeline
+from orfeas.pipeline.generators.hunyuan_random import model_config, random_pipeline, vae_config
+from orfeas.pipeline.generators.hunyuan_variants import get_variant
 from report import write_section
 
 MARKER = "gpu-hunyuan"
@@ -70,24 +76,31 @@ def images(count: int, size: int) -> list[Cutout]:
     out = []
     for index in range(count):
         rgba = np.zeros((size, size, 4), dtype=np.uint8)
-        radius = size * (0.25 + 0.05 * index)
-        rgba[(rows - size / 2) ** 2 + (cols - size / 2) ** 2 < radius**2] = (200, 60 + 40 * index, 60, 255)
+        radius = size * (0.25 + 0.05 * (index % 5))
+        rgba[(rows - size / 2) ** 2 + (cols - size / 2) ** 2 < radius**2] = (200, (60 + 40 * index) % 256, 60, 255)
         out.append(Cutout(rgba=rgba, method="bench"))
     return out
 
 
-def bench_diffusion(pipeline, generator, device, dtype_name, batches, steps, image_size) -> tuple[list[dict], object]:
+def bench_diffusion(
+    pipeline, generator, device, dtype_name, batches, steps, image_size, model
+) -> tuple[list[dict], object]:
     rows, latents = [], None
+    views, guidance = get_variant(model).views, get_variant(model).guidance_scale
     for batch in batches:
-        pictures = images(batch, image_size)
-        sample_latents(pipeline, pictures[:1], [0], 1, 5.0)  # warm-up: kernels, allocator
+        pictures = images(batch * views, image_size)
+        if views > 1:  # a multi-view model: each item is front, left, back and right
+            names = ("front", "left", "back", "right")
+            pictures = [dict(zip(names, pictures[i * views : (i + 1) * views], strict=True)) for i in range(batch)]
+        sample_latents(pipeline, pictures[:1], [0], 1, guidance)  # warm-up: kernels, allocator
         if device.startswith("cuda"):
             torch.cuda.reset_peak_memory_stats()
         before = torch.cuda.memory_allocated() if device.startswith("cuda") else 0
-        latents, seconds = timed(device, lambda p=pictures: sample_latents(pipeline, p, range(len(p)), steps, 5.0))
+        latents, seconds = timed(device, lambda p=pictures: sample_latents(pipeline, p, range(len(p)), steps, guidance))
         peak = torch.cuda.max_memory_allocated() - before if device.startswith("cuda") else None
         rows.append(
             {
+                "model": model,
                 "dtype": dtype_name,
                 "stage": "diffusion",
                 "batch": batch,
@@ -95,7 +108,7 @@ def bench_diffusion(pipeline, generator, device, dtype_name, batches, steps, ima
                 "seconds": seconds,
                 "seconds_per_image": seconds / batch,
                 "peak_bytes_per_image": peak / batch if peak else None,
-                "estimate_bytes_per_image": generator.memory_per_image(GenerationParams()),
+                "estimate_bytes_per_image": generator.memory_per_image(GenerationParams(options={"model": model})),
             }
         )
     return rows, latents
@@ -189,6 +202,7 @@ def markdown(rows: list[dict], device_name: str, command: str, size: str) -> str
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tiny", action="store_true", help="a tiny model: checks the script, not the speed")
+    parser.add_argument("--model", default="hunyuan3d-dit-v2-0", help="the variant (hunyuan_variants.VARIANTS)")
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--dtypes", default=None, help="comma-separated; default float32,float16,bfloat16")
     parser.add_argument("--batches", default=None, help="comma-separated batch sizes; default 1,4")
@@ -205,17 +219,21 @@ def main() -> None:
         sys.exit("no CUDA device here; use --tiny --device cpu for a smoke run")
     dtypes = (args.dtypes or ("float32" if args.tiny else "float32,float16,bfloat16")).split(",")
     batches = [int(b) for b in (args.batches or ("1,2" if args.tiny else "1,4")).split(",")]
-    steps = args.steps or (2 if args.tiny else 30)
+    steps = args.steps or (2 if args.tiny else get_variant(args.model).steps)
     resolution = args.resolution or (48 if args.tiny else 384)
     image_size = 64 if args.tiny else 512
-    config = model_config(tiny=args.tiny)
-    settings = Settings(device=args.device)
+    config = model_config(tiny=args.tiny, model=args.model)
+    if get_variant(args.model).vae is not None:  # a -turbo variant decodes with its turbo VAE
+        config["vae"] = vae_config(tiny=args.tiny, model=args.model)
+    settings = Settings(device=args.device, hunyuan_model=args.model)
 
     rows = []
     for name in dtypes:
         pipeline = random_pipeline(config, args.device, DTYPES[name])
         generator = HunyuanGenerator(settings.model_copy(update={"hunyuan_dtype": name}), pipeline)
-        diffusion, latents = bench_diffusion(pipeline, generator, args.device, name, batches, steps, image_size)
+        diffusion, latents = bench_diffusion(
+            pipeline, generator, args.device, name, batches, steps, image_size, args.model
+        )
         decoding = bench_decoding(pipeline, args.device, name, latents, resolution, args.chunk, args.part1_queries)
         for row in diffusion + decoding:
             print(json.dumps(row), flush=True)
