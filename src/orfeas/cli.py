@@ -12,17 +12,20 @@ import trimesh
 import typer
 from PIL import Image
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from orfeas.cli_help import CleanHelpTyper
 from orfeas.config import Settings
 from orfeas.errors import OrfeasError
 from orfeas.options import GenerateOptions
+from orfeas.pipeline.export import safe_stem
 from orfeas.pipeline.generate import GenerationResult, generate, save_result
 from orfeas.pipeline.generators import create_generator
 from orfeas.pipeline.preview import render_preview
 
-app = typer.Typer(help="ORFEAS: turn images into 3D models.", no_args_is_help=True, add_completion=False)
+app = CleanHelpTyper(help="ORFEAS: turn images into 3D models.", no_args_is_help=True, add_completion=False)
 stderr = Console(stderr=True, soft_wrap=True)  # one error, one line: no wrapping
 
 
@@ -47,23 +50,35 @@ def parse_generator_options(pairs: list[str]) -> dict[str, Any]:
 
 @app.command("generate")
 def generate_command(
-    images: Annotated[list[Path], typer.Argument(help="Input images (PNG, JPEG, WebP).", show_default=False)],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("out"),
-    formats: Annotated[str, typer.Option("--format", "-f", help="Comma-separated: glb,obj,stl,ply.")] = "glb",
-    backend: Annotated[str, typer.Option(help="Shape generator.")] = "inflate",
+    images: Annotated[
+        list[Path],
+        typer.Argument(help="Input images (PNG, JPEG, WebP, GIF).", metavar="IMAGE", show_default=False),
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.", metavar="DIR")] = Path("out"),
+    formats: Annotated[
+        str, typer.Option("--format", "-f", help="Comma-separated: glb,obj,stl,ply.", metavar="FORMATS")
+    ] = "glb",
+    backend: Annotated[str, typer.Option(help="Shape generator.", metavar="NAME")] = "inflate",
     resolution: Annotated[
-        int | None, typer.Option(help="Grid cells across the object [default: the generator's, inflate 192].")
+        int | None,
+        typer.Option(help="Grid cells across the object.", metavar="N", show_default="the generator's; inflate 192"),
     ] = None,
-    faces: Annotated[int, typer.Option(help="Face budget.")] = 50_000,
+    faces: Annotated[int, typer.Option(help="Face budget.", metavar="N")] = 50_000,
     texture: Annotated[bool, typer.Option("--texture/--no-texture", help="Texture, or vertex colours.")] = True,
-    seed: Annotated[int, typer.Option(help="Random seed for generators that sample.")] = 0,
+    seed: Annotated[int, typer.Option(help="Random seed for generators that sample.", metavar="N")] = 0,
     option: Annotated[
-        list[str] | None, typer.Option("--option", "-O", help="Generator option KEY=VALUE (repeatable).")
+        list[str] | None,
+        typer.Option("--option", "-O", help="Generator option KEY=VALUE (repeatable).", metavar="KEY=VALUE"),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object per image on stdout.")] = False,
 ) -> None:
-    """Generate a 3D model for each image: DIR/<stem>.<fmt> plus DIR/<stem>.json with the report."""
+    """Generate a 3D model for each image: DIR/<stem>.<fmt> plus DIR/<stem>.json with the report.
+
+    Two images with the same stem (mug.png, mug.jpg) get mug.* and mug-2.*, and the command says so.
+    """
     settings = Settings()
+    check_generate_arguments(images, out)
+    stems = output_stems(images)
     try:
         options = GenerateOptions.build(
             backend=backend,
@@ -91,14 +106,14 @@ def generate_command(
         transient=True,
     ) as progress:
         task = progress.add_task("generating", total=len(images))
-        for path in images:
+        for path, stem in zip(images, stems, strict=True):
             progress.update(task, description=path.name)
             try:
                 result = generate(path, options, settings, generator)
-                save_result(result, out, path.stem)
+                save_result(result, out, stem)
             except OrfeasError as exc:
                 failures += 1
-                stderr.print(f"[red]error:[/red] {path}: {exc}")
+                stderr.print(f"[red]error:[/red] {escape(about(path, exc))}")
                 if as_json:
                     print(json.dumps({"image": str(path), "error": str(exc)}), flush=True)
             else:
@@ -111,6 +126,49 @@ def generate_command(
         _print_table(results, out)
     if failures:
         raise typer.Exit(1)
+
+
+def check_generate_arguments(images: list[Path], out: Path) -> None:
+    """Refuse, before any work, inputs that are folders or missing and an output folder that is a file."""
+    problems = []
+    for path in images:
+        if path.is_dir():
+            problems.append(f"{path} is a folder: pass the images in it ({path.as_posix().rstrip('/')}/*.png)")
+        elif not path.exists():
+            problems.append(f"{path}: no such file")
+    if out.exists() and not out.is_dir():
+        problems.append(f"--out {out} is a file: name a folder (it is created if missing)")
+    for problem in problems:
+        stderr.print(f"[red]error:[/red] {escape(problem)}")
+    if problems:
+        raise typer.Exit(2)
+
+
+def output_stems(images: list[Path]) -> list[str]:
+    """The file stem each image's outputs get: its own (made safe), or with -2, -3... when an earlier image has it.
+
+    File systems that ignore case would merge "Mug" and "mug", so stems are compared without case. Each renamed
+    image is reported on stderr.
+    """
+    stems: list[str] = []
+    taken: dict[str, Path] = {}
+    for path in images:
+        base = safe_stem(path.stem)
+        stem, number = base, 1
+        while stem.lower() in taken:
+            number += 1
+            stem = f"{base}-{number}"
+        if stem != base:
+            stderr.print(f"{escape(str(path))} → {escape(stem)}.* ({escape(str(taken[base.lower()]))} makes {base}.*)")
+        taken[stem.lower()] = path
+        stems.append(stem)
+    return stems
+
+
+def about(path: Path, exc: Exception) -> str:
+    """An error about one file, naming the file once."""
+    message = str(exc)
+    return message if str(path) in message else f"{path}: {message}"
 
 
 @app.command("serve")
@@ -157,11 +215,15 @@ def serve_command(
     serve_app(application, settings, port, log_level)
 
 
-agents_app = typer.Typer(help="Manage the agents allowed to call the agent API (operator commands).")
+agents_app = CleanHelpTyper(help="Manage the agents allowed to call the agent API (operator commands).")
 app.add_typer(agents_app, name="agents")
 
-DataDirOption = Annotated[Path | None, typer.Option(help="Data folder of the server [default: ./orfeas-data].")]
-DatabaseOption = Annotated[str | None, typer.Option(help="Database URL [default: SQLite in the data dir].")]
+DataDirOption = Annotated[
+    Path | None, typer.Option(help="Data folder of the server.", metavar="DIR", show_default="./orfeas-data")
+]
+DatabaseOption = Annotated[
+    str | None, typer.Option(help="Database URL.", metavar="URL", show_default="SQLite in the data folder")
+]
 
 
 def _agent_store(data_dir: Path | None, database: str | None):
@@ -177,6 +239,7 @@ def _agent_store(data_dir: Path | None, database: str | None):
             code=2,
         )
     engine = _open_engine(settings)
+    stderr.print(f"database: {escape(engine.url.render_as_string(hide_password=True))}")
     master_key = load_master_key(settings.agent_master_key, settings.data_dir)
     try:
         check_master_key(UserStore(engine), master_key)
@@ -196,11 +259,22 @@ def _open_engine(settings: Settings):
     from orfeas.store.startup import open_database
 
     if not settings.database_url:
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        _ensure_data_dir(settings.data_dir)
     try:
         return open_database(settings.database_url or sqlite_url(settings.data_dir))
     except OrfeasError as exc:
         raise _fail(str(exc), code=2) from None
+
+
+def _ensure_data_dir(data_dir: Path) -> None:
+    """Create the data folder, saying so: a new folder means a new, empty database, not the server's."""
+    if data_dir.is_dir():
+        return
+    data_dir.mkdir(parents=True, exist_ok=True)
+    stderr.print(
+        f"[yellow]warning:[/yellow] created {escape(str(data_dir.resolve()))} with a new database; "
+        "pass --data-dir (or --database) to use a server's"
+    )
 
 
 def _fail(message: str, code: int = 1) -> typer.Exit:
@@ -232,16 +306,40 @@ def agents_create(
 
 
 @agents_app.command("list")
-def agents_list(data_dir: DataDirOption = None, database: DatabaseOption = None) -> None:
-    """List agents (never their secrets)."""
-    table = Table()
-    for column in ("name", "key_id", "operations", "rate/min", "status", "created"):
-        table.add_column(column)
-    for agent in _agent_store(data_dir, database).list():
+def agents_list(
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per agent, per line.")] = False,
+    data_dir: DataDirOption = None,
+    database: DatabaseOption = None,
+) -> None:
+    """List agents (never their secrets); key ids are never cut, other columns wrap to fit the terminal."""
+    from orfeas.store.db import as_utc
+
+    agents = _agent_store(data_dir, database).list()
+    if as_json:
+        for agent in agents:
+            record = {
+                "name": agent.name,
+                "key_id": agent.key_id,
+                "operations": list(agent.operations),
+                "rate_per_minute": agent.rate_per_minute,
+                "status": "revoked" if agent.revoked_at else "active",
+                "created_at": as_utc(agent.created_at).isoformat(),
+            }
+            print(json.dumps(record))
+        return
+    # fits 80 columns with a 23-character key id; names and operations wrap
+    table = Table(box=None, pad_edge=False, caption="created: date in UTC", caption_justify="left")
+    table.add_column("name", overflow="fold", min_width=8)
+    table.add_column("key id", no_wrap=True)
+    table.add_column("operations", min_width=10)
+    table.add_column("rate/min", justify="right", no_wrap=True)
+    table.add_column("status", no_wrap=True)
+    table.add_column("created", no_wrap=True)
+    for agent in agents:
         status = "revoked" if agent.revoked_at else "active"
         table.add_row(
-            agent.name, agent.key_id, ",".join(agent.operations), str(agent.rate_per_minute), status,
-            agent.created_at.strftime("%Y-%m-%d %H:%M"),
+            agent.name, agent.key_id, ", ".join(agent.operations), str(agent.rate_per_minute), status,
+            as_utc(agent.created_at).strftime("%Y-%m-%d"),
         )  # fmt: skip
     Console(file=sys.stdout).print(table)
 
@@ -282,18 +380,30 @@ def agents_audit(
             print(json.dumps(entry, default=str))
         return
     table = Table()
-    for column in ("at", "agent", "operation", "job", "outcome", "detail"):
+    for column in ("at (UTC)", "agent", "operation", "job", "outcome", "detail"):
         table.add_column(column)
     for entry in entries:
         table.add_row(
-            str(entry.get("at", ""))[:19], str(entry.get("agent") or entry.get("key_id") or ""),
+            utc_text(entry.get("at")), str(entry.get("agent") or entry.get("key_id") or ""),
             str(entry.get("operation", "")), str(entry.get("job_id") or ""), str(entry.get("outcome", "")),
             str(entry.get("detail") or "")[:60],
         )  # fmt: skip
     Console(file=sys.stdout).print(table)
 
 
-db_app = typer.Typer(help="The job database's schema (operator commands; servers and workers upgrade at start too).")
+def utc_text(value: object) -> str:
+    """An audit time (a datetime or its ISO text) as "2026-01-31 14:05:09 UTC"."""
+    from datetime import UTC, datetime
+
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    if not isinstance(value, datetime):
+        return ""
+    value = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    return value.strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+db_app = CleanHelpTyper(help="The job database's schema (operator commands; servers and workers upgrade at start too).")
 app.add_typer(db_app, name="db")
 
 
@@ -303,7 +413,7 @@ def _database_url(data_dir: Path | None, database: str | None) -> str:
     overrides = {key: value for key, value in {"data_dir": data_dir, "database_url": database}.items() if value}
     settings = Settings(**overrides)
     if not settings.database_url:
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        _ensure_data_dir(settings.data_dir)
     return settings.database_url or sqlite_url(settings.data_dir)
 
 
@@ -443,25 +553,45 @@ def _serve_metrics_registry(registry: Any, host: str, port: int) -> None:
 
 @app.command("preview")
 def preview_command(
-    model: Annotated[Path, typer.Argument(help="A model file (GLB, OBJ, PLY, STL).", show_default=False)],
-    out: Annotated[Path, typer.Option("--out", "-o", help="PNG to write.")] = Path("preview.png"),
-    size: Annotated[int, typer.Option(help="Image side in pixels.")] = 512,
-    yaw: Annotated[float, typer.Option(help="Turn about the vertical axis, degrees.")] = -30.0,
-    pitch: Annotated[float, typer.Option(help="Tilt toward the viewer, degrees.")] = 15.0,
+    model: Annotated[
+        Path, typer.Argument(help="A model file (GLB, OBJ, PLY, STL).", metavar="MODEL", show_default=False)
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="PNG to write.", metavar="FILE")] = Path("preview.png"),
+    size: Annotated[int, typer.Option(help="Image side in pixels.", metavar="PIXELS", min=16, max=4096)] = 512,
+    yaw: Annotated[float, typer.Option(help="Turn about the vertical axis, degrees.", metavar="DEGREES")] = -30.0,
+    pitch: Annotated[float, typer.Option(help="Tilt toward the viewer, degrees.", metavar="DEGREES")] = 15.0,
 ) -> None:
-    """Render a model to a PNG on the CPU (no GPU or display needed)."""
+    """Render a model to a PNG on the CPU (no GPU or display needed), in its texture or vertex colours."""
+    if model.is_dir():
+        raise _fail(f"{model} is a folder: name a model file in it", code=2)
+    if not model.exists():
+        raise _fail(f"{model}: no such file", code=2)
+    if model.suffix.lower() not in MODEL_SUFFIXES:
+        raise _fail(f"{model} is not a model file: preview reads {', '.join(MODEL_SUFFIXES)}", code=2)
+    if out.is_dir():
+        raise _fail(f"--out {out} is a folder: name the PNG to write", code=2)
     try:
         mesh = trimesh.load(model, force="mesh")
-    except (OSError, ValueError) as exc:
-        stderr.print(f"[red]error:[/red] cannot read {model}: {exc}")
-        raise typer.Exit(1) from None
-    if len(mesh.faces) == 0:
-        stderr.print(f"[red]error:[/red] {model} has no faces")
-        raise typer.Exit(1)
-    image = render_preview(mesh, size, yaw, pitch)
+    except Exception as exc:  # trimesh raises many kinds on a damaged file; each is one line here
+        raise _fail(f"cannot read {model}: {exc}") from None
+    if len(getattr(mesh, "faces", ())) == 0:
+        raise _fail(f"{model} has no faces")
+    image = render_preview(with_base_colour_texture(mesh), size, yaw, pitch)
     out.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(image).save(out)
     print(out)
+
+
+MODEL_SUFFIXES = (".glb", ".gltf", ".obj", ".ply", ".stl", ".off")
+
+
+def with_base_colour_texture(mesh: trimesh.Trimesh) -> trimesh.Trimesh:
+    """An OBJ's texture comes with a simple material (an image); the renderer reads a PBR base colour texture."""
+    visual = mesh.visual
+    material = getattr(visual, "material", None)
+    if visual.kind == "texture" and getattr(material, "image", None) is not None:
+        visual.material = material.to_pbr()
+    return mesh
 
 
 def _mount_agent_client() -> None:
@@ -486,7 +616,7 @@ def _print_table(results: list[tuple[Path, GenerationResult]], out: Path) -> Non
             f"{len(result.mesh.faces):,}",
             "yes" if result.mesh.is_watertight else "no",
             f"{profile.total:.2f}",
-            profile.slowest() or "",
+            (profile.slowest() or "").replace("_", " "),
         )
     Console(file=sys.stdout, width=max(Console().width, 110)).print(table)
 

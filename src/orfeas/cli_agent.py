@@ -11,10 +11,12 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
+from orfeas.cli import parse_generator_options
+from orfeas.cli_help import CleanHelpTyper
 from orfeas.client import AgentClient, ApiError, JobFailed, MissingCredentials, ServerUnreachable
 from orfeas.client.agent import result_filename
 
-agent_app = typer.Typer(
+agent_app = CleanHelpTyper(
     help="Call a running ORFEAS server as an agent (credentials from ORFEAS_AGENT_URL/KEY/SECRET).",
     no_args_is_help=True,
 )
@@ -35,10 +37,22 @@ def fail(message: str) -> NoReturn:
 
 
 def submission_options(
-    formats: str | None, faces: int | None, resolution: int | None, texture: bool | None
+    formats: str | None,
+    faces: int | None,
+    resolution: int | None,
+    texture: bool | None,
+    backend: str | None = None,
+    seed: int | None = None,
+    generator_options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The options the user gave, and only those: the server fills in its defaults for the rest."""
     options: dict[str, Any] = {}
+    if backend is not None:
+        options["backend"] = backend
+    if seed is not None:
+        options["seed"] = seed
+    if generator_options:
+        options["generator_options"] = generator_options
     if formats is not None:
         options["formats"] = [part.strip() for part in formats.split(",") if part.strip()]
     if faces is not None:
@@ -83,23 +97,53 @@ def wait_with_progress(
 
 @agent_app.command("generate")
 def generate_command(
-    images: Annotated[list[Path], typer.Argument(help="Input images (PNG, JPEG, WebP).", show_default=False)],
+    images: Annotated[
+        list[Path],
+        typer.Argument(help="Input images (PNG, JPEG, WebP, GIF).", metavar="IMAGE", show_default=False),
+    ],
     formats: Annotated[
-        str | None, typer.Option("--format", "-f", help="Comma-separated: glb,obj,stl,ply [default: server's, glb].")
+        str | None,
+        typer.Option(
+            "--format", "-f", help="Comma-separated: glb,obj,stl,ply.", metavar="FORMATS", show_default="server's, glb"
+        ),
     ] = None,
-    faces: Annotated[int | None, typer.Option(help="Face budget [default: server's].")] = None,
-    resolution: Annotated[int | None, typer.Option(help="Grid cells across the object [default: generator's].")] = None,
+    backend: Annotated[
+        str | None, typer.Option(help="Shape generator.", metavar="NAME", show_default="server's, inflate")
+    ] = None,
+    faces: Annotated[int | None, typer.Option(help="Face budget.", metavar="N", show_default="server's")] = None,
+    resolution: Annotated[
+        int | None, typer.Option(help="Grid cells across the object.", metavar="N", show_default="generator's")
+    ] = None,
     texture: Annotated[
-        bool | None, typer.Option("--texture/--no-texture", help="Texture, or vertex colours [default: texture].")
+        bool | None,
+        typer.Option("--texture/--no-texture", help="Texture, or vertex colours.", show_default="texture"),
+    ] = None,
+    seed: Annotated[
+        int | None, typer.Option(help="Random seed for generators that sample.", metavar="N", show_default="0")
+    ] = None,
+    option: Annotated[
+        list[str] | None,
+        typer.Option("--option", "-O", help="Generator option KEY=VALUE (repeatable).", metavar="KEY=VALUE"),
     ] = None,
     wait: Annotated[bool, typer.Option("--wait/--no-wait", help="Wait for the jobs and download the results.")] = True,
-    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the downloaded results.")] = Path("out"),
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the downloaded results.", metavar="DIR")] = Path(
+        "out"
+    ),
 ) -> None:
     """Submit images; with --wait, follow the jobs and download OUT/<image stem>.<format> (OBJ as .obj.zip).
 
     Prints "JOB_ID  IMAGE" per job on submission, then "JOB_ID  PATH" per downloaded file.
     """
-    options = submission_options(formats, faces, resolution, texture)
+    options = submission_options(
+        formats, faces, resolution, texture, backend, seed, parse_generator_options(option or [])
+    )
+    for image in images:
+        if image.is_dir():
+            fail(f"{image} is a folder: pass the images in it ({image.as_posix().rstrip('/')}/*.png)")
+        if not image.exists():
+            fail(f"{image}: no such file")
+    if out.exists() and not out.is_dir():
+        fail(f"--out {out} is a file: name a folder (it is created if missing)")
     names = [image.name for image in images]
     try:
         with AgentClient.from_env() as client:
@@ -121,7 +165,9 @@ def generate_command(
 
 
 @agent_app.command("status")
-def status_command(job_id: Annotated[str, typer.Argument(help="Job id printed by `orfeas agent generate`.")]) -> None:
+def status_command(
+    job_id: Annotated[str, typer.Argument(help="Job id printed by `orfeas agent generate`.", metavar="JOB_ID")],
+) -> None:
     """Print a job's status, progress, stage, error and result URLs as JSON."""
     try:
         with AgentClient.from_env() as client:
