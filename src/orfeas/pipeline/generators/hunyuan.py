@@ -355,7 +355,11 @@ class HunyuanGenerator:
         variant = VARIANTS.get(model, VARIANTS.get(self.settings.hunyuan_model, VARIANTS["hunyuan3d-dit-v2-0"]))
         size = self._size(variant)
         device = resolve_device(self.settings.device)
-        bytes_per = resolve_dtype(self.settings.hunyuan_dtype, device).itemsize
+        name = self.settings.hunyuan_dtype
+        if name == "auto":  # torch is asked only when the CPU's bfloat16 support decides
+            bytes_per = 2 if device.startswith("cuda") else resolve_dtype(name, device).itemsize
+        else:
+            bytes_per = {"float16": 2, "bfloat16": 2, "float32": 4}[name]
         copies = 1 if variant.guidance_distilled else 2
         cond_tokens = size["cond_tokens"] * variant.views
         tokens = size["latents"] + cond_tokens
