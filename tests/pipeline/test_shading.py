@@ -108,7 +108,9 @@ def test_harmonic_fill_passes_a_plane_through_its_outline():
 
 def test_shading_recovers_the_tilt_of_a_torus():
     torus = tilted(trimesh.creation.torus(major_radius=0.3, minor_radius=0.1), 1.0, (1, 0.3, 0))
-    assert front_error(torus) < 0.85 * front_error(torus, shading=0)
+    # the relief's pull toward zero (shading.RELIEF_ANCHOR) makes a whole-object tilt pay for itself, so less of it
+    # is recovered than the shading alone would allow
+    assert front_error(torus) < 0.9 * front_error(torus, shading=0)
     with_shading, without = mesh_scores(torus), mesh_scores(torus, shading=0)
     assert with_shading["fscore@0.05"] > without["fscore@0.05"] + 0.05
     assert with_shading["chamfer"] < without["chamfer"]
@@ -194,3 +196,39 @@ def test_bad_shading_options_are_refused(options):
 
     with pytest.raises(InvalidOptions):
         read_options(options)
+
+
+def mid_surface_bend(mesh: trimesh.Trimesh, **options) -> float:
+    """How far the mid-surface between the front and the back strays from a plane along the image's rows: the
+    largest deviation (world units) of each row's mean mid-depth from the straight line through them."""
+    cutout, _ = shaded_render(mesh, SIZE, light=(0.8, 0.2, 0.55))
+    # painted bands across the bottle: a print on the label, which the relief must not read as shading
+    bands = 0.75 + 0.25 * ((np.arange(SIZE) // 9) % 2)[:, None]
+    cutout.rgba[..., :3] = (cutout.rgba[..., :3] * bands[..., None]).astype(np.uint8)
+    sdf = cv2.resize(signed_distance_2d(cutout.mask) / SIZE, (SIZE, SIZE))
+    front, back = front_and_back(cutout, sdf, read_options(options))
+    inside = sdf > 0
+    rows = np.flatnonzero(inside.sum(axis=1) > 4)
+    mid = np.array([((front + back) / 2)[r, inside[r]].mean() for r in rows])
+    line = np.polyval(np.polyfit(rows, mid, 1), rows)
+    return float(np.abs(mid - line).max() + abs(np.polyfit(rows / SIZE, mid, 1)[0]) * 0.7)
+
+
+def test_a_bottle_like_cylinder_stays_straight():
+    bottle = trimesh.creation.cylinder(radius=0.12, height=0.7, sections=64)
+    bottle.apply_transform(trimesh.transformations.rotation_matrix(np.pi / 2, (1, 0, 0)))  # upright, along Y
+    # without the relief's pull toward zero the printed bands bend it into a banana (about 0.3 by this measure)
+    assert mid_surface_bend(bottle) < 0.12
+    assert mesh_scores(bottle)["fscore@0.05"] > mesh_scores(bottle, shading=0)["fscore@0.05"] - 0.03
+
+
+def test_a_sphere_lit_from_the_side_stays_a_sphere():
+    sphere = trimesh.creation.icosphere(subdivisions=4, radius=0.25)
+    cutout, _ = shaded_render(sphere, SIZE, light=(0.95, 0.1, 0.3))
+    field = InflateGenerator().generate_batch([cutout], GenerationParams(SIZE))[0]
+    mesh = extract_mesh(field)
+    assert mesh.is_watertight
+    assert mesh.extents == pytest.approx([0.5, 0.5, 0.5], abs=0.04)
+    generated = mesh.copy()
+    generated.apply_translation(-generated.bounds.mean(axis=0))
+    assert surface_scores(sphere, generated, samples=5_000)["fscore@0.05"] > 0.9

@@ -19,6 +19,11 @@ from scipy.sparse.linalg import splu
 LIGHT_ROUNDS = 4
 # Variance of the shading (in units of the albedo) below which an image counts as evenly shaded.
 MIN_SPREAD = 0.01
+# Weight of the pull of the relief toward zero, per cell, relative to the shading term. The bending energy leaves
+# tilts and wide bends free, so without this pull small shading residuals (texture, a second light) integrate into
+# a whole-object bend or tilt; with it a wide deformation must be paid for by the shading it explains
+# (docs/BENCHMARKS.md, "Depth prior on the corpus").
+RELIEF_ANCHOR = 0.3
 
 
 @dataclass(frozen=True)
@@ -130,7 +135,7 @@ def shading_relief(
     # Laplacian it also charges saddles (x^2 - y^2), which the shading alone leaves free. Stencils are in cells,
     # hence spacing**4.
     bending = (smoothness**2 / spacing**4) * (dxx.T @ dxx + 2 * dxy.T @ dxy + dyy.T @ dyy)
-    anchor = 1e-4 * sparse.identity(len(base))
+    anchor = RELIEF_ANCHOR * sparse.identity(len(base))
 
     def shading(relief: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         height = base + relief
@@ -140,7 +145,7 @@ def shading_relief(
 
     def cost(relief: np.ndarray, dot: np.ndarray) -> float:
         residual = data * (np.maximum(dot, 0.0) - target)
-        return float(residual @ residual + relief @ (bending @ relief) + 1e-4 * relief @ relief)
+        return float(residual @ residual + relief @ (bending @ relief) + RELIEF_ANCHOR * relief @ relief)
 
     relief = np.zeros_like(base)
     p, q, norm, dot = shading(relief)
@@ -153,7 +158,7 @@ def shading_relief(
         dq = weight * (-ly / norm - dot * q / norm**2)
         jacobian = sparse.diags(dp) @ dx + sparse.diags(dq) @ dy
         jtj = jacobian.T @ jacobian
-        gradient = jacobian.T @ residual + bending @ relief + 1e-4 * relief
+        gradient = jacobian.T @ residual + bending @ relief + RELIEF_ANCHOR * relief
         # Levenberg-Marquardt: a step that does not lower the cost is dropped and the next one is damped more
         system = jtj + bending + anchor + damping * sparse.diags(jtj.diagonal() + 1e-3)
         candidate = relief - _solve_symmetric(system, gradient)
