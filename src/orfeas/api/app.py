@@ -22,6 +22,7 @@ from orfeas.api.routes import agent, auth, docs, jobs, monitoring, studio
 from orfeas.api.security import HostOriginGuard, allowed_hosts, check_auth_binding
 from orfeas.config import Settings
 from orfeas.service.agents import AgentAuthenticator, check_master_key
+from orfeas.service.audit import AuditLog
 from orfeas.service.auth import AccountService
 from orfeas.service.jobs import JobService
 from orfeas.service.metrics import ServiceMetrics
@@ -65,6 +66,7 @@ def build_services(settings: Settings) -> Services:
         agents=agents,
         authenticator=AgentAuthenticator(agents, settings.agent_window_seconds),
         accounts=AccountService(users, settings.session_hours),
+        audit=AuditLog(agents),
     )
 
 
@@ -100,6 +102,7 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = True) -> 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         services.sampler.start(SAMPLE_SECONDS)
+        services.audit.start()
         threads = []
         if run_worker:
             worker = Worker(services.store, services.artifacts, settings, services.optimizer, services.metrics)
@@ -118,6 +121,7 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = True) -> 
             stop.set()
             services.sampler.stop()
             _return_running_jobs(services)
+            services.audit.stop()
             for thread in threads:
                 thread.join(timeout=settings.shutdown_grace_seconds)
 

@@ -8,6 +8,7 @@ from fastapi import Request
 
 from orfeas.config import Settings
 from orfeas.service.agents import AgentAuthenticator, RefusalLimiter
+from orfeas.service.audit import AuditLog
 from orfeas.service.auth import AccountService
 from orfeas.service.jobs import JobService
 from orfeas.service.metrics import ServiceMetrics
@@ -32,6 +33,7 @@ class Services:
     agents: AgentStore
     authenticator: AgentAuthenticator
     accounts: AccountService
+    audit: AuditLog
     refusals: RefusalLimiter = field(default_factory=RefusalLimiter)
     workers: list[Worker] = field(default_factory=list)
 

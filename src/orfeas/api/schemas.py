@@ -9,6 +9,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from fastapi.responses import Response
 from pydantic import BaseModel, Field
 
 from orfeas.service.auth import Principal
@@ -129,3 +130,17 @@ def job_json(
     """`job_view` as JSON-ready values, without the admin-only fields for anyone else."""
     view = job_view(job, viewer, owner_names, prefix=prefix)
     return view.model_dump(mode="json", exclude=None if viewer.is_admin else ADMIN_ONLY)
+
+
+def job_response(
+    job: JobRecord,
+    viewer: Principal,
+    owner_names: dict[str, str] | None = None,
+    *,
+    prefix: str = "/api/jobs",
+    headers: dict[str, str] | None = None,
+) -> Response:
+    """`job_json` serialised straight to JSON bytes by pydantic-core (the hot path of status polling)."""
+    view = job_view(job, viewer, owner_names, prefix=prefix)
+    body = view.model_dump_json(exclude=None if viewer.is_admin else ADMIN_ONLY)
+    return Response(body, media_type="application/json", headers=headers)

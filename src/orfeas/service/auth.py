@@ -217,11 +217,11 @@ class AccountService:
         match = API_KEY.fullmatch(key)
         if match is None:
             raise refused
-        record = self._store.key(match.group(1))
-        if record is None or not hmac.compare_digest(record.secret_hash, _sha256(match.group(2))):
+        found = self._store.key_and_user(match.group(1))
+        if found is None or not hmac.compare_digest(found[0].secret_hash, _sha256(match.group(2))):
             raise refused
-        user = self._store.user_by_id(record.user_id)
-        if record.revoked_at is not None or user is None or not user.active:
+        record, user = found
+        if record.revoked_at is not None or not user.active:
             raise refused
         return _principal(user)
 

@@ -368,6 +368,12 @@ class AgentStore:
         with self._engine.begin() as conn:
             conn.execute(sa.insert(agent_audit).values(values))
 
+    def audit_many(self, rows: list[dict[str, Any]]) -> None:
+        """Record several audit rows (the columns of `audit`, with their own `at`) in one transaction."""
+        if rows:
+            with self._engine.begin() as conn:
+                conn.execute(sa.insert(agent_audit), rows)
+
     def audit_log(self, agent_name: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
         """The latest audit rows, newest first, as JSON-ready dicts; only one agent's when `agent_name` is given."""
         query = (

@@ -4,6 +4,7 @@ The tables live in `store/schema.py`.
 """
 
 import os
+import threading
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,8 @@ import sqlalchemy as sa
 
 # Execution option that marks a connection as read-only; see `read_only` and `_begin_sqlite`.
 _READ_ONLY = "orfeas_read_only"
+_SINGLE_READ = "orfeas_single_read"
+_WRITE_LOCK = "orfeas_write_lock"
 
 
 def sqlite_url(data_dir: Path) -> str:
@@ -28,9 +31,14 @@ def create_db_engine(url: str, application_name: str | None = None) -> sa.Engine
     parsed = sa.make_url(url)
     if parsed.get_backend_name() == "sqlite":
         # Shared by the API thread and the worker thread; the pool hands each thread its own connection at a time.
-        engine = sa.create_engine(parsed, connect_args={"check_same_thread": False})
+        # A pool as large as the API's thread pool: connections past pool_size are closed after each use, and
+        # reopening one (file open, PRAGMAs) costs more than the read it serves.
+        engine = sa.create_engine(parsed, connect_args={"check_same_thread": False}, pool_size=40, max_overflow=40)
         sa.event.listen(engine, "connect", _configure_sqlite)
-        sa.event.listen(engine, "begin", _begin_sqlite)
+        writers = threading.Lock()
+        sa.event.listen(engine, "begin", lambda connection: _begin_sqlite(connection, writers))
+        sa.event.listen(engine, "commit", _end_sqlite_write)
+        sa.event.listen(engine, "rollback", _end_sqlite_write)
         return engine
     if parsed.get_backend_name() == "postgresql":
         if parsed.drivername == "postgresql":
@@ -81,13 +89,39 @@ def _configure_sqlite(dbapi_connection, _connection_record) -> None:
     cursor.close()
 
 
-def _begin_sqlite(connection: sa.Connection) -> None:
+def single_read(engine: sa.Engine) -> sa.Connection:
+    """A connection for one SELECT: a single statement is consistent by itself, so no transaction is opened
+    (on SQLite no BEGIN, on PostgreSQL autocommit: no BEGIN and no ROLLBACK round trip)."""
+    connection = engine.connect()
+    if engine.dialect.name == "sqlite":
+        return connection.execution_options(**{_SINGLE_READ: True})
+    return connection.execution_options(isolation_level="AUTOCOMMIT")
+
+
+def _begin_sqlite(connection: sa.Connection, writers: threading.Lock) -> None:
     # A deferred transaction that reads and then writes cannot wait for the write lock (SQLite returns "database is
     # locked" at once to avoid a deadlock), so writers take the lock up front and queue on busy_timeout instead.
-    if connection.get_execution_options().get(_READ_ONLY):
+    # The threads of this process first queue on `writers`, which wakes the next one the moment the lock is free;
+    # SQLite's own busy handler sleeps in growing steps, which under concurrent writes dominates their latency.
+    options = connection.get_execution_options()
+    if options.get(_SINGLE_READ):
+        return  # the connection is in the sqlite3 module's autocommit mode (see _configure_sqlite)
+    if options.get(_READ_ONLY):
         connection.exec_driver_sql("BEGIN DEFERRED")
-    else:
+        return
+    writers.acquire()
+    connection.info[_WRITE_LOCK] = writers
+    try:
         connection.exec_driver_sql("BEGIN IMMEDIATE")
+    except BaseException:
+        _end_sqlite_write(connection)
+        raise
+
+
+def _end_sqlite_write(connection: sa.Connection) -> None:
+    writers = connection.info.pop(_WRITE_LOCK, None)
+    if writers is not None:
+        writers.release()
 
 
 def utcnow() -> datetime:

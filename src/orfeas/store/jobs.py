@@ -21,7 +21,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
 from orfeas.errors import OrfeasError
-from orfeas.store.db import as_utc, iso_timestamps, read_only, utcnow
+from orfeas.store.db import as_utc, iso_timestamps, read_only, single_read, utcnow
 from orfeas.store.schema import FINISHED_STATUSES, JobStatus, job_events, jobs
 
 _ACTIVE_STATUSES = (JobStatus.QUEUED, JobStatus.RUNNING)
@@ -204,7 +204,7 @@ class JobStore:
 
     def get(self, job_id: str) -> JobRecord:
         """The job with this id; raises JobNotFound."""
-        with read_only(self._engine) as conn:
+        with single_read(self._engine) as conn:
             row = conn.execute(sa.select(jobs).where(jobs.c.id == job_id)).first()
         if row is None:
             raise JobNotFound(job_id)

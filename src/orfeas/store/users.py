@@ -5,12 +5,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from types import SimpleNamespace
 
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
 from orfeas.errors import OrfeasError
-from orfeas.store.db import as_utc, read_only, utcnow
+from orfeas.store.db import as_utc, read_only, single_read, utcnow
 from orfeas.store.schema import api_keys, server_facts, sessions, users
 
 
@@ -163,6 +164,16 @@ class UserStore:
         with self._engine.begin() as conn:
             conn.execute(sa.insert(api_keys).values(values))
             return _key(conn.execute(_KEYS_WITH_USER.where(api_keys.c.id == key_id)).one())
+
+    def key_and_user(self, key_id: str) -> tuple[ApiKeyRecord, UserRecord] | None:
+        """A key and its user in one read (what every request with an API key needs)."""
+        query = sa.select(*api_keys.c, *(c.label(f"u_{c.name}") for c in users.c), users.c.name.label("user_name"))
+        query = query.select_from(api_keys.join(users, api_keys.c.user_id == users.c.id)).where(api_keys.c.id == key_id)
+        with single_read(self._engine) as conn:
+            row = conn.execute(query).first()
+        if row is None:
+            return None
+        return _key(row), _user(SimpleNamespace(**{c.name: getattr(row, f"u_{c.name}") for c in users.c}))
 
     def key(self, key_id: str) -> ApiKeyRecord | None:
         with read_only(self._engine) as conn:

@@ -28,7 +28,6 @@ from orfeas.store.jobs import JobRecord
 
 router = APIRouter(prefix="/api/agent", tags=["agent"])
 logger = logging.getLogger(__name__)
-MAX_AUDIT_DETAIL = 1000
 
 
 class AgentRequest:
@@ -66,7 +65,7 @@ def authenticated(operation: str, success: int = 200):
         except AgentRequestRefused as exc:
             refusal = services.refusals.refused(address, exc.key_id or "")
             if refusal.audit:
-                await asyncio.to_thread(_audit_refusal, services, exc, operation, refusal.skipped)
+                _audit_refusal(services, exc, operation, refusal.skipped)
             if refusal.throttled:
                 raise TooManyFailures(refusal.retry_after) from None
             raise
@@ -83,46 +82,32 @@ def authenticated(operation: str, success: int = 200):
             outcome, detail = (503 if is_database_outage(exc) else 500), type(exc).__name__
             raise
         finally:
-            await asyncio.to_thread(_audit, services, call, operation, outcome, detail)
+            _audit(services, call, operation, outcome, detail)
 
     return verify
 
 
 def _audit(services: Services, call: AgentRequest, operation: str, outcome: int, detail: str | None) -> None:
-    """One audit row for an admitted request; a failing audit write is logged, never the request's failure."""
+    """One audit row for an admitted request."""
     if len(call.job_ids) > 1:
         detail = f"{len(call.job_ids)} jobs: {', '.join(call.job_ids)}"
     job_id = call.job_ids[0] if len(call.job_ids) == 1 else None
-    try:
-        services.agents.audit(
-            agent_id=call.agent.id,
-            key_id=call.agent.key_id,
-            operation=operation,
-            job_id=job_id,
-            outcome=outcome,
-            detail=_storable(detail),
-        )
-    except Exception:
-        logger.exception("could not audit %s by agent %s", operation, call.agent.name)
+    services.audit.record(
+        agent_id=call.agent.id,
+        key_id=call.agent.key_id,
+        operation=operation,
+        job_id=job_id,
+        outcome=outcome,
+        detail=detail,
+    )
 
 
 def _audit_refusal(services: Services, exc: AgentRequestRefused, operation: str, skipped: int) -> None:
     detail = str(exc) + (f" ({skipped} more refusals of this key id not recorded one by one)" if skipped else "")
-    try:
-        services.agents.audit(
-            key_id=exc.key_id or "",
-            operation=operation,
-            outcome=status_for(exc),
-            agent_id=exc.agent.id if exc.agent else None,
-            detail=_storable(detail),
-        )
-    except Exception:
-        logger.exception("could not audit a refused %s request", operation)
-
-
-def _storable(detail: str | None) -> str | None:
-    """Audit text without NUL (PostgreSQL refuses it) and of bounded length."""
-    return None if detail is None else detail.replace("\x00", "\\0")[:MAX_AUDIT_DETAIL]
+    agent_id = exc.agent.id if exc.agent else None
+    services.audit.record(
+        key_id=exc.key_id or "", operation=operation, outcome=status_for(exc), agent_id=agent_id, detail=detail
+    )
 
 
 def signed_path(request: Request) -> str:

@@ -8,12 +8,12 @@ from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, File, Form, Header, Query, UploadFile, WebSocket, WebSocketDisconnect
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, Response
 from websockets.exceptions import ConnectionClosed
 
 from orfeas.api.deps import Services, get_services
 from orfeas.api.progress import DatabaseGone, ProgressHub
-from orfeas.api.schemas import JobList, JobView, SubmittedJobs, job_json
+from orfeas.api.schemas import JobList, JobView, SubmittedJobs, job_json, job_response
 from orfeas.api.security import caller, websocket_caller
 from orfeas.errors import InvalidOptions, OrfeasError
 from orfeas.limits import parse_json
@@ -36,8 +36,12 @@ MEDIA_TYPES = {
 
 
 def owner_names(services: Services, viewer: Principal, jobs: list[JobRecord]) -> dict[str, str]:
-    """Display names of the jobs' owners, for an admin's view (nobody else sees owners)."""
-    return services.accounts.names({job.owner for job in jobs}) if viewer.is_admin else {}
+    """Display names of the jobs' owners, for an admin's view (nobody else sees owners); the admin's own name is
+    known without a lookup."""
+    if not viewer.is_admin:
+        return {}
+    others = {job.owner for job in jobs} - {viewer.owner}
+    return (services.accounts.names(others) if others else {}) | {viewer.owner: f"{viewer.kind}:{viewer.name}"}
 
 
 def view(services: Services, viewer: Principal, job: JobRecord) -> dict[str, Any]:
@@ -97,8 +101,9 @@ def list_jobs(
 
 
 @router.get("/{job_id}", response_model=JobView)
-def get_job(job_id: str, services: Annotated[Services, Depends(get_services)], principal: Caller) -> JSONResponse:
-    return JSONResponse(view(services, principal, services.jobs.get(checked_id(job_id), principal)))
+def get_job(job_id: str, services: Annotated[Services, Depends(get_services)], principal: Caller) -> Response:
+    job = services.jobs.get(checked_id(job_id), principal)
+    return job_response(job, principal, owner_names(services, principal, [job]))
 
 
 @router.delete("/{job_id}", response_model=JobView)
