@@ -175,8 +175,10 @@ def about(path: Path, exc: Exception) -> str:
 def serve_command(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
-    data_dir: Annotated[Path | None, typer.Option(help="Database and results folder [default: ./orfeas-data].")] = None,
-    database: Annotated[str | None, typer.Option(help="Database URL [default: SQLite in the data dir].")] = None,
+    data_dir: Annotated[
+        Path | None, typer.Option(help="Database and results folder.", show_default="./orfeas-data")
+    ] = None,
+    database: Annotated[str | None, typer.Option(help="Database URL.", show_default="SQLite in the data dir")] = None,
     worker: Annotated[bool, typer.Option("--worker/--no-worker", help="Run a worker in this process.")] = True,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
     metrics_port: Annotated[

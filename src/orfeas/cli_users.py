@@ -12,12 +12,13 @@ from rich.console import Console
 from rich.table import Table
 
 from orfeas.cli import DatabaseOption, DataDirOption, _fail, _open_engine, _settings, stderr
+from orfeas.cli_help import CleanHelpTyper
 from orfeas.errors import OrfeasError
 from orfeas.service.auth import AccountService
 from orfeas.store.users import UserStore
 
-users_app = typer.Typer(help="Manage the users of the studio and the API (operator commands).", no_args_is_help=True)
-keys_app = typer.Typer(help="Manage users' API keys for programs (operator commands).", no_args_is_help=True)
+users_app = CleanHelpTyper(help="Manage the users of the studio and the API (operator commands).", no_args_is_help=True)
+keys_app = CleanHelpTyper(help="Manage users' API keys for programs (operator commands).", no_args_is_help=True)
 
 PasswordStdin = Annotated[
     bool, typer.Option("--password-stdin", help="Read the password from the first line of standard input.")

@@ -73,11 +73,6 @@ class Generator(BaseModel):
     default_resolution: int
 
 
-class GeneratorList(BaseModel):
-    generators: list[Generator]
-    default: str
-
-
 class Me(BaseModel):
     """The caller of the request."""
 
