@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -19,6 +18,7 @@ from rich.table import Table
 from orfeas.cli_help import CleanHelpTyper
 from orfeas.config import Settings
 from orfeas.errors import OrfeasError
+from orfeas.logs import configure_logging
 from orfeas.options import GenerateOptions
 from orfeas.pipeline.export import safe_stem
 from orfeas.pipeline.generate import GenerationResult, generate, save_result
@@ -197,7 +197,7 @@ def serve_command(
 
     overrides = {key: value for key, value in {"data_dir": data_dir, "database_url": database}.items() if value}
     settings = Settings(host=host, **overrides)
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(log_level, settings.log_format)
     if database and not settings.data_dir.exists():
         stderr.print(f"[red]error:[/red] the shared data directory {settings.data_dir} does not exist")
         raise typer.Exit(2)
@@ -208,13 +208,20 @@ def serve_command(
         raise typer.Exit(2) from None
     if metrics_port is not None:
         _serve_metrics_registry(application.state.services.metrics.registry, metrics_host, metrics_port)
-    stderr.print(f"ORFEAS is serving on http://{host}:{port}  (API docs: http://{host}:{port}/docs)")
-    stderr.print(f"data: {settings.data_dir.resolve()}")
-    if settings.auth == "off":
-        stderr.print("authentication is off (ORFEAS_AUTH=off): everyone who reaches this loopback port is the admin")
-    elif not application.state.services.accounts.has_admin():
-        stderr.print("no admin yet: create one with `orfeas users create NAME --admin`, then sign in at /login")
-    serve_app(application, settings, port, log_level)
+
+    def announce() -> None:
+        stderr.print(f"ORFEAS is serving on http://{host}:{port}  (API docs: http://{host}:{port}/docs)")
+        stderr.print(f"data: {settings.data_dir.resolve()}")
+        if settings.auth == "off":
+            stderr.print(
+                "authentication is off (ORFEAS_AUTH=off): everyone who reaches this loopback port is the admin"
+            )
+        elif not application.state.services.accounts.has_admin():
+            stderr.print("no admin yet: create one with `orfeas users create NAME --admin`, then sign in at /login")
+
+    if not serve_app(application, settings, port, log_level, on_ready=announce):
+        stderr.print(f"[red]error:[/red] could not listen on {host}:{port} (is another server using the port?)")
+        raise typer.Exit(2)
 
 
 agents_app = CleanHelpTyper(help="Manage the agents allowed to call the agent API (operator commands).")
@@ -508,7 +515,7 @@ def worker_command(
         raise _fail(f"the shared data directory {data_dir} does not exist (mount it or create it first)", code=2)
     overrides = {key: value for key, value in {"database_url": database}.items() if value}
     settings = Settings(data_dir=data_dir, device=device, **overrides)
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(log_level, settings.log_format)
     try:
         engine = open_database(settings.database_url or sqlite_url(settings.data_dir), f"orfeas-worker-{os.getpid()}")
         probe = MemoryProbe(settings.device)

@@ -93,6 +93,10 @@ class Settings(BaseSettings):
     poll_seconds: float = Field(0.2, description="Idle worker's wait between queue checks.")
     retention_hours: float = Field(24 * 7, description="Finished jobs and their files are deleted after this.")
 
+    log_format: Literal["text", "json"] = Field(
+        "text", description="Logs of serve and worker: 'text' (key=value for every field) or 'json' (one per line)."
+    )
+
     # access control (docs/SECURITY.md)
     auth: Literal["on", "off"] = Field(
         "on",

@@ -13,6 +13,14 @@ class InvalidOptions(OrfeasError):
     """Generation options are out of range or inconsistent."""
 
 
+class IdempotencyConflict(InvalidOptions):
+    """An Idempotency-Key already used for a different request (other images or options)."""
+
+
+class FormatNotAvailable(OrfeasError):
+    """A finished job has no result in the asked-for format (it was not asked for, or the job has no result)."""
+
+
 class GeneratorUnavailable(OrfeasError):
     """The requested generator is unknown or cannot run on this machine (missing extra, missing weights)."""
 

@@ -281,3 +281,15 @@ def test_from_env_names_what_is_missing() -> None:
         AgentClient.from_env({"ORFEAS_AGENT_KEY": "k"})
     with AgentClient.from_env({"ORFEAS_AGENT_KEY": "k", "ORFEAS_AGENT_SECRET": "s"}) as client:
         assert (client.base_url, client.key_id) == ("http://127.0.0.1:8000", "k")
+
+
+def test_an_obj_download_named_dot_obj_is_written_as_a_zip(tmp_path):
+    from orfeas.client.agent import AgentClient
+
+    def handler(request):
+        return httpx.Response(200, content=b"PK\x03\x04zip")
+
+    client = AgentClient("http://server", "ak_x", "s", transport=httpx.MockTransport(handler))
+    written = client.download("j1", "obj", tmp_path / "x.obj")
+    assert written == tmp_path / "x.obj.zip" and written.read_bytes().startswith(b"PK")
+    assert not (tmp_path / "x.obj").exists()

@@ -11,7 +11,14 @@ from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from orfeas.errors import GeneratorUnavailable, InvalidImage, InvalidOptions, OrfeasError, StorageUnavailable
+from orfeas.errors import (
+    FormatNotAvailable,
+    GeneratorUnavailable,
+    InvalidImage,
+    InvalidOptions,
+    OrfeasError,
+    StorageUnavailable,
+)
 from orfeas.service.agents import (
     AuthenticationFailed,
     PermissionDenied,
@@ -28,6 +35,7 @@ logger = logging.getLogger(__name__)
 
 STATUS_BY_ERROR: list[tuple[type[Exception], int]] = [
     (JobNotFound, 404),
+    (FormatNotAvailable, 404),
     (InvalidImage, 400),
     (InvalidOptions, 422),
     (GeneratorUnavailable, 422),

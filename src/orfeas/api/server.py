@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import uvicorn
@@ -142,8 +143,25 @@ def guarded_protocol(limits: ConnectionLimits) -> type[GuardedHttpToolsProtocol]
     return type("OrfeasHttpProtocol", (GuardedHttpToolsProtocol,), {"limits": limits})
 
 
-def serve(app: FastAPI, settings: Settings, port: int, log_level: str = "info") -> None:
-    """Serve `app` until SIGINT or SIGTERM; open requests get `shutdown_grace_seconds` to finish."""
+class _AnnouncingServer(uvicorn.Server):
+    """uvicorn's server, calling `on_ready` once its sockets are bound (not before, so a taken port prints no
+    "serving on" line)."""
+
+    def __init__(self, config: uvicorn.Config, on_ready: Callable[[], None] | None) -> None:
+        super().__init__(config)
+        self._on_ready = on_ready
+
+    async def startup(self, sockets=None) -> None:
+        await super().startup(sockets)
+        if self.started and self._on_ready is not None:
+            self._on_ready()
+
+
+def serve(
+    app: FastAPI, settings: Settings, port: int, log_level: str = "info", on_ready: Callable[[], None] | None = None
+) -> bool:
+    """Serve `app` until SIGINT or SIGTERM; open requests get `shutdown_grace_seconds` to finish. False when the
+    server could not start (the port is taken, say)."""
     limits = ConnectionLimits(
         max_header_bytes=settings.max_header_bytes,
         header_timeout=settings.header_timeout_seconds,
@@ -154,6 +172,7 @@ def serve(app: FastAPI, settings: Settings, port: int, log_level: str = "info") 
         host=settings.host,
         port=port,
         log_level=log_level.lower(),
+        log_config=None,  # our formatter (orfeas.logs) for uvicorn's lines too
         http=guarded_protocol(limits),
         loop="uvloop",
         limit_concurrency=settings.max_connections,
@@ -161,4 +180,10 @@ def serve(app: FastAPI, settings: Settings, port: int, log_level: str = "info") 
         timeout_graceful_shutdown=settings.shutdown_grace_seconds,
         ws_max_size=settings.max_upload_bytes,
     )
-    uvicorn.Server(config).run()
+    server = _AnnouncingServer(config, on_ready)
+    try:
+        server.run()
+    except SystemExit:  # uvicorn exits when it cannot start (a taken port); the caller says why
+        if server.started:
+            raise
+    return server.started

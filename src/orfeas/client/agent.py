@@ -275,10 +275,14 @@ class AgentClient:
         return job
 
     def download(self, job_id: str, fmt: str, path: str | Path) -> Path:
-        """Save the job's result in `fmt` (glb, obj as a zip, stl, ply) to `path`, or into it if it is a folder."""
+        """Save the job's result in `fmt` (glb, obj as a zip, stl, ply) to `path`, or into it if it is a folder;
+        returns the file written. OBJ comes as a zip of the OBJ, its MTL and texture, so a `path` of `x.obj` is
+        written as `x.obj.zip`."""
         target = Path(path).expanduser()
         if target.is_dir():
             target = target / result_filename(job_id, fmt)
+        elif fmt == "obj" and target.suffix.lower() == ".obj":
+            target = target.with_name(target.name + ".zip")
         url = f"/api/agent/jobs/{quote(job_id, safe='')}/result.{quote(fmt, safe='')}"
         partial = target.with_name(target.name + ".part")
         response = self._request("GET", url, stream=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import hashlib
 import io
 import logging
 import os
@@ -14,7 +15,7 @@ import trimesh
 from PIL import Image
 
 from orfeas.config import Settings
-from orfeas.errors import InvalidImage, InvalidOptions, StorageUnavailable
+from orfeas.errors import IdempotencyConflict, InvalidImage, InvalidOptions, StorageUnavailable
 from orfeas.limits import check_idempotency_key, clean_input_name
 from orfeas.options import GenerateOptions
 from orfeas.pipeline.generate import batch_key
@@ -84,11 +85,12 @@ class JobService:
             known = ", ".join(available_generators(self.settings))
             raise InvalidOptions(f"unknown backend {options.backend!r}; available: {known}")
         self.generator(options.backend).check_options(options.generator_options)
+        names = [clean_input_name(upload.name) for upload in uploads]
         if idempotency_key:
             existing = self.store.find_idempotent(idempotency_key, owner)
             if existing:
+                self._check_same_request(idempotency_key, existing, names, uploads, options)
                 return existing, False
-        names = [clean_input_name(upload.name) for upload in uploads]
         for name, upload in zip(names, uploads, strict=True):
             self._check_image(name, upload.data)
 
@@ -111,6 +113,29 @@ class JobService:
         if not created:  # a concurrent request with the same key won: drop our copies
             self._delete_inputs(new_jobs)
         return jobs, created
+
+    def _check_same_request(
+        self, key: str, existing: list[JobRecord], names: list[str], uploads: list[Upload], options: GenerateOptions
+    ) -> None:
+        """A repeat must be the same request: the same images (by content), names and options."""
+        same = len(existing) == len(uploads) and all(
+            job.options == options.model_dump(mode="json")
+            and job.input_name == name
+            and self._stored_input_digest(job.id) in (None, hashlib.sha256(upload.data).digest())
+            for job, name, upload in zip(existing, names, uploads, strict=False)
+        )
+        if not same:
+            raise IdempotencyConflict(
+                f"Idempotency-Key {key!r} was already used for a different request (other images or options); "
+                "use a new key for a new request"
+            )
+
+    def _stored_input_digest(self, job_id: str) -> bytes | None:
+        """The SHA-256 of a job's stored input; None once retention or a finished job's cleanup removed it."""
+        try:
+            return hashlib.sha256(self.artifacts.load_input(job_id)).digest()
+        except FileNotFoundError:
+            return None
 
     def _check_image(self, name: str, data: bytes) -> None:
         """Decode the image once to prove it usable; concurrent uploads share one memory budget for it."""

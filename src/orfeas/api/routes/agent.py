@@ -41,6 +41,7 @@ class AgentRequest:
         self.body = body
         self.request = request
         self.job_ids: list[str] = []
+        self.status: int | None = None  # set by a route whose success status varies (a repeat is 200)
 
 
 def authenticated(operation: str, success: int = 200):
@@ -82,7 +83,7 @@ def authenticated(operation: str, success: int = 200):
             outcome, detail = (503 if is_database_outage(exc) else 500), type(exc).__name__
             raise
         finally:
-            _audit(services, call, operation, outcome, detail)
+            _audit(services, call, operation, call.status or outcome if detail is None else outcome, detail)
 
     return verify
 
@@ -124,7 +125,7 @@ async def generate_3d(
     """One image (JSON with base64 data, or multipart field `image`) plus options → 202 with the job."""
     uploads, options = await _read_submission(call, services, many=False)
     jobs = await _submit(call, services, uploads, options)
-    return JSONResponse({"job": _agent_view(jobs[0], call.principal)}, status_code=202, headers=call.headers)
+    return JSONResponse({"job": _agent_view(jobs[0], call.principal)}, status_code=call.status, headers=call.headers)
 
 
 @router.post("/batch", status_code=202, response_model=SubmittedJobs)
@@ -136,7 +137,7 @@ async def batch(
     uploads, options = await _read_submission(call, services, many=True)
     jobs = await _submit(call, services, uploads, options)
     return JSONResponse(
-        {"jobs": [_agent_view(job, call.principal) for job in jobs]}, status_code=202, headers=call.headers
+        {"jobs": [_agent_view(job, call.principal) for job in jobs]}, status_code=call.status, headers=call.headers
     )
 
 
@@ -175,8 +176,9 @@ async def _submit(
     call: AgentRequest, services: Services, uploads: list[Upload], options: GenerateOptions
 ) -> list[JobRecord]:
     idempotency_key = call.request.headers.get("idempotency-key")
-    jobs, _created = await asyncio.to_thread(services.jobs.submit, uploads, options, call.principal, idempotency_key)
+    jobs, created = await asyncio.to_thread(services.jobs.submit, uploads, options, call.principal, idempotency_key)
     call.job_ids = [job.id for job in jobs]
+    call.status = 202 if created else 200  # a repeat of an earlier request, as on /api/jobs
     return jobs
 
 

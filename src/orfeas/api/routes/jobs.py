@@ -7,7 +7,18 @@ import re
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, File, Form, Header, Query, UploadFile, WebSocket, WebSocketDisconnect
+from fastapi import (
+    APIRouter,
+    Depends,
+    File,
+    Form,
+    Header,
+    Query,
+    Request,
+    UploadFile,
+    WebSocket,
+    WebSocketDisconnect,
+)
 from fastapi.responses import FileResponse, JSONResponse, Response
 from websockets.exceptions import ConnectionClosed
 
@@ -15,7 +26,7 @@ from orfeas.api.deps import Services, get_services
 from orfeas.api.progress import DatabaseGone, ProgressHub
 from orfeas.api.schemas import JobList, JobView, SubmittedJobs, job_json, job_response
 from orfeas.api.security import caller, websocket_caller
-from orfeas.errors import InvalidOptions, OrfeasError
+from orfeas.errors import FormatNotAvailable, InvalidOptions, OrfeasError
 from orfeas.limits import parse_json
 from orfeas.options import MAX_GENERATOR_OPTIONS_BYTES, GenerateOptions
 from orfeas.pipeline.export import FORMATS
@@ -24,6 +35,7 @@ from orfeas.service.jobs import Upload
 from orfeas.store.jobs import JobNotFound, JobRecord
 
 router = APIRouter(prefix="/api/jobs", tags=["jobs"])
+SUBMIT_FIELDS = {"image", "backend", "resolution", "faces", "texture", "formats", "seed", "generator_options"}
 Caller = Annotated[Principal, Depends(caller)]
 JOB_ID = re.compile(r"[0-9a-f]{32}")
 FINISHED = {"succeeded", "failed", "canceled"}
@@ -56,6 +68,7 @@ def checked_id(job_id: str) -> str:
 
 @router.post("", status_code=202, response_model=SubmittedJobs)
 async def submit_jobs(
+    request: Request,
     services: Annotated[Services, Depends(get_services)],
     principal: Caller,
     image: Annotated[list[UploadFile], File(description="One or more images (PNG, JPEG, WebP).")] = None,  # noqa: RUF013
@@ -68,7 +81,10 @@ async def submit_jobs(
     generator_options: Annotated[str, Form(description="JSON object of generator options")] = "{}",
     idempotency_key: Annotated[str | None, Header()] = None,
 ) -> JSONResponse:
-    """Queue one job per uploaded image; 202 with the jobs. A repeated Idempotency-Key returns the same jobs."""
+    """Queue one job per uploaded image; 202 with the jobs. A repeated Idempotency-Key returns the same jobs (200)."""
+    unknown = sorted(set((await request.form()).keys()) - SUBMIT_FIELDS)
+    if unknown:
+        raise InvalidOptions(f"unknown form fields {', '.join(unknown)}; known: {', '.join(sorted(SUBMIT_FIELDS))}")
     options = GenerateOptions.build(
         backend=backend,
         resolution=resolution,
@@ -125,11 +141,11 @@ def result_file_response(services: Services, job: JobRecord, fmt: str) -> FileRe
     if fmt not in FORMATS:
         raise InvalidOptions(f"unknown format {fmt!r}; choose from {', '.join(FORMATS)}")
     if job.status != "succeeded":
-        raise JobNotFound(f"job {job.id} has no result yet (status {job.status})")
+        raise FormatNotAvailable(f"job {job.id} has no result yet (status {job.status})")
     name = (job.result or {}).get("files", {}).get(fmt)
     path = services.artifacts.result_file(job.id, name) if name else None
     if path is None:
-        raise JobNotFound(f"job {job.id} was not asked for {fmt}; it has {', '.join(job.result['files'])}")
+        raise FormatNotAvailable(f"job {job.id} was not asked for {fmt}; it has {', '.join(job.result['files'])}")
     stem = re.sub(r"[^A-Za-z0-9_.-]", "_", job.input_name.rsplit(".", 1)[0]) or "model"
     filename = f"{stem}.obj.zip" if fmt == "obj" else f"{stem}.{fmt}"
     return FileResponse(path, media_type=MEDIA_TYPES[fmt], filename=filename)
