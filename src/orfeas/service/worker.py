@@ -27,8 +27,10 @@ from pathlib import Path
 from orfeas.config import Settings
 from orfeas.errors import OrfeasError
 from orfeas.options import GenerateOptions
+from orfeas.pipeline.background import BackgroundRemover
 from orfeas.pipeline.generate import GenerationResult, generate_batch, save_result
 from orfeas.pipeline.generators import GenerationParams, Generator, create_generator
+from orfeas.pipeline.learned_remover import create_remover
 from orfeas.service.jobs import STAGE_PROGRESS
 from orfeas.service.metrics import ServiceMetrics
 from orfeas.service.optimizer import BatchPlan, ResourceOptimizer
@@ -144,6 +146,8 @@ class Worker:
         # host and pid tell an operator which process holds a lease; the suffix keeps restarted pids apart
         self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.generators: dict[str, Generator] = {}  # loaded once, kept for the worker's lifetime
+        self._remover: BackgroundRemover | None = None  # a learned remover's session, loaded on the first batch
+        self._remover_loaded = False
         self.last_beat = time.monotonic()
         self._next_orphan_sweep = 0.0  # monotonic time; the first maintenance sweeps
         self._active: list[str] = []
@@ -279,6 +283,13 @@ class Worker:
             logger.info("deleted the files of jobs without a row", extra={"jobs": len(orphans), "first": orphans[0]})
         return orphans
 
+    def remover(self) -> BackgroundRemover | None:
+        """The learned background remover the settings name (built once), or None for the weight-free one."""
+        if not self._remover_loaded:
+            self._remover = create_remover(self.settings)
+            self._remover_loaded = True
+        return self._remover
+
     def _generate(self, jobs: list[JobRecord]) -> tuple[list[GenerationResult], set[str]]:
         """Run the batch; returns the results and the ids of the jobs still ours (not canceled or taken over)."""
         options = [GenerateOptions.model_validate(job.options) for job in jobs]
@@ -289,6 +300,7 @@ class Worker:
             options,
             self.settings,
             self.generator(options[0].backend),
+            remover=self.remover(),
             on_stage=lambda index, stage: progress.record(jobs[index].id, stage),
         )
         for job in jobs:

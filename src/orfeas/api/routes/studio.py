@@ -21,6 +21,7 @@ from orfeas.pipeline.background import prepare_image
 from orfeas.pipeline.generators import available_generators
 from orfeas.pipeline.generators.hunyuan import find_weights
 from orfeas.pipeline.image import load_image
+from orfeas.pipeline.learned_remover import remover_name
 
 router = APIRouter(tags=["studio"])
 WEB = resources.files("orfeas") / "web"
@@ -43,6 +44,7 @@ class StudioGenerators(BaseModel):
     generators: list[StudioGenerator]
     default: str
     limits: dict[str, FieldLimits] = Field(description="Bounds the server enforces on the numeric job options.")
+    background_remover: str = Field(description="What images without an alpha mask go through to be cut out.")
 
 
 @router.get("/api/generators", response_model=StudioGenerators, dependencies=[Depends(caller)])
@@ -60,7 +62,8 @@ def generators(services: Annotated[Services, Depends(get_services)]) -> dict[str
                 "reason": reason,
             }
         )
-    return {"generators": listing, "default": "inflate", "limits": option_limits()}
+    remover = remover_name(services.settings)
+    return {"generators": listing, "default": "inflate", "limits": option_limits(), "background_remover": remover}
 
 
 def missing_weights(name: str, settings: Settings) -> str | None:
