@@ -99,7 +99,7 @@ def test_compose_parses_and_runs_the_api_workers_database_and_monitoring():
     services = compose()["services"]
     assert {"postgres", "api", "worker-gpu", "worker-cpu", "prometheus", "grafana"} <= services.keys()
     assert services["worker-cpu"]["profiles"] == ["cpu"]
-    assert "profiles" not in services["worker-gpu"]
+    assert services["worker-gpu"]["profiles"] == ["gpu"]
     assert services["postgres"]["healthcheck"]["test"]
     (device,) = services["worker-gpu"]["deploy"]["resources"]["reservations"]["devices"]
     assert device["driver"] == "nvidia" and device["capabilities"] == ["gpu"]
@@ -179,6 +179,27 @@ def test_docker_compose_accepts_the_file(results_dir):
     source = volume.split(":")[0] if isinstance(volume, str) else volume["source"]
     assert source == (results_dir or "results")
     assert resolved["services"]["api"]["environment"]["ORFEAS_DATABASE_URL"].startswith("postgresql://orfeas:pw@")
+
+
+@pytest.mark.skipif(compose_cli() is None, reason="neither `docker compose` nor `docker-compose` is installed")
+@pytest.mark.parametrize(
+    ("profile", "worker", "other"), [("gpu", "worker-gpu", "worker-cpu"), ("cpu", "worker-cpu", "worker-gpu")]
+)
+def test_each_profile_starts_its_own_worker(profile, worker, other):
+    """`--profile X` adds X's worker to the services without a profile (docker-compose 1.x lists every service in
+    `config --services`, so the resolved profiles are compared instead)."""
+    env = {**os.environ, **REQUIRED_ENV}
+    proc = subprocess.run(
+        [*compose_cli(), "-f", str(COMPOSE), "--profile", profile, "config"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stderr
+    services = yaml.safe_load(proc.stdout)["services"]
+    started = {name for name, svc in services.items() if not svc.get("profiles") or profile in svc["profiles"]}
+    assert {"postgres", "api", "prometheus", "grafana", worker} <= started and other not in started
 
 
 @pytest.mark.skipif(compose_cli() is None, reason="neither `docker compose` nor `docker-compose` is installed")
@@ -445,8 +466,10 @@ def test_prometheus_scrapes_the_api_and_the_worker_on_their_ports():
     api = parse_with_cli(services["api"]["command"])
     assert api["metrics_port"] != api["port"]  # the API port's /metrics needs a sign-in
     assert jobs["orfeas-api"]["static_configs"][0]["targets"] == [f"api:{api['metrics_port']}"]
-    metrics_port = parse_with_cli(services["worker-gpu"]["command"])["metrics_port"]
-    assert jobs["orfeas-worker"]["static_configs"][0]["targets"] == [f"worker-gpu:{metrics_port}"]
+    for worker in ("worker-gpu", "worker-cpu"):
+        metrics_port = parse_with_cli(services[worker]["command"])["metrics_port"]
+        (discovery,) = jobs["orfeas-worker"]["dns_sd_configs"]
+        assert worker in discovery["names"] and discovery["port"] == metrics_port
 
 
 def dashboard_expressions() -> list[str]:
