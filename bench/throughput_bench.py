@@ -129,7 +129,13 @@ def cli(env: dict[str, str], *args: str) -> str:
 
 
 def measure(seconds: float, repeats: int) -> dict[str, list[dict[str, float]]]:
-    results: dict[str, list[dict[str, float]]] = {"ceiling": [], "orfeas": [], "orfeas_key": [], "agent": []}
+    results: dict[str, list[dict[str, float]]] = {
+        "ceiling": [],
+        "orfeas": [],
+        "orfeas_2": [],
+        "orfeas_key": [],
+        "agent": [],
+    }
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "data"
         env = orfeas_env(data, "on")
@@ -140,7 +146,7 @@ def measure(seconds: float, repeats: int) -> dict[str, list[dict[str, float]]]:
         key_id = re.search(r"key_id: (\S+)", agent).group(1)
         secret = re.search(r"secret: (\S+)", agent).group(1)
 
-        port_on, port_off, port_bare = free_port(), free_port(), free_port()
+        port_on, port_off, port_bare, port_two = free_port(), free_port(), free_port(), free_port()
         serve = [orfeas, "serve", "--no-worker", "--data-dir", str(data), "--log-level", "warning"]
         servers = [
             start([*serve, "--port", str(port_on)], env, f"http://127.0.0.1:{port_on}/healthz"),
@@ -161,6 +167,13 @@ def measure(seconds: float, repeats: int) -> dict[str, list[dict[str, float]]]:
                     f"http://127.0.0.1:{port_off}/healthz",
                 )
             )
+            servers.append(
+                start(
+                    [*serve, "--port", str(port_two), "--workers", "2"],
+                    orfeas_env(data, "off"),
+                    f"http://127.0.0.1:{port_two}/healthz",
+                )
+            )
             bare_env = {**os.environ, "BARE_DATABASE": str(data / "orfeas.db"), "PYTHONPATH": str(REPO / "bench")}
             bare = [sys.executable, "-m", "uvicorn", "bare_app:app", "--port", str(port_bare), "--log-level", "warning"]
             bare += ["--http", "httptools", "--loop", "uvloop"]
@@ -171,12 +184,13 @@ def measure(seconds: float, repeats: int) -> dict[str, list[dict[str, float]]]:
             lua_key = Path(tmp) / "key.lua"
             lua_key.write_text(f'wrk.headers["Authorization"] = "Bearer {key}"\n')
             path = f"/api/jobs/{job}"
-            for port in (port_bare, port_off, port_on):  # threads, pooled connections, lazy imports
+            for port in (port_bare, port_off, port_two, port_on):  # threads, pooled connections, lazy imports
                 wrk(f"http://127.0.0.1:{port}{path}", 2, lua_key)
             time.sleep(3)
             for _ in range(repeats):
                 results["ceiling"].append(wrk(f"http://127.0.0.1:{port_bare}{path}", seconds))
                 results["orfeas"].append(wrk(f"http://127.0.0.1:{port_off}{path}", seconds))
+                results["orfeas_2"].append(wrk(f"http://127.0.0.1:{port_two}{path}", seconds))
                 results["orfeas_key"].append(wrk(f"http://127.0.0.1:{port_on}{path}", seconds, lua_key))
                 requests = Path(tmp) / "signed.txt"
                 signed_requests(f"/api/agent/status/{job}", key_id, secret, int(seconds * 4000), requests)
@@ -199,6 +213,7 @@ def render(results: dict[str, list[dict[str, float]]], seconds: float, repeats: 
     labels = {
         "ceiling": "bare FastAPI + SQLite (the ceiling)",
         "orfeas": "`orfeas serve`, GET /api/jobs/{id}, authentication off",
+        "orfeas_2": "`orfeas serve --workers 2`, the same",
         "orfeas_key": "`orfeas serve`, GET /api/jobs/{id}, API key",
         "agent": "`orfeas serve`, signed GET /api/agent/status/{id}",
     }

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -186,6 +188,14 @@ def serve_command(
         typer.Option(help="Also serve /metrics without authentication on this port, for Prometheus (off by default)."),
     ] = None,
     metrics_host: Annotated[str, typer.Option(help="Address the metrics port listens on.")] = "127.0.0.1",
+    workers: Annotated[
+        int,
+        typer.Option(
+            help="API processes sharing the port; with more than one the worker loop runs in a process of its own.",
+            min=1,
+            metavar="N",
+        ),
+    ] = 1,
 ) -> None:
     """Start the HTTP API (and a worker): open http://HOST:PORT/docs for the API reference.
 
@@ -202,10 +212,15 @@ def serve_command(
         stderr.print(f"[red]error:[/red] the shared data directory {settings.data_dir} does not exist")
         raise typer.Exit(2)
     try:
-        application = create_app(settings, run_worker=worker)
+        application = create_app(settings, run_worker=worker and workers == 1)
     except (OrfeasError, ValueError) as exc:
         stderr.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None
+    if workers > 1:
+        if metrics_port is not None:
+            raise _fail("--metrics-port serves one process's metrics: use it with --workers 1", code=2)
+        _serve_processes(settings, port, workers, worker, log_level)
+        return
     if metrics_port is not None:
         _serve_metrics_registry(application.state.services.metrics.registry, metrics_host, metrics_port)
 
@@ -548,6 +563,36 @@ def _serve_worker_metrics(store: Any, probe: Any, host: str, port: int) -> Any:
     metrics = ServiceMetrics(CollectorRegistry(), store.count_by_status, probe)
     _serve_metrics_registry(metrics.registry, host, port)
     return metrics
+
+
+def _serve_processes(settings: Settings, port: int, processes: int, worker: bool, log_level: str) -> None:
+    """`orfeas serve --workers N`: N API processes (uvicorn's supervisor) and, unless --no-worker, one
+    `orfeas worker` process on the same data directory and database; stopping the server stops both."""
+    from orfeas.api.server import serve_processes
+
+    os.environ.update(
+        {"ORFEAS_DATA_DIR": str(settings.data_dir.resolve()), "ORFEAS_HOST": settings.host}
+        | ({"ORFEAS_DATABASE_URL": settings.database_url} if settings.database_url else {})
+    )
+    loop = None
+    if worker:
+        command = [sys.executable, "-c", "from orfeas.cli import app; app()", "worker"]
+        command += [
+            "--data-dir",
+            str(settings.data_dir.resolve()),
+            "--device",
+            settings.device,
+            "--log-level",
+            log_level,
+        ]
+        loop = subprocess.Popen(command)
+    stderr.print(f"ORFEAS is serving on http://{settings.host}:{port} with {processes} API processes")
+    try:
+        serve_processes(settings, port, processes, log_level)
+    finally:
+        if loop is not None:
+            loop.terminate()
+            loop.wait(timeout=settings.shutdown_grace_seconds + 30)
 
 
 def _serve_metrics_registry(registry: Any, host: str, port: int) -> None:

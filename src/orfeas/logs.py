@@ -57,3 +57,15 @@ def configure_logging(level: str, log_format: str = "text") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+
+
+def logging_config(level: str, log_format: str = "text") -> dict:
+    """The same set-up as a `logging.config.dictConfig` dict, for processes uvicorn starts itself."""
+    formatter = "orfeas.logs.JsonFormatter" if log_format == "json" else "orfeas.logs.KeyValueFormatter"
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"orfeas": {"()": formatter}},
+        "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "orfeas"}},
+        "root": {"handlers": ["stderr"], "level": level.upper()},
+    }

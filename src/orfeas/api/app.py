@@ -159,3 +159,9 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = True) -> 
     app.include_router(docs.router)
     app.mount("/static", StaticFiles(directory=str(studio.WEB / "static"), check_dir=False), name="static")
     return app
+
+
+def create_app_from_environment() -> FastAPI:
+    """The app of one of `orfeas serve --workers N`'s API processes: settings from ORFEAS_*, no worker loop (that
+    runs in a process of its own)."""
+    return create_app(Settings(), run_worker=False)

@@ -8,6 +8,7 @@ closes connections whose headers or body stop arriving. Everything else is uvico
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import time
 from collections.abc import Callable
@@ -18,6 +19,7 @@ from fastapi import FastAPI
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from orfeas.config import Settings
+from orfeas.logs import logging_config
 
 
 @dataclass(frozen=True)
@@ -36,13 +38,32 @@ def _plain_response(status: str, message: str) -> bytes:
     return head.encode("latin-1") + b"connection: close\r\n\r\n" + body
 
 
-class GuardedHttpToolsProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol with header limits (431) and timeouts for slow or stalled clients (408)."""
+def limits_from(settings: Settings) -> ConnectionLimits:
+    return ConnectionLimits(
+        max_header_bytes=settings.max_header_bytes,
+        header_timeout=settings.header_timeout_seconds,
+        idle_timeout=settings.idle_timeout_seconds,
+    )
 
-    limits = ConnectionLimits()
+
+@functools.cache
+def _limits_from_environment() -> ConnectionLimits:
+    return limits_from(Settings())
+
+
+class GuardedHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with header limits (431) and timeouts for slow or stalled clients (408).
+
+    `limits` is set on the subclass `guarded_protocol` makes; the class itself (what `serve_processes` hands to
+    uvicorn's worker processes, which import it by name) reads them from the ORFEAS_* environment.
+    """
+
+    limits: ConnectionLimits | None = None
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
+        if self.limits is None:
+            self.limits = _limits_from_environment()
         self._awaiting_headers = True
         self._header_bytes = 0
         self._header_count = 0
@@ -162,18 +183,13 @@ def serve(
 ) -> bool:
     """Serve `app` until SIGINT or SIGTERM; open requests get `shutdown_grace_seconds` to finish. False when the
     server could not start (the port is taken, say)."""
-    limits = ConnectionLimits(
-        max_header_bytes=settings.max_header_bytes,
-        header_timeout=settings.header_timeout_seconds,
-        idle_timeout=settings.idle_timeout_seconds,
-    )
     config = uvicorn.Config(
         app,
         host=settings.host,
         port=port,
         log_level=log_level.lower(),
         log_config=None,  # our formatter (orfeas.logs) for uvicorn's lines too
-        http=guarded_protocol(limits),
+        http=guarded_protocol(limits_from(settings)),
         loop="uvloop",
         limit_concurrency=settings.max_connections,
         timeout_keep_alive=5,
@@ -187,3 +203,24 @@ def serve(
         if server.started:
             raise
     return server.started
+
+
+def serve_processes(settings: Settings, port: int, processes: int, log_level: str = "info") -> None:
+    """Serve the API from `processes` uvicorn worker processes sharing one socket; each builds its app from the
+    ORFEAS_* environment (`create_app_from_environment`), which the caller has set to these settings."""
+    uvicorn.run(
+        "orfeas.api.app:create_app_from_environment",
+        factory=True,
+        workers=processes,
+        host=settings.host,
+        port=port,
+        log_level=log_level.lower(),
+        log_config=logging_config(log_level, settings.log_format),  # each process sets its logging up again
+        timeout_worker_healthcheck=60,  # a process importing the pipeline on a busy machine is slow, not dead
+        http=GuardedHttpToolsProtocol,
+        loop="uvloop",
+        limit_concurrency=settings.max_connections,
+        timeout_keep_alive=5,
+        timeout_graceful_shutdown=settings.shutdown_grace_seconds,
+        ws_max_size=settings.max_upload_bytes,
+    )
