@@ -135,7 +135,7 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = True) -> 
     )
     app.state.services = services
     app.state.progress = ProgressHub(
-        services.store.get,
+        services.store.get_many,
         poll_seconds=settings.poll_seconds / 2,
         max_sockets=settings.max_websockets,
         max_per_client=settings.max_websockets_per_client,

@@ -1,12 +1,13 @@
-"""Progress fan-out for WebSockets: one database poller per followed job in this API process, however many sockets
-follow it, and caps on sockets per client address and in total."""
+"""Progress fan-out for WebSockets: one database poller per API process, which reads every followed job in one
+query per tick and wakes the sockets following each job that changed; caps on sockets per client address and in
+total. The database work depends on how many jobs are followed, not on how many sockets follow them."""
 
 from __future__ import annotations
 
 import asyncio
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 
 from sqlalchemy.exc import DBAPIError
@@ -17,46 +18,48 @@ from orfeas.store.schema import FINISHED_STATUSES
 
 
 class DatabaseGone(Exception):
-    """The job could not be read any more: the database stayed unreachable longer than the hub waits."""
+    """The job could not be read any more: the database stayed unreachable longer than the hub waits, or the job
+    was deleted."""
 
 
 @dataclass
 class _Feed:
     """The latest state of one job and who waits for it to change."""
 
-    job: JobRecord | None = None
+    job: JobRecord
     version: int = 0
     followers: int = 0
     changed: asyncio.Condition = field(default_factory=asyncio.Condition)
-    gone: bool = False  # the database has been unreachable too long
-    task: asyncio.Task | None = None
+    gone: bool = False
 
 
 class ProgressHub:
-    """Keeps one poller per job that at least one socket follows; each poll is one primary-key read."""
+    """Follows jobs for this process's sockets with one poller; each tick is one read of all followed jobs."""
 
     def __init__(
         self,
-        read_job: Callable[[str], JobRecord],
+        read_jobs: Callable[[Sequence[str]], dict[str, JobRecord]],
         poll_seconds: float,
         max_sockets: int,
         max_per_client: int,
         outage_seconds: float = 60.0,
     ) -> None:
-        self._read_job = read_job
+        self._read_jobs = read_jobs
         self._poll_seconds = poll_seconds
         self._max_sockets = max_sockets
         self._max_per_client = max_per_client
         self._outage_seconds = outage_seconds
         self._feeds: dict[str, _Feed] = {}
         self._clients: Counter[str] = Counter()
+        self._poller: asyncio.Task | None = None
+        self.reads = 0  # database reads so far (for benchmarks and tests)
 
     @property
     def open_sockets(self) -> int:
         return sum(self._clients.values())
 
     @property
-    def pollers(self) -> int:
+    def followed_jobs(self) -> int:
         return len(self._feeds)
 
     def admit(self, client: str) -> str | None:
@@ -74,15 +77,14 @@ class ProgressHub:
             del self._clients[client]
 
     async def updates(self, job: JobRecord) -> AsyncIterator[JobRecord]:
-        """`job` as it is now, then each new state until it is finished; DatabaseGone after a long outage."""
+        """`job` as it is now, then each new state until it is finished; DatabaseGone when it cannot be read."""
         if job.status in FINISHED_STATUSES:
             yield job
             return
-        feed = self._feeds.get(job.id)
-        if feed is None:
-            feed = self._feeds[job.id] = _Feed(job=job)
-            feed.task = asyncio.create_task(self._poll(job.id, feed))
+        feed = self._feeds.setdefault(job.id, _Feed(job=job))
         feed.followers += 1
+        if self._poller is None or self._poller.done():
+            self._poller = asyncio.create_task(self._poll())
         try:
             seen = -1
             while True:
@@ -96,40 +98,50 @@ class ProgressHub:
                     return
         finally:
             feed.followers -= 1
+            if feed.followers <= 0 and self._feeds.get(job.id) is feed:
+                del self._feeds[job.id]
 
-    async def _poll(self, job_id: str, feed: _Feed) -> None:
+    async def _poll(self) -> None:
+        """Until no job is followed: read them all, wake the followers of those that changed."""
         outage_since: float | None = None
-        try:
-            while feed.followers > 0:
-                await asyncio.sleep(self._poll_seconds)
-                try:
-                    job = await asyncio.to_thread(self._read_job, job_id)
-                except DBAPIError as exc:
-                    outage_since = outage_since or time.monotonic()
-                    if is_database_outage(exc) and time.monotonic() - outage_since <= self._outage_seconds:
-                        continue
-                    await self._give_up(feed)
-                    return
-                except Exception:  # the job was deleted meanwhile, or worse: its followers must not wait forever
-                    await self._give_up(feed)
-                    return
-                outage_since = None
-                if _progress_of(job) != _progress_of(feed.job):
+        while self._feeds:
+            await asyncio.sleep(self._poll_seconds)
+            ids = list(self._feeds)
+            if not ids:
+                return
+            try:
+                self.reads += 1
+                current = await asyncio.to_thread(self._read_jobs, ids)
+            except DBAPIError as exc:
+                outage_since = outage_since or time.monotonic()
+                if is_database_outage(exc) and time.monotonic() - outage_since <= self._outage_seconds:
+                    continue
+                await self._give_up(ids)
+                return
+            except Exception:  # the followers must not wait forever on a poller that died
+                await self._give_up(ids)
+                return
+            outage_since = None
+            for job_id in ids:
+                feed = self._feeds.get(job_id)
+                if feed is None:
+                    continue
+                job = current.get(job_id)
+                if job is None:  # deleted meanwhile (retention)
+                    await self._give_up([job_id])
+                elif _progress_of(job) != _progress_of(feed.job):
                     async with feed.changed:
                         feed.job, feed.version = job, feed.version + 1
                         feed.changed.notify_all()
-                if job.status in FINISHED_STATUSES:
-                    return
-        finally:
-            if self._feeds.get(job_id) is feed:
-                del self._feeds[job_id]
 
-    @staticmethod
-    async def _give_up(feed: _Feed) -> None:
-        async with feed.changed:
-            feed.gone = True
-            feed.changed.notify_all()
+    async def _give_up(self, ids: list[str]) -> None:
+        for job_id in ids:
+            feed = self._feeds.get(job_id)
+            if feed is not None:
+                async with feed.changed:
+                    feed.gone = True
+                    feed.changed.notify_all()
 
 
-def _progress_of(job: JobRecord | None) -> tuple | None:
-    return None if job is None else (job.status, job.progress, job.stage, job.error)
+def _progress_of(job: JobRecord) -> tuple:
+    return (job.status, job.progress, job.stage, job.error)

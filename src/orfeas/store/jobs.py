@@ -210,6 +210,14 @@ class JobStore:
             raise JobNotFound(job_id)
         return JobRecord.from_row(row)
 
+    def get_many(self, job_ids: Sequence[str]) -> dict[str, JobRecord]:
+        """The jobs with these ids that exist, by id, in one read."""
+        if not job_ids:
+            return {}
+        with single_read(self._engine) as conn:
+            rows = conn.execute(sa.select(jobs).where(jobs.c.id.in_(list(job_ids)))).all()
+        return {row.id: JobRecord.from_row(row) for row in rows}
+
     def list_jobs(
         self, limit: int, offset: int = 0, status: str | None = None, owner: str | None = None
     ) -> tuple[list[JobRecord], int]:
