@@ -53,9 +53,9 @@ def parse_generator_options(pairs: list[str]) -> dict[str, Any]:
 @app.command("generate")
 def generate_command(
     images: Annotated[
-        list[Path],
+        list[Path] | None,
         typer.Argument(help="Input images (PNG, JPEG, WebP, GIF).", metavar="IMAGE", show_default=False),
-    ],
+    ] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.", metavar="DIR")] = Path("out"),
     formats: Annotated[
         str, typer.Option("--format", "-f", help="Comma-separated: glb,obj,stl,ply.", metavar="FORMATS")
@@ -73,14 +73,30 @@ def generate_command(
         typer.Option("--option", "-O", help="Generator option KEY=VALUE (repeatable).", metavar="KEY=VALUE"),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object per image on stdout.")] = False,
+    view: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--view",
+            help="One view of a single object, NAME=IMAGE (front, left, back, right; repeatable, front required): "
+            "one model from all of them, for a multi-view model (-O model=hunyuan3d-dit-v2-mv).",
+            metavar="NAME=IMAGE",
+        ),
+    ] = None,
 ) -> None:
     """Generate a 3D model for each image: DIR/<stem>.<fmt> plus DIR/<stem>.json with the report.
 
-    Two images with the same stem (mug.png, mug.jpg) get mug.* and mug-2.*, and the command says so.
+    Two images with the same stem (mug.png, mug.jpg) get mug.* and mug-2.*, and the command says so. With --view,
+    the views make one model, named after the front view.
     """
     settings = Settings()
-    check_generate_arguments(images, out)
-    stems = output_stems(images)
+    views = parse_views(view or [])
+    if views and images:
+        raise _fail("give either images or --view NAME=IMAGE for the views of one object, not both", code=2)
+    if not views and not images:
+        raise _fail("no input: give one or more images, or --view front=IMAGE ...", code=2)
+    inputs: list[Path | dict[str, Path]] = [views] if views else list(images or [])
+    check_generate_arguments(list(views.values()) if views else images, out)
+    stems = output_stems([views["front"]] if views else images)
     try:
         options = GenerateOptions.build(
             backend=backend,
@@ -104,14 +120,15 @@ def generate_command(
         MofNCompleteColumn(),
         TimeElapsedColumn(),
         console=stderr,
-        disable=len(images) < 2 or as_json,
+        disable=len(inputs) < 2 or as_json,
         transient=True,
     ) as progress:
-        task = progress.add_task("generating", total=len(images))
-        for path, stem in zip(images, stems, strict=True):
+        task = progress.add_task("generating", total=len(inputs))
+        for item, stem in zip(inputs, stems, strict=True):
+            path = item["front"] if isinstance(item, dict) else item
             progress.update(task, description=path.name)
             try:
-                result = generate(path, options, settings, generator)
+                result = generate(item, options, settings, generator)
                 save_result(result, out, stem)
             except OrfeasError as exc:
                 failures += 1
@@ -128,6 +145,26 @@ def generate_command(
         _print_table(results, out)
     if failures:
         raise typer.Exit(1)
+
+
+def parse_views(pairs: list[str]) -> dict[str, Path]:
+    """`--view front=a.png --view back=b.png` as {view name: path}; one line and exit 2 for a bad pair or name."""
+    from orfeas.pipeline.views import check_view_names
+
+    views: dict[str, Path] = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not value:
+            raise _fail(f"--view {pair!r}: expected NAME=IMAGE, e.g. --view front=photo.png", code=2)
+        if name.strip() in views:
+            raise _fail(f"--view {name.strip()} given twice", code=2)
+        views[name.strip()] = Path(value)
+    if views:
+        try:
+            views = {name: views[name] for name in check_view_names(views)}
+        except OrfeasError as exc:
+            raise _fail(str(exc), code=2) from None
+    return views
 
 
 def check_generate_arguments(images: list[Path], out: Path) -> None:

@@ -17,6 +17,10 @@ class IdempotencyConflict(InvalidOptions):
     """An Idempotency-Key already used for a different request (other images or options)."""
 
 
+class WeightsMissing(InvalidOptions):
+    """A model chosen for a job whose weights are not on this machine (the message names files and folders)."""
+
+
 class FormatNotAvailable(OrfeasError):
     """A finished job has no result in the asked-for format (it was not asked for, or the job has no result)."""
 

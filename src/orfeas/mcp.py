@@ -43,11 +43,15 @@ def build_server(client_factory: Callable[[], AgentClient] = AgentClient.from_en
         options: dict[str, Any] | None = None,
         wait: bool = True,
         out_dir: str | None = None,
+        views: dict[str, str] | None = None,
     ) -> dict[str, Any]:
         """Turn one image of a single object into a 3D model on the ORFEAS server.
 
-        image_path: path to a PNG, JPEG or WebP file on the machine running this MCP server (absolute, or relative
-        to its working directory). The background is removed automatically; one object per image works best.
+        image_path: path to a PNG, JPEG, WebP or GIF file on the machine running this MCP server (absolute, or
+        relative to its working directory). The background is removed automatically; one object per image works
+        best. For a multi-view model (options {"backend": "hunyuan3d", "generator_options": {"model":
+        "hunyuan3d-dit-v2-mv"}}) pass instead `views`, {"front": path, "left": path, "back": path, "right": path}
+        (front required), and give the front's path as image_path too.
 
         options (all optional; the server rejects unknown keys or out-of-range values with a message naming them):
         - formats: list of "glb", "obj", "stl", "ply" (default ["glb"]). OBJ is delivered as a zip with its
@@ -89,7 +93,14 @@ def build_server(client_factory: Callable[[], AgentClient] = AgentClient.from_en
 
         try:
             with client_factory() as client:
-                job = client.generate(path, **(options or {}))
+                if views:
+                    paths = {name: Path(view).expanduser() for name, view in views.items()}
+                    missing = [str(p) for p in paths.values() if not p.is_file()]
+                    if missing:
+                        raise ToolError(f"view images not found: {', '.join(missing)}")
+                    job = client.generate(views=paths, **(options or {}))
+                else:
+                    job = client.generate(path, **(options or {}))
                 if wait:
                     job = client.wait(job["id"], on_progress=report, timeout=WAIT_TIMEOUT)
                 if wait and out_dir:

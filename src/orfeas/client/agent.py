@@ -219,9 +219,22 @@ class AgentClient:
     def close(self) -> None:
         self._http.close()
 
-    def generate(self, image: ImageInput, filename: str | None = None, **options: Any) -> dict[str, Any]:
-        """Submit one image (a path, or raw bytes) with generation options; returns the queued job."""
-        body: dict[str, Any] = read_image(image, filename)
+    def generate(
+        self,
+        image: ImageInput | None = None,
+        filename: str | None = None,
+        *,
+        views: dict[str, ImageInput] | None = None,
+        **options: Any,
+    ) -> dict[str, Any]:
+        """Submit one image (a path, or raw bytes), or the views of one object (`views={"front": ..., "back": ...}`,
+        for a multi-view model such as hunyuan3d-dit-v2-mv), with generation options; returns the queued job."""
+        if (image is None) == (views is None):
+            raise ValueError("give either one image or views")
+        if views is not None:
+            body: dict[str, Any] = {"views": {name: read_image(view)["image"] for name, view in views.items()}}
+        else:
+            body = read_image(image, filename)
         if options:
             body["options"] = options
         return self._request("POST", "/api/agent/generate-3d", json_body=body).json()["job"]

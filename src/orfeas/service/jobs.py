@@ -8,6 +8,7 @@ import io
 import logging
 import os
 import uuid
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,13 +16,14 @@ import trimesh
 from PIL import Image
 
 from orfeas.config import Settings
-from orfeas.errors import IdempotencyConflict, InvalidImage, InvalidOptions, StorageUnavailable
+from orfeas.errors import IdempotencyConflict, InvalidImage, InvalidOptions, StorageUnavailable, WeightsMissing
 from orfeas.limits import check_idempotency_key, clean_input_name
 from orfeas.options import GenerateOptions
-from orfeas.pipeline.generate import batch_key
+from orfeas.pipeline.generate import batch_key, check_input_views
 from orfeas.pipeline.generators import Generator, available_generators, create_generator
 from orfeas.pipeline.image import decoded_bytes, inspect_image, read_header
 from orfeas.pipeline.preview import render_preview
+from orfeas.pipeline.views import batch_views, check_view_names
 from orfeas.service.auth import Principal
 from orfeas.service.budget import MemoryBudget
 from orfeas.store.artifacts import ArtifactStorage
@@ -47,10 +49,32 @@ STAGE_PROGRESS = {
 
 @dataclass(frozen=True)
 class Upload:
-    """One uploaded image: its file name and bytes."""
+    """One job's upload: an image (its file name and bytes), or several views of one object by view name
+    (`views`, front required; `data` is then unused)."""
 
     name: str
-    data: bytes
+    data: bytes = b""
+    views: dict[str, bytes] | None = None
+
+    def stored(self) -> bytes:
+        """What is kept as the job's input: the image itself, or a zip of the views (`read_input` undoes it)."""
+        if self.views is None:
+            return self.data
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
+            for name, data in self.views.items():
+                archive.writestr(name, data)
+        return buffer.getvalue()
+
+
+def read_input(stored: bytes) -> bytes | dict[str, bytes]:
+    """A job's stored input as the pipeline takes it: an image's bytes, or {view name: bytes} (a zip is never an
+    image we accept, so the two cannot be confused)."""
+    if not stored.startswith(b"PK\x03\x04"):
+        return stored
+    with zipfile.ZipFile(io.BytesIO(stored)) as archive:
+        views = {name: archive.read(name) for name in archive.namelist()}
+    return {name: views[name] for name in check_view_names(views)}
 
 
 class JobService:
@@ -84,7 +108,20 @@ class JobService:
         if options.backend not in available_generators(self.settings):
             known = ", ".join(available_generators(self.settings))
             raise InvalidOptions(f"unknown backend {options.backend!r}; available: {known}")
-        self.generator(options.backend).check_options(options.generator_options)
+        views = batch_views([upload.views for upload in uploads if upload.views is not None] or [None])
+        if any(upload.views is None for upload in uploads) and views:
+            raise InvalidOptions("one request holds single images or multi-view jobs, not both")
+        generator = self.generator(options.backend)
+        try:
+            generator.check_options(options.generator_options)
+        except WeightsMissing:
+            if principal.is_admin:
+                raise
+            raise WeightsMissing(
+                "the chosen model's weights are not on this server; GET /api/generators lists the usable models "
+                "(an admin sees where the weights go)"
+            ) from None
+        check_input_views(generator, options, views)
         names = [clean_input_name(upload.name) for upload in uploads]
         if idempotency_key:
             existing = self.store.find_idempotent(idempotency_key, owner)
@@ -92,16 +129,17 @@ class JobService:
                 self._check_same_request(idempotency_key, existing, names, uploads, options)
                 return existing, False
         for name, upload in zip(names, uploads, strict=True):
-            self._check_image(name, upload.data)
+            for view, data in (upload.views or {"": upload.data}).items():
+                self._check_image(f"{name} ({view} view)" if view else name, data)
 
-        key = batch_key(options)
+        key = batch_key(options, views)
         new_jobs = [
             NewJob(id=uuid.uuid4().hex, options=options.model_dump(mode="json"), batch_key=key, input_name=name)
             for name in names
         ]
         try:
             for job, upload in zip(new_jobs, uploads, strict=True):
-                self.artifacts.save_input(job.id, upload.data)
+                self.artifacts.save_input(job.id, upload.stored())
             jobs, created = self.store.create_jobs(new_jobs, idempotency_key=idempotency_key, owner=owner)
         except BaseException as exc:
             self._delete_inputs(new_jobs)
@@ -121,7 +159,7 @@ class JobService:
         same = len(existing) == len(uploads) and all(
             job.options == options.model_dump(mode="json")
             and job.input_name == name
-            and self._stored_input_digest(job.id) in (None, hashlib.sha256(upload.data).digest())
+            and self._stored_input_digest(job.id) in (None, hashlib.sha256(upload.stored()).digest())
             for job, name, upload in zip(existing, names, uploads, strict=False)
         )
         if not same:

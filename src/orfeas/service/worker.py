@@ -31,7 +31,7 @@ from orfeas.pipeline.background import BackgroundRemover
 from orfeas.pipeline.generate import GenerationResult, generate_batch, save_result
 from orfeas.pipeline.generators import GenerationParams, Generator, create_generator
 from orfeas.pipeline.learned_remover import create_remover
-from orfeas.service.jobs import STAGE_PROGRESS
+from orfeas.service.jobs import STAGE_PROGRESS, read_input
 from orfeas.service.metrics import ServiceMetrics
 from orfeas.service.optimizer import BatchPlan, ResourceOptimizer
 from orfeas.store.artifacts import ArtifactStorage
@@ -293,7 +293,7 @@ class Worker:
     def _generate(self, jobs: list[JobRecord]) -> tuple[list[GenerationResult], set[str]]:
         """Run the batch; returns the results and the ids of the jobs still ours (not canceled or taken over)."""
         options = [GenerateOptions.model_validate(job.options) for job in jobs]
-        images = [self.artifacts.load_input(job.id) for job in jobs]
+        images = [read_input(self.artifacts.load_input(job.id)) for job in jobs]
         progress = ProgressBuffer(self.store, self.worker_id)
         results = generate_batch(
             images,

@@ -19,6 +19,7 @@ from orfeas.api.schemas import AgentJob, JobView, SubmittedJobs, job_json
 from orfeas.errors import InvalidImage, InvalidOptions, OrfeasError
 from orfeas.limits import parse_json
 from orfeas.options import GenerateOptions
+from orfeas.pipeline.views import VIEW_NAMES
 from orfeas.service.agents import AgentRequestRefused, TooManyFailures, rate_limit_headers
 from orfeas.service.auth import Principal, agent_principal
 from orfeas.service.jobs import Upload
@@ -189,14 +190,18 @@ async def _read_submission(call: AgentRequest, services: Services, many: bool) -
         form = await call.request.form()
         files = form.getlist("image")
         uploads = [Upload(name=f.filename or "image", data=await f.read()) for f in files if hasattr(f, "read")]
+        view_files = {name: form[name] for name in VIEW_NAMES if hasattr(form.get(name), "read")}
+        if view_files and not many and not uploads:
+            views = {name: await file.read() for name, file in view_files.items()}
+            uploads = [Upload(name=view_files[next(iter(view_files))].filename or "views", views=views)]
         options_field = form.get("options")
         raw_options = parse_json_object(options_field if isinstance(options_field, str) else "{}", "options")
     else:
         payload = parse_json(call.body or b"{}", "body", max_bytes=services.settings.max_upload_bytes)
         if not isinstance(payload, dict):
             raise InvalidOptions("body must be a JSON object")
-        items = payload.get("images", []) if many else [payload] if "image" in payload else []
-        uploads = [_decode_image(item, index) for index, item in enumerate(items)]
+        items = payload.get("images", []) if many else [payload] if "image" in payload or "views" in payload else []
+        uploads = [_decode_item(item, index) for index, item in enumerate(items)]
         raw_options = payload.get("options") or {}
     if not uploads:
         raise InvalidImage("no image in the request" + (" (send 'images': [...])" if many else " (send 'image')"))
@@ -209,7 +214,20 @@ async def _read_submission(call: AgentRequest, services: Services, many: bool) -
     return uploads, GenerateOptions.build(**raw_options)
 
 
-def _decode_image(item: Any, index: int) -> Upload:
+def _decode_item(item: Any, index: int) -> Upload:
+    """One image, or with "views": {"front": base64, ...} the views of one object."""
+    if isinstance(item, dict) and "views" in item:
+        views = item["views"]
+        if not isinstance(views, dict) or not views:
+            raise InvalidImage(f"item {index}: 'views' must map view names (front, left, back, right) to base64 images")
+        data = {
+            str(name): _decode_image({"image": value}, f"{index} ({name} view)").data for name, value in views.items()
+        }
+        return Upload(name=str(item.get("filename") or "views"), views=data)
+    return _decode_image(item, index)
+
+
+def _decode_image(item: Any, index: int | str) -> Upload:
     if not isinstance(item, dict) or not isinstance(item.get("image"), str):
         raise InvalidImage(f"image {index}: expected {{'image': '<base64>', 'filename': ...}}")
     try:

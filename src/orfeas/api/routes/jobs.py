@@ -30,12 +30,14 @@ from orfeas.errors import FormatNotAvailable, InvalidOptions, OrfeasError
 from orfeas.limits import parse_json
 from orfeas.options import MAX_GENERATOR_OPTIONS_BYTES, GenerateOptions
 from orfeas.pipeline.export import FORMATS
+from orfeas.pipeline.views import VIEW_NAMES
 from orfeas.service.auth import Principal
 from orfeas.service.jobs import Upload
 from orfeas.store.jobs import JobNotFound, JobRecord
 
 router = APIRouter(prefix="/api/jobs", tags=["jobs"])
 SUBMIT_FIELDS = {"image", "backend", "resolution", "faces", "texture", "formats", "seed", "generator_options"}
+SUBMIT_FIELDS |= set(VIEW_NAMES)
 Caller = Annotated[Principal, Depends(caller)]
 JOB_ID = re.compile(r"[0-9a-f]{32}")
 FINISHED = {"succeeded", "failed", "canceled"}
@@ -94,7 +96,15 @@ async def submit_jobs(
         seed=seed,
         generator_options=parse_json_object(generator_options, "generator_options"),
     )
-    uploads = [Upload(name=file.filename or "image", data=await file.read()) for file in image or []]
+    form = await request.form()
+    views = {name: form[name] for name in VIEW_NAMES if hasattr(form.get(name), "read")}
+    if views and image:
+        raise InvalidOptions("send either images (field 'image') or the views of one object (front, left, ...)")
+    if views:
+        data = {name: await file.read() for name, file in views.items()}
+        uploads = [Upload(name=views.get("front", next(iter(views.values()))).filename or "views", views=data)]
+    else:
+        uploads = [Upload(name=file.filename or "image", data=await file.read()) for file in image or []]
     jobs, created = await asyncio.to_thread(services.jobs.submit, uploads, options, principal, idempotency_key)
     names = owner_names(services, principal, jobs)
     body = {"jobs": [job_json(job, principal, names) for job in jobs]}

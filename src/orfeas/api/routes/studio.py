@@ -20,11 +20,28 @@ from orfeas.options import GenerateOptions
 from orfeas.pipeline.background import prepare_image
 from orfeas.pipeline.generators import available_generators
 from orfeas.pipeline.generators.hunyuan import find_weights
+from orfeas.pipeline.generators.hunyuan_variants import variant_status
 from orfeas.pipeline.image import load_image
 from orfeas.pipeline.learned_remover import remover_name
+from orfeas.service.auth import Principal
 
 router = APIRouter(tags=["studio"])
 WEB = resources.files("orfeas") / "web"
+
+
+class ModelVariant(BaseModel):
+    model: str
+    usable: bool = Field(description="Its weights are on this machine.")
+    multiview: bool = Field(description="Takes the views of one object (front required; left, back, right).")
+    views: int
+    steps: int
+    guidance_scale: float
+    scheduler: str
+    vae: str | None
+    purpose: str
+    folders: list[str] | None = Field(None, description="Admins only: where its weights are or must go.")
+    missing: list[str] | None = Field(None, description="Admins only: the files that are missing.")
+    message: str | None = Field(None, description="Why it is not usable (admins: with the files and folders).")
 
 
 class StudioGenerator(BaseModel):
@@ -32,6 +49,7 @@ class StudioGenerator(BaseModel):
     default_resolution: int | None
     available: bool = Field(description="False when the generator is installed but cannot run here yet.")
     reason: str | None = Field(None, description="Why it cannot run, and what to do (where its weights go).")
+    variants: list[ModelVariant] | None = Field(None, description="hunyuan3d: its models (generator option model).")
 
 
 class FieldLimits(BaseModel):
@@ -47,23 +65,44 @@ class StudioGenerators(BaseModel):
     background_remover: str = Field(description="What images without an alpha mask go through to be cut out.")
 
 
-@router.get("/api/generators", response_model=StudioGenerators, dependencies=[Depends(caller)])
-def generators(services: Annotated[Services, Depends(get_services)]) -> dict[str, Any]:
-    """Generators this server offers, whether each can run now (weights present), and the options' bounds."""
+@router.get("/api/generators", response_model=StudioGenerators)
+def generators(
+    services: Annotated[Services, Depends(get_services)], principal: Annotated[Principal, Depends(caller)]
+) -> dict[str, Any]:
+    """Generators this server offers, whether each (and each hunyuan3d model) can run now, and the options' bounds.
+    Where weights must go (server paths) is shown to admins only."""
     listing = []
     for name in available_generators(services.settings):
         generator = services.jobs.generator(name)
-        reason = missing_weights(name, services.settings)
+        variants = model_variants(services.settings, principal.is_admin) if name == "hunyuan3d" else None
+        usable = [v for v in variants or [] if v["usable"]]
+        reason = missing_weights(name, services.settings) if variants is None or not usable else None
+        if reason is not None and not principal.is_admin:
+            reason = "its model weights are not on this server (an admin sees where they go)"
         listing.append(
             {
                 "name": name,
                 "default_resolution": generator.default_resolution,
                 "available": reason is None,
                 "reason": reason,
+                "variants": variants,
             }
         )
     remover = remover_name(services.settings)
     return {"generators": listing, "default": "inflate", "limits": option_limits(), "background_remover": remover}
+
+
+def model_variants(settings: Settings, admin: bool) -> list[dict[str, Any]]:
+    """Each hunyuan3d model and whether its weights are here; the server's paths only for an admin."""
+    variants = []
+    for status in variant_status(settings):
+        entry = status.to_dict()
+        if not admin:
+            entry |= {"folders": None, "missing": None}
+            if not status.usable:
+                entry["message"] = "its weights are not on this server (an admin sees where they go)"
+        variants.append(entry)
+    return variants
 
 
 def missing_weights(name: str, settings: Settings) -> str | None:

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 import trimesh
 
 from orfeas.config import Settings
-from orfeas.errors import GeneratorUnavailable, InvalidOptions
+from orfeas.errors import GeneratorUnavailable, InvalidOptions, WeightsMissing
 from orfeas.pipeline.background import Cutout
 from orfeas.pipeline.extract import extract_neural_field, torch_field
 from orfeas.pipeline.generators.base import GenerationParams
@@ -302,7 +302,7 @@ class HunyuanGenerator:
         try:
             find_weights(self.settings, model)
         except GeneratorUnavailable as exc:
-            raise InvalidOptions(str(exc)) from None
+            raise WeightsMissing(str(exc)) from None
 
     def check_views(self, options: dict[str, Any], views: Sequence[str]) -> None:
         """InvalidOptions when `views` (() for a single image) do not suit the model the options choose."""
