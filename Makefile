@@ -41,9 +41,10 @@ web/node_modules/.installed: web/package.json $(wildcard web/package-lock.json)
 		else npm install --silent --no-audit --no-fund --prefix web; fi && touch $@; \
 	fi
 
-$(STUDIO): web/package.json $(wildcard web/src/*.js) | web/node_modules/.installed
+$(STUDIO): web/package.json $(wildcard web/package-lock.json) $(wildcard web/src/*.js) | web/node_modules/.installed
 	@if [ -f web/node_modules/.installed ]; then \
-		npx --prefix web esbuild web/src/main.js --bundle --format=esm --minify --log-level=warning --outfile=$@; \
+		npx --prefix web esbuild web/src/main.js --bundle --format=esm --minify --log-level=warning --outfile=$@ && \
+		$(PYTHON) tools/bundle_sources.py > $@.sources; \
 	else \
 		echo "npm not found: keeping the committed $@ (install Node.js to rebuild the studio page)"; \
 	fi
@@ -86,6 +87,7 @@ $(VENV)/.hunyuan-installed: $(VENV)/.installed
 test: setup $(HUNYUAN_STAMP)
 	$(BIN)/ruff check src tests bench deploy
 	$(BIN)/ruff format --check src tests bench deploy
+	$(BIN)/lint-imports
 	$(BIN)/pytest
 
 bench: setup
