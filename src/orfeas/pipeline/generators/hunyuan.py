@@ -477,7 +477,8 @@ def _decode_flashvdm(vae: Any, tokens: torch.Tensor, resolution: int, chunk_size
         # FlashVDM leaves its processor on the decoder; put the plain one back for dense and hierarchical decoding
         # (hy3dgen's set_default_cross_attention_processor installs the class, not an instance, and then fails)
         vae.geo_decoder.set_cross_attention_processor(CrossAttentionProcessor())
-    output = vae.surface_extractor(logits, mc_level=0.0, bounds=BOX, octree_resolution=resolution)[0]
+    # float32: hy3dgen's marching cubes goes through numpy, which has no bfloat16
+    output = vae.surface_extractor(logits.float(), mc_level=0.0, bounds=BOX, octree_resolution=resolution)[0]
     if output is None:
         raise ValueError("the decoded field has no surface")
     return export_to_trimesh(output)

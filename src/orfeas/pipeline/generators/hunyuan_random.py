@@ -129,6 +129,8 @@ def vae_config(tiny: bool = False, model: str = "hunyuan3d-dit-v2-0-turbo") -> d
     """config.yaml of the turbo VAE the variant pairs with (its base VAE with the turbo shape decoder)."""
     vae = model_config(tiny, model)["vae"]
     vae["params"].update(_TURBO_DECODER)
+    if tiny:  # the turbo decoder halves the heads; FlashVDM's top-k selection needs at least two
+        vae["params"]["heads"] = 2 * TINY["heads"]
     return vae
 
 
