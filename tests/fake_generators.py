@@ -63,7 +63,10 @@ class SleepyGenerator(InflateGenerator):
         self.delay = delay
 
     def generate_batch(self, images, params):
-        time.sleep(self.batch_delay + self.delay * len(images))
+        deadline = time.monotonic() + self.batch_delay + self.delay * len(images)
+        while time.monotonic() < deadline:  # in steps, asking whether to stop as a real generator does
+            params.check_stop()
+            time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
         return [trimesh.creation.icosphere(subdivisions=2) for _ in images]
 
     def memory_per_image(self, params) -> int:

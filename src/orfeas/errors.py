@@ -33,3 +33,7 @@ class StorageUnavailable(OrfeasError):
     """The data directory cannot take more files now (disk full, quota, read-only); nothing was stored."""
 
     retry_after = 30
+
+
+class Stopped(OrfeasError):
+    """Generation was stopped before it finished because nobody wants its result any more (every job canceled)."""

@@ -102,3 +102,30 @@ def test_a_taken_port_prints_no_serving_line(server, tmp_path):
     assert second.returncode == 2
     assert "serving on" not in second.stderr
     assert "could not listen" in second.stderr
+
+
+def test_canceling_a_running_job_frees_the_worker_within_two_seconds(tmp_path):
+    import time
+
+    server = Server(tmp_path / "data", env={"ORFEAS_TEST_BATCH_DELAY": "120"}).start()
+    try:
+        with server.client() as client:
+            files = {"image": ("chair.png", CHAIR, "image/png")}
+            long_job = client.post("/api/jobs", files=files, data={"backend": "sleepy"}).json()["jobs"][0]["id"]
+            deadline = time.monotonic() + 60
+            while client.get(f"/api/jobs/{long_job}").json()["status"] != "running":
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+            time.sleep(0.5)  # well inside the generator's 120 s
+            canceled = time.monotonic()
+            assert client.delete(f"/api/jobs/{long_job}").json()["status"] == "canceled"
+            next_job = client.post("/api/jobs", files=files, data={"faces": "2000"}).json()["jobs"][0]["id"]
+            while client.get(f"/api/jobs/{next_job}").json()["status"] == "queued":
+                assert time.monotonic() - canceled < 10, "the worker is still busy with the canceled batch"
+                time.sleep(0.05)
+            freed = time.monotonic() - canceled
+            print(f"\nworker free {freed:.2f} s after the cancel")
+            assert freed < 2.0
+            wait_for(client, [next_job])
+    finally:
+        server.stop()

@@ -17,7 +17,7 @@ import numpy as np
 import trimesh
 
 from orfeas.config import Settings
-from orfeas.errors import InvalidOptions
+from orfeas.errors import InvalidOptions, Stopped
 from orfeas.options import GenerateOptions
 from orfeas.pipeline.background import BackgroundRemover, Cutout, prepare_image
 from orfeas.pipeline.cleanup import clean_mesh
@@ -81,8 +81,12 @@ def generate_batch(
     generator: Generator | None = None,
     remover: BackgroundRemover | None = None,
     on_stage: StageCallback | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> list[GenerationResult]:
     """Turn several images into meshes, passing them through the generator as one batch.
+
+    `should_stop()` is asked at every stage and by the generator between its steps; when it says yes, Stopped is
+    raised (the service asks it whether any job of the batch is still wanted).
 
     `options` is one set for all images or one per image; per-image sets may differ in seed, faces, texture and
     formats but must share what the generator sees (backend, resolution, generator options): `batch_key`.
@@ -98,7 +102,13 @@ def generate_batch(
     generator = generator or create_generator(per_image[0].backend, settings)
     per_image = [_with_resolution(o, generator.default_resolution) for o in per_image]
     check_input_views(generator, per_image[0], batch_views(images))
-    notify = on_stage or (lambda _index, _stage: None)
+    report = on_stage or (lambda _index, _stage: None)
+
+    def notify(index: int, stage: str) -> None:
+        if should_stop is not None and should_stop():
+            raise Stopped(f"generation stopped before {stage}: every job of the batch was canceled")
+        report(index, stage)
+
     profiles = [Profile() for _ in images]
     # the learned remover the settings name, if any (a caller that generates often builds it once and passes it)
     remover = remover if remover is not None else create_remover(settings)
@@ -109,7 +119,7 @@ def generate_batch(
         cutouts.append(_prepare_item(image, profile, settings, remover))
     for index in range(len(images)):
         notify(index, "shape_generation")
-    shapes = _generate_shapes(generator, cutouts, per_image, profiles)
+    shapes = _generate_shapes(generator, cutouts, per_image, profiles, should_stop)
 
     results = []
     for index, (cutout, shape, profile, opts) in enumerate(zip(cutouts, shapes, profiles, per_image, strict=True)):
@@ -184,7 +194,11 @@ def _front(item: Cutout | Mapping[str, Cutout]) -> Cutout:
 
 
 def _generate_shapes(
-    generator: Generator, cutouts: list[Cutout], options: list[GenerateOptions], profiles: list[Profile]
+    generator: Generator,
+    cutouts: list,
+    options: list[GenerateOptions],
+    profiles: list[Profile],
+    should_stop: Callable[[], bool] | None = None,
 ) -> list:
     first = options[0]
     params = GenerationParams(
@@ -192,6 +206,7 @@ def _generate_shapes(
         seed=first.seed,
         options=dict(first.generator_options),
         seeds=tuple(o.seed for o in options),
+        should_stop=should_stop,
     )
     batch = Profile()
     with batch.stage("shape_generation"):

@@ -21,11 +21,12 @@ import threading
 import time
 import uuid
 import zipfile
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from orfeas.config import Settings
-from orfeas.errors import OrfeasError
+from orfeas.errors import OrfeasError, Stopped
 from orfeas.options import GenerateOptions
 from orfeas.pipeline.background import BackgroundRemover
 from orfeas.pipeline.generate import GenerationResult, generate_batch, save_result
@@ -39,6 +40,7 @@ from orfeas.store.db import error_summary, is_database_outage
 from orfeas.store.jobs import JobRecord, JobStore
 
 logger = logging.getLogger(__name__)
+STOP_CHECK_SECONDS = 0.5  # how often a running batch asks whether its jobs were canceled
 
 RESULT_STEM = "model"
 MAINTENANCE_SECONDS = 10.0  # how often the loop applies retention (and requeues expired leases, as the heartbeat does)
@@ -236,6 +238,9 @@ class Worker:
         """Generate a batch; on out-of-memory split it in halves, on other errors run the jobs one by one."""
         try:
             results, still_ours = self._generate(jobs)
+        except Stopped:
+            logger.info("batch stopped: every job was canceled", extra={"batch_size": len(jobs)})
+            return
         except Exception as exc:
             if is_database_outage(exc):
                 raise  # not the jobs' fault: the loop backs off, the leases expire, the jobs run again
@@ -283,6 +288,23 @@ class Worker:
             logger.info("deleted the files of jobs without a row", extra={"jobs": len(orphans), "first": orphans[0]})
         return orphans
 
+    def _unwanted_check(self, job_ids: list[str]) -> Callable[[], bool]:
+        """A `should_stop` for the pipeline: True once none of the batch's jobs is held any more (all canceled),
+        asking the database at most every STOP_CHECK_SECONDS however often the generator asks."""
+        checked = [0.0, False]
+
+        def unwanted() -> bool:
+            now = time.monotonic()
+            if now - checked[0] >= STOP_CHECK_SECONDS:
+                checked[0] = now
+                try:
+                    checked[1] = not self.store.still_owned(self.worker_id, job_ids)
+                except Exception:  # an unreachable database is no reason to stop
+                    checked[1] = False
+            return bool(checked[1])
+
+        return unwanted
+
     def remover(self) -> BackgroundRemover | None:
         """The learned background remover the settings name (built once), or None for the weight-free one."""
         if not self._remover_loaded:
@@ -302,6 +324,7 @@ class Worker:
             self.generator(options[0].backend),
             remover=self.remover(),
             on_stage=lambda index, stage: progress.record(jobs[index].id, stage),
+            should_stop=self._unwanted_check([job.id for job in jobs]),
         )
         for job in jobs:
             progress.pending[job.id] = (STAGE_PROGRESS["export"], "export")

@@ -210,6 +210,14 @@ class JobStore:
             raise JobNotFound(job_id)
         return JobRecord.from_row(row)
 
+    def still_owned(self, worker_id: str, job_ids: Sequence[str]) -> set[str]:
+        """Which of these jobs `worker_id` still holds (a canceled or taken-over job is no longer held)."""
+        if not job_ids:
+            return set()
+        with single_read(self._engine) as conn:
+            query = sa.select(jobs.c.id).where(jobs.c.id.in_(list(job_ids)), _owned_by(worker_id))
+            return set(conn.scalars(query))
+
     def get_many(self, job_ids: Sequence[str]) -> dict[str, JobRecord]:
         """The jobs with these ids that exist, by id, in one read."""
         if not job_ids:

@@ -6,13 +6,14 @@ either an implicit field sampled on a grid (extracted later by `pipeline.extract
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import trimesh
 
+from orfeas.errors import Stopped
 from orfeas.pipeline.background import Cutout
 
 
@@ -24,6 +25,12 @@ class GenerationParams:
     seed: int = 0
     options: dict[str, Any] = field(default_factory=dict)
     seeds: tuple[int, ...] = ()  # one per image when the jobs of a batch asked for different seeds
+    should_stop: Callable[[], bool] | None = field(default=None, compare=False)
+
+    def check_stop(self) -> None:
+        """Raise Stopped when the caller no longer wants the result; generators call it between steps."""
+        if self.should_stop is not None and self.should_stop():
+            raise Stopped("generation stopped: every job of the batch was canceled")
 
     def seed_for(self, index: int) -> int:
         """The seed of image `index` in the batch."""
