@@ -61,3 +61,23 @@ def postgres_url(postgres_reachable) -> Iterator[str]:
     """A throwaway PostgreSQL database (`orfeas_<random>`) for one test, dropped afterwards; its URL."""
     with throwaway_database() as url:
         yield url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path) -> Iterator[str]:
+    """A fresh, empty database: a new SQLite file, or a new schema on the local PostgreSQL dropped afterwards (the
+    PostgreSQL half skips where no server answers, and fails instead under ORFEAS_REQUIRE_POSTGRES, as on CI)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'orfeas.db'}"
+        return
+    request.getfixturevalue("postgres_reachable")
+    import psycopg
+
+    schema = f"orfeas_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(POSTGRES_ADMIN, autocommit=True) as admin:
+        admin.execute(f"CREATE SCHEMA {schema}")
+    try:
+        yield f"postgresql+psycopg://postgres@127.0.0.1:5432/postgres?options=-csearch_path%3D{schema}"
+    finally:
+        with psycopg.connect(POSTGRES_ADMIN, autocommit=True) as admin:
+            admin.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")

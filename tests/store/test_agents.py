@@ -22,7 +22,6 @@ from orfeas.store.agents import (
 )
 from orfeas.store.db import create_db_engine, sqlite_url
 from orfeas.store.migrate import init_db
-from tests.store.test_jobs import db_url, postgres_unavailable  # noqa: F401  (fixtures: SQLite and PostgreSQL)
 
 MASTER_KEY = bytes(range(32))
 
@@ -44,7 +43,7 @@ class Clock:
 
 
 @pytest.fixture
-def engine(db_url: str) -> Iterator[sa.Engine]:  # noqa: F811
+def engine(db_url: str) -> Iterator[sa.Engine]:
     engine = create_db_engine(db_url)
     init_db(engine)
     yield engine
@@ -248,7 +247,7 @@ def admit_in_process(url: str, agent_id: str, count: int, start, results) -> Non
     engine.dispose()
 
 
-def test_processes_admitting_concurrently_never_exceed_the_rate(db_url: str, engine: sa.Engine) -> None:  # noqa: F811
+def test_processes_admitting_concurrently_never_exceed_the_rate(db_url: str, engine: sa.Engine) -> None:
     store = AgentStore(engine, MASTER_KEY)
     agent, _ = store.create("builder", ["generate"], rate_per_minute=100)
     context = multiprocessing.get_context("spawn")

@@ -5,7 +5,6 @@ import multiprocessing
 import statistics
 import threading
 import time
-import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -17,7 +16,6 @@ from orfeas.store import JobNotFound, JobRecord, JobStatus, JobStore, NewJob, cr
 from orfeas.store.db import sqlite_url
 from orfeas.store.schema import job_events, jobs
 
-POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 LEASE = 30.0
 
 
@@ -33,41 +31,6 @@ class StepClock:
 
     def advance(self, seconds: float) -> None:
         self.now += timedelta(seconds=seconds)
-
-
-@pytest.fixture(scope="session")
-def postgres_unavailable() -> str | None:
-    """Why the PostgreSQL cases cannot run here, or None if they can."""
-    try:
-        import psycopg
-    except ImportError:
-        return "psycopg is not installed (pip install 'psycopg[binary]')"
-    try:
-        psycopg.connect("host=127.0.0.1 port=5432 user=postgres dbname=test connect_timeout=3").close()
-    except psycopg.OperationalError as exc:
-        return f"PostgreSQL is not reachable at {POSTGRES_URL}: {exc}"
-    return None
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_url(request: pytest.FixtureRequest, tmp_path) -> Iterator[str]:
-    """A fresh, empty database: a new SQLite file, or a new PostgreSQL schema dropped afterwards."""
-    if request.param == "sqlite":
-        yield sqlite_url(tmp_path)
-        return
-    reason = request.getfixturevalue("postgres_unavailable")
-    if reason is not None:
-        pytest.skip(reason)
-    schema = f"orfeas_test_{uuid.uuid4().hex[:12]}"
-    admin = create_db_engine(POSTGRES_URL)
-    with admin.begin() as conn:
-        conn.exec_driver_sql(f"CREATE SCHEMA {schema}")
-    try:
-        yield f"{POSTGRES_URL}?options=-csearch_path%3D{schema}"
-    finally:
-        with admin.begin() as conn:
-            conn.exec_driver_sql(f"DROP SCHEMA {schema} CASCADE")
-        admin.dispose()
 
 
 @pytest.fixture

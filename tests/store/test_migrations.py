@@ -27,7 +27,6 @@ from orfeas.store.jobs import JobStore, NewJob
 from orfeas.store.migrate import alembic_config, autogenerate_diff, current_revision, head_revision, init_db, upgrade
 from orfeas.store.schema import agent_audit, agent_requests, agents, job_events, jobs
 from orfeas.store.startup import DatabaseUnavailable, open_database
-from tests.store.test_jobs import db_url, postgres_unavailable  # noqa: F401  (fixtures: SQLite and PostgreSQL)
 
 FIXTURES = Path(__file__).with_name("fixtures")
 TABLES = (jobs, job_events, agents, agent_requests, agent_audit)  # foreign keys point backwards in this order
@@ -93,7 +92,7 @@ def snapshot(url: str) -> dict[str, list[dict[str, Any]]]:
     return rows
 
 
-def test_an_empty_database_is_upgraded_to_the_newest_revision(db_url):  # noqa: F811
+def test_an_empty_database_is_upgraded_to_the_newest_revision(db_url):
     engine = create_db_engine(db_url)
     assert current_revision(engine) is None
     assert upgrade(engine) == (None, head_revision())
@@ -122,7 +121,7 @@ def test_the_baseline_is_exactly_the_pre_migration_schema_on_sqlite(tmp_path):
     assert schema(tmp_path / "orfeas.db") == schema(old / "orfeas.db")
 
 
-def test_a_pre_migration_database_is_upgraded_in_place_and_keeps_its_rows(db_url, tmp_path):  # noqa: F811
+def test_a_pre_migration_database_is_upgraded_in_place_and_keeps_its_rows(db_url, tmp_path):
     make_pre_migration_database(db_url, tmp_path)
     before = snapshot(db_url)
     assert [len(before[t.name]) for t in TABLES] == [6, 13, 2, 2, 2]
@@ -191,7 +190,7 @@ def upgrade_in_process(url: str, start, results) -> None:
         results.put(repr(exc))
 
 
-def test_processes_starting_together_upgrade_the_database_once(db_url):  # noqa: F811
+def test_processes_starting_together_upgrade_the_database_once(db_url):
     context = multiprocessing.get_context("fork")  # fast to start, so the four really race; each opens its own engine
     start, results = context.Barrier(4), context.Queue()
     processes = [context.Process(target=upgrade_in_process, args=(db_url, start, results)) for _ in range(4)]
@@ -208,7 +207,7 @@ def test_processes_starting_together_upgrade_the_database_once(db_url):  # noqa:
     engine.dispose()
 
 
-def test_an_up_to_date_database_is_only_read(db_url):  # noqa: F811
+def test_an_up_to_date_database_is_only_read(db_url):
     engine = create_db_engine(db_url)
     init_db(engine)
     # Someone holds the lock an upgrade would take; start-up must not wait for it.
@@ -238,7 +237,7 @@ def _lock_key() -> int:
     return migrate._ADVISORY_LOCK_KEY
 
 
-def test_a_database_migrated_by_a_newer_version_is_refused_with_one_line(db_url):  # noqa: F811
+def test_a_database_migrated_by_a_newer_version_is_refused_with_one_line(db_url):
     engine = create_db_engine(db_url)
     init_db(engine)
     with engine.begin() as conn:
