@@ -19,7 +19,13 @@ from orfeas.config import Settings
 from orfeas.errors import GeneratorUnavailable, InvalidOptions
 from orfeas.pipeline.background import Cutout
 from orfeas.pipeline.generators import GenerationParams, available_generators, create_generator
-from orfeas.pipeline.generators.hunyuan import INSTALL, HunyuanGenerator, find_weights, missing_modules
+from orfeas.pipeline.generators.hunyuan import (
+    INSTALL,
+    HunyuanGenerator,
+    find_weights,
+    missing_modules,
+    read_options,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 STEPS = 2
@@ -121,9 +127,13 @@ def test_bad_options_are_refused_before_queueing(options):
         HunyuanGenerator(Settings()).check_options(options)
 
 
-def test_good_options_are_accepted(models, monkeypatch):
+def test_good_options_are_accepted_and_kept(models, monkeypatch):
     monkeypatch.setenv("HY3DGEN_MODELS", str(models))
-    HunyuanGenerator(Settings()).check_options({"steps": 12, "guidance_scale": 7.5, "decoder": "flashvdm"})
+    options = {"steps": 12, "guidance_scale": 7.5, "decoder": "flashvdm"}
+    assert HunyuanGenerator(Settings()).check_options(options) is None
+    read = read_options(options, Settings())
+    assert (read["steps"], read["guidance_scale"], read["decoder"]) == (12, 7.5, "flashvdm")
+    assert read["model"] == Settings().hunyuan_model
 
 
 def test_missing_weights_say_where_they_must_go(tmp_path, monkeypatch):

@@ -2,9 +2,7 @@
 
 import json
 import multiprocessing
-import statistics
 import threading
-import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -546,24 +544,3 @@ def test_sqlite_connections_use_wal_and_enforce_foreign_keys(tmp_path) -> None:
 def test_unsupported_database_urls_are_refused() -> None:
     with pytest.raises(ValueError, match="unsupported database URL"):
         create_db_engine("mysql://user@localhost/orfeas")
-
-
-def test_claim_latency_report(store: JobStore, engine: sa.Engine) -> None:
-    """Not a benchmark gate: prints claim_batch latency for a batch of 8 with a few thousand rows in the table."""
-    for chunk in range(30):
-        enqueue(store, f"key-{chunk % 10}", count=96)
-    with engine.begin() as conn:  # most rows of a long-running service are finished jobs
-        finished = sa.select(jobs.c.id).order_by(jobs.c.created_at).limit(26 * 96).scalar_subquery()
-        conn.execute(sa.update(jobs).where(jobs.c.id.in_(finished)).values(status="succeeded"))
-
-    timings = []
-    for _ in range(30):
-        started = time.perf_counter()
-        batch = store.claim_batch("w1", max_jobs=8, lease_seconds=LEASE)
-        timings.append((time.perf_counter() - started) * 1000)
-        assert len(batch) == 8
-    backend = engine.dialect.name
-    print(
-        f"\nclaim_batch({backend}, 2880 rows, 384 queued, batch of 8): "
-        f"median {statistics.median(timings):.2f} ms, max {max(timings):.2f} ms"
-    )
