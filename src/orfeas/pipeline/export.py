@@ -6,9 +6,7 @@ moved into place together, so a reader never sees a half-written model or an OBJ
 
 from __future__ import annotations
 
-import os
 import re
-import secrets
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -17,6 +15,7 @@ import trimesh
 from PIL import Image
 
 from orfeas.errors import InvalidOptions
+from orfeas.files import write_files_atomically
 
 FORMATS = ("glb", "obj", "stl", "ply")
 
@@ -78,33 +77,6 @@ def export_mesh(mesh: trimesh.Trimesh, out_dir: Path, stem: str, fmt: str) -> li
     if not _STEM.fullmatch(stem):
         raise ValueError(f"file stem {stem!r} must be letters, digits, '_', '-' or '.', not starting with '.'")
     return write_files_atomically(Path(out_dir), encode(mesh, stem))
-
-
-def write_files_atomically(out_dir: Path, files: dict[str, bytes]) -> list[Path]:
-    """Write ``{name: bytes}`` into out_dir so that either all files appear or none do; return their paths.
-
-    Each file goes to a hidden temporary name first and is moved into place with `os.replace` once all are
-    written. The first file is moved last, so the main file never appears without its companions.
-    """
-    out_dir.mkdir(parents=True, exist_ok=True)
-    temporaries: list[Path] = []
-    placed: list[Path] = []
-    try:
-        for name, data in files.items():
-            temporary = out_dir / f".{name}.tmp-{secrets.token_hex(4)}"
-            temporaries.append(temporary)
-            with open(temporary, "xb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-        for name, temporary in reversed(list(zip(files, temporaries, strict=True))):
-            os.replace(temporary, out_dir / name)
-            placed.append(out_dir / name)
-    except BaseException:
-        for path in temporaries + placed:
-            path.unlink(missing_ok=True)
-        raise
-    return [out_dir / name for name in files]
 
 
 def glb_files(mesh: trimesh.Trimesh, stem: str) -> dict[str, bytes]:

@@ -18,6 +18,7 @@ import trimesh
 
 from orfeas.config import Settings
 from orfeas.errors import InvalidOptions, Stopped
+from orfeas.files import write_atomically
 from orfeas.options import GenerateOptions
 from orfeas.pipeline.background import BackgroundRemover, Cutout, prepare_image
 from orfeas.pipeline.cleanup import clean_mesh
@@ -244,11 +245,5 @@ def save_result(result: GenerationResult, out_dir: Path, stem: str) -> list[Path
         for fmt in result.options.formats:
             result.files.extend(export_mesh(result.mesh, out_dir, stem, fmt))
     report_path = out_dir / f"{stem}.json"
-    _write_text_atomically(report_path, json.dumps(result.report(), indent=2))
+    write_atomically(report_path, json.dumps(result.report(), indent=2).encode())
     return [*result.files, report_path]
-
-
-def _write_text_atomically(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)

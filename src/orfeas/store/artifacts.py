@@ -32,6 +32,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Protocol
 
+from orfeas.files import sync_directory, sync_file, write_atomically
+
 # Names a caller may ask for inside a job's folder: no separators, no leading dot.
 _SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 _JOB_ID = re.compile(r"[0-9a-f]{32}")
@@ -73,7 +75,7 @@ class LocalArtifactStore:
 
     def save_input(self, job_id: str, data: bytes) -> None:
         """Store an uploaded image durably (written, synced, then renamed into place)."""
-        _write_durably(self._input_path(job_id), data)
+        write_atomically(self._input_path(job_id), data)
 
     def load_input(self, job_id: str) -> bytes:
         return self._input_path(job_id).read_bytes()
@@ -91,9 +93,9 @@ class LocalArtifactStore:
                     continue
                 if not path.is_file():
                     raise ValueError(f"results are a flat folder of files; {path.name} is not a file")
-                _sync_file(path)
+                sync_file(path)
                 os.replace(path, target / path.name)
-            _sync_directory(target)
+            sync_directory(target)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
 
@@ -101,7 +103,7 @@ class LocalArtifactStore:
         """Add one file to the job's results (durably, replacing a file of that name)."""
         if not _SAFE_NAME.fullmatch(name):
             raise ValueError(f"not a result file name: {name!r}")
-        _write_durably(self.result_dir(job_id) / name, data)
+        write_atomically(self.result_dir(job_id) / name, data)
 
     def has_result(self, job_id: str, name: str) -> bool:
         return self.result_file(job_id, name) is not None
@@ -162,33 +164,3 @@ def _checked_id(job_id: str) -> str:
     if not _JOB_ID.fullmatch(job_id):
         raise ValueError(f"not a job id: {job_id!r}")
     return job_id
-
-
-def _write_durably(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    try:
-        with open(tmp, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    _sync_directory(path.parent)
-
-
-def _sync_file(path: Path) -> None:
-    with open(path, "rb") as handle:
-        os.fsync(handle.fileno())
-
-
-def _sync_directory(path: Path) -> None:
-    """Make renames into `path` durable (a no-op where directories cannot be opened, as on Windows)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
