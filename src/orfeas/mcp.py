@@ -23,6 +23,7 @@ from orfeas.client import (
     NotFoundError,
     ServerUnreachable,
 )
+from orfeas.client.agent import result_filename
 
 # What a tool call may fail with that the agent can act on; anything else is a bug and stays on the server.
 CLIENT_ERRORS = (ApiError, JobFailed, MissingCredentials, ServerUnreachable, TimeoutError)
@@ -135,7 +136,7 @@ def _download_all(client: AgentClient, job: dict[str, Any], stem: str, folder: P
     folder.mkdir(parents=True, exist_ok=True)
     files = {}
     for fmt in job.get("result_urls", {}):
-        target = folder / (f"{stem}.obj.zip" if fmt == "obj" else f"{stem}.{fmt}")
+        target = folder / result_filename(stem, fmt)
         files[fmt] = str(client.download(job["id"], fmt, target))
     return files
 

@@ -45,7 +45,7 @@ def test_list_tools_shows_both_tools_with_their_input_schemas() -> None:
 
     assert set(tools) == {"generate_3d", "job_status"}
     generate = tools["generate_3d"].input_schema
-    assert set(generate["properties"]) == {"image_path", "options", "wait", "out_dir"}
+    assert set(generate["properties"]) == {"image_path", "options", "wait", "out_dir", "views"}
     assert generate["required"] == ["image_path"]
     assert generate["properties"]["image_path"]["type"] == "string"
     assert generate["properties"]["wait"] == {"default": True, "title": "Wait", "type": "boolean"}

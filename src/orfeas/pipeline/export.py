@@ -46,6 +46,12 @@ def safe_stem(name: str) -> str:
     return stem or "model"
 
 
+def download_name(stem: str, fmt: str) -> str:
+    """The file name a result is delivered under: `<stem>.<fmt>`, and for OBJ (sent as a zip with its MTL and
+    texture) `<stem>.obj.zip`."""
+    return f"{stem}.obj.zip" if fmt == "obj" else f"{stem}.{fmt}"
+
+
 def parse_formats(text: str | Iterable[str]) -> tuple[str, ...]:
     """Parse "glb,obj" (or a list of such items) into validated, lowercase, de-duplicated format names."""
     items = [text] if isinstance(text, str) else list(text)

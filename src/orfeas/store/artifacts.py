@@ -33,10 +33,11 @@ from pathlib import Path
 from typing import Protocol
 
 from orfeas.files import sync_directory, sync_file, write_atomically
+from orfeas.store.schema import JOB_ID_PATTERN
 
 # Names a caller may ask for inside a job's folder: no separators, no leading dot.
 _SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
-_JOB_ID = re.compile(r"[0-9a-f]{32}")
+_JOB_ID = JOB_ID_PATTERN
 # A job's entry in inputs/ or results/: the job id, or a temporary ".<id>.<random>.tmp" an interrupted write left.
 _JOB_ENTRY = re.compile(r"([0-9a-f]{32})|\.([0-9a-f]{32})\.[0-9a-f]+\.tmp")
 

@@ -4,6 +4,7 @@ Migrations (`store/migrations/`) and the stores import the tables from here; not
 imported elsewhere, so `metadata` always holds the whole schema.
 """
 
+import re
 from enum import StrEnum
 
 import sqlalchemy as sa
@@ -23,6 +24,7 @@ class JobStatus(StrEnum):
 FINISHED_STATUSES = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELED)
 
 # Column bounds that the service checks before any write (a longer value is refused with 422, never truncated).
+JOB_ID_PATTERN = re.compile(r"[0-9a-f]{32}")  # job ids are uuid4().hex
 INPUT_NAME_LENGTH = 255
 IDEMPOTENCY_KEY_LENGTH = 200
 OWNER_LENGTH = 64

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import re
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
@@ -29,18 +28,18 @@ from orfeas.api.security import caller, websocket_caller
 from orfeas.errors import FormatNotAvailable, InvalidOptions, OrfeasError
 from orfeas.limits import parse_json
 from orfeas.options import MAX_GENERATOR_OPTIONS_BYTES, GenerateOptions
-from orfeas.pipeline.export import FORMATS
+from orfeas.pipeline.export import FORMATS, download_name, safe_stem
 from orfeas.pipeline.views import VIEW_NAMES
 from orfeas.service.auth import Principal
 from orfeas.service.jobs import Upload
 from orfeas.store.jobs import JobNotFound, JobRecord
+from orfeas.store.schema import FINISHED_STATUSES, JOB_ID_PATTERN
 
 router = APIRouter(prefix="/api/jobs", tags=["jobs"])
 SUBMIT_FIELDS = {"image", "backend", "resolution", "faces", "texture", "formats", "seed", "generator_options"}
 SUBMIT_FIELDS |= set(VIEW_NAMES)
 Caller = Annotated[Principal, Depends(caller)]
-JOB_ID = re.compile(r"[0-9a-f]{32}")
-FINISHED = {"succeeded", "failed", "canceled"}
+JOB_ID = JOB_ID_PATTERN
 MEDIA_TYPES = {
     "glb": "model/gltf-binary",
     "obj": "application/zip",
@@ -156,8 +155,7 @@ def result_file_response(services: Services, job: JobRecord, fmt: str) -> FileRe
     path = services.artifacts.result_file(job.id, name) if name else None
     if path is None:
         raise FormatNotAvailable(f"job {job.id} was not asked for {fmt}; it has {', '.join(job.result['files'])}")
-    stem = re.sub(r"[^A-Za-z0-9_.-]", "_", job.input_name.rsplit(".", 1)[0]) or "model"
-    filename = f"{stem}.obj.zip" if fmt == "obj" else f"{stem}.{fmt}"
+    filename = download_name(safe_stem(job.input_name.rsplit(".", 1)[0]), fmt)
     return FileResponse(path, media_type=MEDIA_TYPES[fmt], filename=filename)
 
 
@@ -220,7 +218,7 @@ async def _send_progress(
                     "error": current.error,
                 }
             )
-            if current.status in FINISHED:
+            if current.status in FINISHED_STATUSES:
                 end = await asyncio.to_thread(view, services, principal, current)
                 await websocket.send_json({"type": "end", **end})
                 await websocket.close()
