@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 from fastapi import Request
 
@@ -18,6 +21,8 @@ from orfeas.service.worker import Worker
 from orfeas.store.agents import AgentStore
 from orfeas.store.artifacts import ArtifactStorage
 from orfeas.store.jobs import JobStore
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -40,3 +45,11 @@ class Services:
 
 def get_services(request: Request) -> Services:
     return request.app.state.services
+
+
+async def quick_read(services: Services, read: Callable[..., T], *args: Any) -> T:
+    """Run a short primary-key read: inline on SQLite, where it is a local page read that never waits for
+    writers (WAL) and costs less than the hop to a thread; in a thread on PostgreSQL, where it is a round trip."""
+    if services.store.local_reads:
+        return read(*args)
+    return await asyncio.to_thread(read, *args)

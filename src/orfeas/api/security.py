@@ -18,7 +18,7 @@ from fastapi import Depends, Request, WebSocket
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from orfeas.api.deps import Services, get_services
+from orfeas.api.deps import Services, get_services, quick_read
 from orfeas.config import Settings
 from orfeas.service.auth import (
     CSRF_HEADER,
@@ -128,7 +128,7 @@ async def _principal(services: Services, headers, cookies, method: str) -> tuple
         scheme, _, key = authorization.partition(" ")
         if scheme.lower() != "bearer" or not key.strip():
             raise Unauthenticated("the Authorization header must be 'Bearer <API key>'")
-        return await asyncio.to_thread(services.accounts.principal_for_key, key.strip()), None
+        return await quick_read(services, services.accounts.principal_for_key, key.strip()), None
     token = cookies.get(SESSION_COOKIE)
     if token is None:
         raise Unauthenticated("sign in (the studio) or send an API key as 'Authorization: Bearer <key>'")

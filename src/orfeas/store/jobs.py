@@ -136,6 +136,7 @@ class JobStore:
     def __init__(self, engine: sa.Engine, now: Callable[[], datetime] = utcnow) -> None:
         self._engine = engine
         self._clock = now
+        self.local_reads = engine.dialect.name == "sqlite"  # reads are page reads on this machine, not round trips
 
     def _now(self) -> datetime:
         now = self._clock()

@@ -21,7 +21,7 @@ from fastapi import (
 from fastapi.responses import FileResponse, JSONResponse, Response
 from websockets.exceptions import ConnectionClosed
 
-from orfeas.api.deps import Services, get_services
+from orfeas.api.deps import Services, get_services, quick_read
 from orfeas.api.progress import DatabaseGone, ProgressHub
 from orfeas.api.schemas import JobList, JobView, SubmittedJobs, job_json, job_response
 from orfeas.api.security import caller, websocket_caller
@@ -126,8 +126,9 @@ def list_jobs(
 
 
 @router.get("/{job_id}", response_model=JobView)
-def get_job(job_id: str, services: Annotated[Services, Depends(get_services)], principal: Caller) -> Response:
-    job = services.jobs.get(checked_id(job_id), principal)
+async def get_job(job_id: str, services: Annotated[Services, Depends(get_services)], principal: Caller) -> Response:
+    """Status, progress, stage, timings, error and result URLs of one job (the route clients poll)."""
+    job = await quick_read(services, services.jobs.get, checked_id(job_id), principal)
     return job_response(job, principal, owner_names(services, principal, [job]))
 
 
