@@ -389,18 +389,28 @@ def markdown(rows: list[dict], notes: list[str]) -> str:
         "",
         "Diffusion, seconds per image (*: whole diffusion extrapolated from the steps measured):",
         "",
-        "| model | dtype | batch | conditioning | each step | steps (measured) | whole diffusion | peak RSS GiB "
-        "| estimate GiB / image |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| model | dtype | batch | conditioning | each step | steps (measured) | whole diffusion "
+        "| image → mesh at 384 | peak RSS GiB | estimate GiB / image |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
+    # image -> mesh: the diffusion plus the first hierarchical decoding at 384 of the same model and dtype
+    decodings = {}
+    for r in rows:
+        if r["kind"] == "decoding" and r["method"].startswith("hierarchical") and r["resolution"] == 384:
+            decodings.setdefault((r["model"], r["dtype"]), r)
     for r in rows:
         if r["kind"] != "diffusion":
             continue
+        decoding = decodings.get((r["model"], r["dtype"]))
+        total = "-"
+        if decoding is not None:
+            marked = r["extrapolated"] or decoding["extrapolated"]
+            total = f"{r['diffusion_s_per_image'] + decoding['decoding_s']:.0f}{'*' if marked else ''}"
         lines.append(
             f"| {r['model']} | {r['dtype']} | {r['batch']} | {r['conditioning_s_per_image']:.1f} "
             f"| {r['step_s_per_image']:.1f} | {r['default_steps']} ({r['steps_measured']}) "
-            f"| {r['diffusion_s_per_image']:.1f}{'*' if r['extrapolated'] else ''} | {gib(r['peak_rss_bytes'])} "
-            f"| {gib(r['estimate_bytes_per_image'])} |"
+            f"| {r['diffusion_s_per_image']:.1f}{'*' if r['extrapolated'] else ''} | {total} "
+            f"| {gib(r['peak_rss_bytes'])} | {gib(r['estimate_bytes_per_image'])} |"
         )
     lines += [
         "",
@@ -463,6 +473,24 @@ def main() -> None:
     if args.tiny and not args.models:
         args.models, args.batches, args.measure_steps = "hunyuan3d-dit-v2-mini-turbo", "1,2", 2
     rows: list[dict] = []
+
+    def meta() -> dict:
+        return {
+            "command": "python bench/cpu_hunyuan.py " + " ".join(sys.argv[1:]),
+            "threads": torch.get_num_threads(),
+            "load_average": os.getloadavg(),
+            "max_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+            "torch": torch.__version__,
+        }
+
+    def record(row: dict) -> None:
+        """Print and keep a row, and rewrite --json at once: a run stopped by a time limit keeps its rows."""
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+        if args.json:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps({"meta": meta(), "rows": rows}, indent=1))
+
     for model in filter(None, args.models.split(",")):
         for dtype in args.dtypes.split(","):
             start = time.perf_counter()
@@ -474,34 +502,20 @@ def main() -> None:
             for batch in (int(b) for b in args.batches.split(",")):
                 steps = min(args.measure_steps, get_variant(model).steps)
                 row, latents = bench_diffusion(pipeline, model, dtype, batch, steps, size)
-                print(json.dumps(row), flush=True)
-                rows.append(row)
+                record(row)
             if not args.no_decode:
                 resolution = 48 if args.tiny else args.resolution
                 for row in bench_decoding(
                     pipeline, model, dtype, latents, resolution, args.chunk, args.full_decode, args.flashvdm
                 ):
-                    print(json.dumps(row), flush=True)
-                    rows.append(row)
+                    record(row)
             del pipeline
     if args.hy3dgen_default:
         for dtype in args.hy3dgen_dtypes.split(","):
-            row = bench_hy3dgen_default(args.hy3dgen_default, dtype, args.tiny)
-            print(json.dumps(row), flush=True)
-            rows.append(row)
-    meta = {
-        "command": "python bench/cpu_hunyuan.py " + " ".join(sys.argv[1:]),
-        "threads": torch.get_num_threads(),
-        "load_average": os.getloadavg(),
-        "max_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-        "torch": torch.__version__,
-    }
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+            record(bench_hy3dgen_default(args.hy3dgen_default, dtype, args.tiny))
     runs = [json.loads(Path(p).read_text()) for p in filter(None, args.tables.split(","))]
     if not runs:
-        runs = [{"meta": meta, "rows": rows}]
+        runs = [{"meta": meta(), "rows": rows}]
     notes = [
         f"`{run['meta']['command']}`: {run['meta']['threads']} threads, load average at the end "
         f"{', '.join(f'{x:.1f}' for x in run['meta']['load_average'])}."
