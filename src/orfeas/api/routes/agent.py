@@ -14,12 +14,11 @@ from fastapi.responses import FileResponse, JSONResponse
 
 from orfeas.api.deps import Services, get_services
 from orfeas.api.errors import status_for
-from orfeas.api.routes.jobs import JOB_ID, checked_id, parse_json_object, result_file_response
+from orfeas.api.routes.jobs import JOB_ID, checked_id, parse_json_object, result_file_response, views_upload
 from orfeas.api.schemas import AgentJob, JobView, SubmittedJobs, job_json
 from orfeas.errors import InvalidImage, InvalidOptions, OrfeasError
 from orfeas.limits import parse_json
 from orfeas.options import GenerateOptions
-from orfeas.pipeline.views import VIEW_NAMES
 from orfeas.service.agents import AgentRequestRefused, TooManyFailures, rate_limit_headers
 from orfeas.service.auth import Principal, agent_principal
 from orfeas.service.jobs import Upload
@@ -190,10 +189,9 @@ async def _read_submission(call: AgentRequest, services: Services, many: bool) -
         form = await call.request.form()
         files = form.getlist("image")
         uploads = [Upload(name=f.filename or "image", data=await f.read()) for f in files if hasattr(f, "read")]
-        view_files = {name: form[name] for name in VIEW_NAMES if hasattr(form.get(name), "read")}
-        if view_files and not many and not uploads:
-            views = {name: await file.read() for name, file in view_files.items()}
-            uploads = [Upload(name=view_files[next(iter(view_files))].filename or "views", views=views)]
+        multi_view = await views_upload(form) if not many and not uploads else None
+        if multi_view is not None:
+            uploads = [multi_view]
         options_field = form.get("options")
         raw_options = parse_json_object(options_field if isinstance(options_field, str) else "{}", "options")
     else:

@@ -19,6 +19,7 @@ from fastapi import (
     WebSocketDisconnect,
 )
 from fastapi.responses import FileResponse, JSONResponse, Response
+from starlette.datastructures import FormData
 from websockets.exceptions import ConnectionClosed
 
 from orfeas.api.deps import Services, get_services, quick_read
@@ -96,12 +97,11 @@ async def submit_jobs(
         generator_options=parse_json_object(generator_options, "generator_options"),
     )
     form = await request.form()
-    views = {name: form[name] for name in VIEW_NAMES if hasattr(form.get(name), "read")}
-    if views and image:
+    multi_view = await views_upload(form)
+    if multi_view is not None and image:
         raise InvalidOptions("send either images (field 'image') or the views of one object (front, left, ...)")
-    if views:
-        data = {name: await file.read() for name, file in views.items()}
-        uploads = [Upload(name=views.get("front", next(iter(views.values()))).filename or "views", views=data)]
+    if multi_view is not None:
+        uploads = [multi_view]
     else:
         uploads = [Upload(name=file.filename or "image", data=await file.read()) for file in image or []]
     jobs, created = await asyncio.to_thread(services.jobs.submit, uploads, options, principal, idempotency_key)
@@ -254,6 +254,15 @@ async def _racing(updates: AsyncIterator[JobRecord], stop: asyncio.Task) -> Asyn
                 return
     finally:
         await updates.aclose()
+
+
+async def views_upload(form: FormData) -> Upload | None:
+    """The views of one object sent as form fields front, left, back, right (None when there are none)."""
+    files = {name: form[name] for name in VIEW_NAMES if hasattr(form.get(name), "read")}
+    if not files:
+        return None
+    first = files.get("front", next(iter(files.values())))
+    return Upload(name=first.filename or "views", views={name: await file.read() for name, file in files.items()})
 
 
 def parse_json_object(text: str, field: str) -> dict[str, Any]:
