@@ -369,3 +369,20 @@ def test_device_status_on_this_cpu_machine() -> None:
     assert status["note"] == "no GPU found: CPU and RAM reported"
     assert status["batch_size"] is None
     assert status["memory"]["total"] > 0
+
+
+def test_the_prometheus_gauge_reads_the_samplers_last_utilization():
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from orfeas.service.metrics import ServiceMetrics
+    from orfeas.service.monitoring import UtilizationSampler
+    from orfeas.service.optimizer import MemoryProbe
+
+    sampler = UtilizationSampler(MemoryProbe("cpu"))
+    sampler.sample()
+    sampler.sample()
+    registry = CollectorRegistry()
+    ServiceMetrics(registry, lambda: {}, sampler)
+    text = generate_latest(registry).decode()
+    line = next(line for line in text.splitlines() if line.startswith("orfeas_device_utilization{"))
+    assert float(line.rsplit(" ", 1)[1]) == pytest.approx(sampler.latest().utilization)

@@ -49,7 +49,8 @@ def build_services(settings: Settings) -> Services:
     artifacts = LocalArtifactStore(settings.data_dir)
     probe = MemoryProbe(settings.device)
     optimizer = ResourceOptimizer(probe, settings.target_utilization, settings.max_batch)
-    metrics = ServiceMetrics(CollectorRegistry(), store.count_by_status, probe)
+    sampler = UtilizationSampler(probe)  # owns the CPU counter: requests and scrapes read its last sample
+    metrics = ServiceMetrics(CollectorRegistry(), store.count_by_status, sampler)
     master_key = load_master_key(settings.agent_master_key, settings.data_dir)
     users = UserStore(engine)
     check_master_key(users, master_key)
@@ -61,7 +62,7 @@ def build_services(settings: Settings) -> Services:
         jobs=JobService(store, artifacts, settings),
         probe=probe,
         optimizer=optimizer,
-        sampler=UtilizationSampler(probe),
+        sampler=sampler,
         metrics=metrics,
         agents=agents,
         authenticator=AgentAuthenticator(agents, settings.agent_window_seconds),

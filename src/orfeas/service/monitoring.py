@@ -287,6 +287,10 @@ class UtilizationSampler:
             self._latest = reading
         return self.record(self.clock(), reading.utilization, reading.used_bytes)
 
+    def read(self) -> MemoryReading:
+        """The sampler as a MemorySource (what the Prometheus collector takes): its latest reading."""
+        return self.latest()
+
     def latest(self) -> MemoryReading:
         """The last reading the sampler took; before its first one, a memory reading with utilization unknown."""
         with self._lock:
