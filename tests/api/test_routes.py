@@ -63,3 +63,13 @@ def test_the_openapi_schema_documents_the_job_responses(app_and_keys):
     assert job["$ref"].endswith("/JobView")
     generators = schema["paths"]["/api/generators"]["get"]["responses"]["200"]["content"]["application/json"]
     assert generators["schema"]["$ref"].endswith("/StudioGenerators")
+
+
+def test_the_docs_page_sends_the_sessions_csrf_token_with_try_it_out(app_and_keys):
+    app, _ = app_and_keys
+    with TestClient(app, base_url="http://localhost") as client:
+        page = client.get("/docs")
+        script = client.get("/static/docs-csrf.js")
+    assert page.status_code == 200 and '<script src="/static/docs-csrf.js"></script>' in page.text
+    assert "default-src 'self'" in page.headers["content-security-policy"]
+    assert script.status_code == 200 and "X-CSRF-Token" in script.text and "orfeas_csrf" in script.text
