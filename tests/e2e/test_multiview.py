@@ -126,3 +126,25 @@ def test_the_cli_makes_one_model_from_views(server, tmp_path):
         [ORFEAS, "generate", "--view", "side=x.png"], capture_output=True, text=True, env=server.env, timeout=120
     )
     assert bad.returncode == 2 and "side" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_the_studio_sends_two_images_as_the_views_of_one_object(server, page, tmp_path):
+    from playwright.sync_api import expect
+
+    from tests.e2e.test_studio import generate, open_studio, select_images
+
+    (tmp_path / "front.png").write_bytes(CHAIR)
+    (tmp_path / "back.png").write_bytes(TEAPOT)
+    open_studio(page, server.url)
+    page.select_option("#opt-backend", "hunyuan3d")
+    expect(page.locator("#model-field")).to_be_visible()
+    page.select_option("#opt-model", "hunyuan3d-dit-v2-mv")
+    expect(page.locator("#opt-views")).to_be_checked()
+    page.fill("#opt-resolution", "64")
+    page.fill("#opt-faces", "2000")
+    select_images(page, tmp_path / "front.png", tmp_path / "back.png")
+    (job_id,) = generate(page, 1)  # two images, one job
+    with server.client() as client:
+        (final,) = wait_for(client, [job_id], timeout=300)
+    assert final["status"] == "succeeded", final["error"]
+    assert final["options"]["generator_options"]["model"] == "hunyuan3d-dit-v2-mv"

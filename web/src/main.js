@@ -14,6 +14,7 @@ const state = {
   disconnected: new Set(),
   jobs: new Map(),
   limits: {}, // {faces: {minimum, maximum, default}, resolution: {...}} from GET /api/generators
+  variants: new Map(), // generator name -> its models usable here (hunyuan3d's), from GET /api/generators
   viewedAt: 0, // when the person last opened a model themselves (a finished job then does not replace it)
 };
 let viewer = null;
@@ -76,6 +77,7 @@ async function loadGenerators() {
       select.append(option);
       defaults.set(generator.name, generator.default_resolution);
       if (!generator.available) unavailable.push(generator);
+      if (generator.variants) state.variants.set(generator.name, generator.variants.filter((v) => v.usable));
     }
     showUnavailable(unavailable);
     applyLimits(listing.limits || {});
@@ -89,8 +91,34 @@ async function loadGenerators() {
     $("opt-resolution").placeholder = resolution ? `default ${resolution}` : "default";
   };
   select.addEventListener("change", showDefault);
+  select.addEventListener("change", showModels);
+  $("opt-model").addEventListener("change", showViewsChoice);
   showDefault();
+  showModels();
 }
+
+/** The models of the chosen generator that can run here (hunyuan3d's variants), and the views choice they allow. */
+function showModels() {
+  const variants = state.variants.get($("opt-backend").value) || [];
+  $("model-field").hidden = !variants.length;
+  $("opt-model").replaceChildren(
+    ...variants.map((variant) => {
+      const option = new Option(`${variant.model}${variant.multiview ? " (views)" : ""}`, variant.model);
+      option.dataset.multiview = String(variant.multiview);
+      return option;
+    }),
+  );
+  showViewsChoice();
+}
+
+function showViewsChoice() {
+  const chosen = $("opt-model").selectedOptions[0];
+  const multiview = !$("model-field").hidden && chosen?.dataset.multiview === "true";
+  $("views-field").hidden = !multiview;
+  $("opt-views").checked = multiview;
+}
+
+const VIEW_NAMES = ["front", "left", "back", "right"];
 
 /** Under the generator list: which generators cannot run yet, and (opened) where their weights go. */
 function showUnavailable(generators) {
@@ -162,9 +190,13 @@ async function generate(event) {
   if (!formats.length) return showFormError("Choose at least one format.");
   const problem = checkNumbers();
   if (problem) return showFormError(problem);
+  const asViews = !$("views-field").hidden && $("opt-views").checked;
+  if (asViews && files.length > VIEW_NAMES.length) return showFormError("Views of one object: at most four images.");
   const form = new FormData();
-  for (const file of files) form.append("image", file, file.name);
+  if (asViews) files.forEach((file, index) => form.append(VIEW_NAMES[index], file, file.name));
+  else for (const file of files) form.append("image", file, file.name);
   form.append("backend", $("opt-backend").value);
+  if (!$("model-field").hidden) form.append("generator_options", JSON.stringify({ model: $("opt-model").value }));
   const resolution = $("opt-resolution").value.trim();
   if (resolution) form.append("resolution", resolution);
   form.append("faces", $("opt-faces").value.trim());
