@@ -387,27 +387,32 @@ def markdown(rows: list[dict], notes: list[str]) -> str:
     lines = [
         *notes,
         "",
-        "Diffusion, seconds per image (*: whole diffusion extrapolated from the steps measured):",
+        "Diffusion, seconds per image (*: whole diffusion extrapolated from the steps measured; image → mesh adds "
+        "the same run's decoding at 384, †: another run's, that run having none):",
         "",
-        "| model | dtype | batch | conditioning | each step | steps (measured) | whole diffusion "
+        "| run | model | dtype | batch | conditioning | each step | steps (measured) | whole diffusion "
         "| image → mesh at 384 | peak RSS GiB | estimate GiB / image |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     # image -> mesh: the diffusion plus the first hierarchical decoding at 384 of the same model and dtype
-    decodings = {}
+    decodings = {}  # the same run's, else the first run's
     for r in rows:
         if r["kind"] == "decoding" and r["method"].startswith("hierarchical") and r["resolution"] == 384:
-            decodings.setdefault((r["model"], r["dtype"]), r)
+            decodings.setdefault((r.get("run"), r["model"], r["dtype"]), r)
+            decodings.setdefault((None, r["model"], r["dtype"]), r)
     for r in rows:
         if r["kind"] != "diffusion":
             continue
-        decoding = decodings.get((r["model"], r["dtype"]))
+        decoding = decodings.get((r.get("run"), r["model"], r["dtype"]))
+        other_run = decoding is None
+        decoding = decoding or decodings.get((None, r["model"], r["dtype"]))
         total = "-"
         if decoding is not None:
             marked = r["extrapolated"] or decoding["extrapolated"]
             total = f"{r['diffusion_s_per_image'] + decoding['decoding_s']:.0f}{'*' if marked else ''}"
+            total += " †" if other_run else ""
         lines.append(
-            f"| {r['model']} | {r['dtype']} | {r['batch']} | {r['conditioning_s_per_image']:.1f} "
+            f"| {r.get('run', '')} | {r['model']} | {r['dtype']} | {r['batch']} | {r['conditioning_s_per_image']:.1f} "
             f"| {r['step_s_per_image']:.1f} | {r['default_steps']} ({r['steps_measured']}) "
             f"| {r['diffusion_s_per_image']:.1f}{'*' if r['extrapolated'] else ''} | {total} "
             f"| {gib(r['peak_rss_bytes'])} | {gib(r['estimate_bytes_per_image'])} |"
@@ -417,8 +422,8 @@ def markdown(rows: list[dict], notes: list[str]) -> str:
         "Decoding one image (*: the hierarchical extractor's queries on the analytic shape x the decoder's measured "
         "cost per query, plus the VAE transformer and the extractor's own time):",
         "",
-        "| model | dtype | method | resolution | queries | µs / query | seconds | peak RSS GiB |",
-        "|---|---|---|---:|---:|---:|---:|---:|",
+        "| run | model | dtype | method | resolution | queries | µs / query | seconds | peak RSS GiB |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         if r["kind"] != "decoding":
@@ -426,7 +431,8 @@ def markdown(rows: list[dict], notes: list[str]) -> str:
         queries = f"{r['queries']:,}" if r.get("queries") else "-"
         per_query = f"{r['us_per_query']:.1f}" if r.get("us_per_query") else "-"
         lines.append(
-            f"| {r['model']} | {r['dtype']} | {r['method']} | {r['resolution']} | {queries} | {per_query} "
+            f"| {r.get('run', '')} | {r['model']} | {r['dtype']} | {r['method']} | {r['resolution']} | {queries} "
+            f"| {per_query} "
             f"| {r['decoding_s']:.1f}{'*' if r['extrapolated'] else ''} | {gib(r['peak_rss_bytes'])} |"
         )
     defaults = [r for r in rows if r["kind"] == "hy3dgen default"]
@@ -437,12 +443,13 @@ def markdown(rows: list[dict], notes: list[str]) -> str:
             "chunks of 8,000, the checkpoint's VAE), extrapolated from one timed block of each kind and part of one "
             "decoder chunk:",
             "",
-            "| model | dtype | conditioning s | each step s | diffusion s | decoding s (chunks) | total hours |",
-            "|---|---|---:|---:|---:|---:|---:|",
+            "| run | model | dtype | conditioning s | each step s | diffusion s | decoding s (chunks) | total hours |",
+            "|---|---|---|---:|---:|---:|---:|---:|",
         ]
         for r in defaults:
             lines.append(
-                f"| {r['model']} | {r['dtype']} | {r['conditioning_s_per_image']:.0f}* | {r['step_s_per_image']:.0f}* "
+                f"| {r.get('run', '')} | {r['model']} | {r['dtype']} | {r['conditioning_s_per_image']:.0f}* "
+                f"| {r['step_s_per_image']:.0f}* "
                 f"| {r['diffusion_s_per_image']:.0f}* | {r['decoding_s']:.0f}* ({r['chunks']:,}) "
                 f"| {r['total_s'] / 3600:.1f}* |"
             )
@@ -513,15 +520,15 @@ def main() -> None:
     if args.hy3dgen_default:
         for dtype in args.hy3dgen_dtypes.split(","):
             record(bench_hy3dgen_default(args.hy3dgen_default, dtype, args.tiny))
-    runs = [json.loads(Path(p).read_text()) for p in filter(None, args.tables.split(","))]
+    runs = [{**json.loads(Path(p).read_text()), "label": Path(p).stem} for p in filter(None, args.tables.split(","))]
     if not runs:
-        runs = [{"meta": meta(), "rows": rows}]
+        runs = [{"meta": meta(), "rows": rows, "label": "this run"}]
     notes = [
-        f"`{run['meta']['command']}`: {run['meta']['threads']} threads, load average at the end "
+        f"- {run['label']}: `{run['meta']['command']}`; {run['meta']['threads']} threads, load average at the end "
         f"{', '.join(f'{x:.1f}' for x in run['meta']['load_average'])}."
         for run in runs
     ]
-    table = markdown([row for run in runs for row in run["rows"]], notes)
+    table = markdown([{**row, "run": run["label"]} for run in runs for row in run["rows"]], notes)
     print(table)
     if args.write:
         write_section(args.write, MARKER, HEADING, table)
