@@ -329,3 +329,21 @@ def torch_bf16():
     import torch
 
     return torch.bfloat16
+
+
+@needs_hy3dgen
+def test_a_canceled_batch_stops_between_diffusion_steps(generator):
+    from orfeas.errors import Stopped
+
+    model = "hunyuan3d-dit-v2-mini-turbo"
+    asked: list[int] = []
+    params = GenerationParams(
+        resolution=32, options={"model": model, "steps": 4}, should_stop=lambda: asked.append(1) or len(asked) >= 2
+    )
+    calls, hook = count_dit_passes(generator.pipeline_for(model))
+    try:
+        with pytest.raises(Stopped):
+            generator.generate_batch(IMAGES[:2], params)
+    finally:
+        hook.remove()
+    assert len(calls) == 2  # asked after each step: the second answer stopped it before the third step

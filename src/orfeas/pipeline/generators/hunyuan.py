@@ -27,7 +27,7 @@ import importlib.util
 import logging
 import os
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import trimesh
@@ -320,14 +320,18 @@ class HunyuanGenerator:
         pipeline = self.pipeline_for(variant.name)
         seeds = [params.seed_for(i) for i in range(len(images))]
         start = time.perf_counter()
-        latents = sample_latents(pipeline, images, seeds, options["steps"], options["guidance_scale"])
+        latents = sample_latents(
+            pipeline, images, seeds, options["steps"], options["guidance_scale"], on_step=params.check_stop
+        )
         sampled = time.perf_counter()
-        meshes = [
-            decode_latents(
-                pipeline, latent[None], params.resolution, options["decoder"], self.settings.hunyuan_chunk_size
+        meshes = []
+        for latent in latents:
+            params.check_stop()
+            meshes.append(
+                decode_latents(
+                    pipeline, latent[None], params.resolution, options["decoder"], self.settings.hunyuan_chunk_size
+                )
             )
-            for latent in latents
-        ]
         logger.info(
             "hunyuan3d batch",
             extra={
@@ -390,9 +394,11 @@ def sample_latents(
     seeds: Sequence[int],
     steps: int,
     guidance_scale: float,
+    on_step: Callable[[], None] | None = None,
 ) -> torch.Tensor:
     """Latents (N, latents, channels) for N items: hy3dgen's sampler (the scheduler its config names) over the
-    whole batch, the conditioner once and the DiT once per step for all items.
+    whole batch, the conditioner once and the DiT once per step for all items; `on_step()` is called after each
+    step (it may raise to stop the sampling, as GenerationParams.check_stop does).
 
     An item is a cut-out, or a mapping of view name to cut-out for a multi-view model (hy3dgen's multi-view image
     processor sorts the views into the order of their view embeddings). Each item's initial noise comes from its
@@ -419,6 +425,8 @@ def sample_latents(
         generator=generators,
         output_type="latent",
         enable_pbar=False,
+        callback=(lambda _step, _t, _out: on_step()) if on_step is not None else None,
+        callback_steps=1,
     )
 
 
