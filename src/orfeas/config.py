@@ -41,17 +41,23 @@ class Settings(BaseSettings):
         "unset: $HY3DGEN_MODELS/<repo>/<subfolder> (default ~/.cache/hy3dgen), then the Hugging Face cache. "
         "Weights are never downloaded.",
     )
-    hunyuan_repo: str = Field("tencent/Hunyuan3D-2", description="Hub name of the weights, for the default places.")
-    hunyuan_subfolder: str = Field("hunyuan3d-dit-v2-0", description="The model's folder inside the repository.")
     hunyuan_variant: str | None = Field(
         "fp16", description="Checkpoint model.<variant>.safetensors (or .ckpt); empty for model.safetensors."
     )
     hunyuan_dtype: Literal["auto", "float16", "bfloat16", "float32"] = Field(
         "auto", description="Weights and activations; auto: float16 on a GPU, float32 on the CPU."
     )
-    hunyuan_steps: int = Field(30, ge=1, le=200, description="Diffusion steps (per request: option 'steps').")
+    hunyuan_steps: int = Field(
+        30,
+        ge=1,
+        le=200,
+        description="Diffusion steps for all models (request option 'steps'); unset: each model's own default.",
+    )
     hunyuan_guidance_scale: float = Field(
-        5.0, ge=1.0, le=30.0, description="Classifier-free guidance scale (per request: option 'guidance_scale')."
+        5.0,
+        ge=1.0,
+        le=30.0,
+        description="Guidance for all models (request option 'guidance_scale'); unset: each model's own default.",
     )
     hunyuan_octree_resolution: int = Field(
         384, ge=32, le=1024, description="Default decoding grid cells across [-1.01, 1.01] (request 'resolution')."
