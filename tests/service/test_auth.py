@@ -20,19 +20,12 @@ from orfeas.store.db import create_db_engine, sqlite_url
 from orfeas.store.migrate import init_db
 from orfeas.store.schema import users
 from orfeas.store.users import UserExists, UserStore
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
-
-    def __call__(self) -> datetime:
-        return self.now
+from tests.fakes import Clock
 
 
 @pytest.fixture
 def clock() -> Clock:
-    return Clock()
+    return Clock(datetime(2026, 12, 1, 9, 0, tzinfo=UTC))
 
 
 @pytest.fixture

@@ -8,16 +8,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from orfeas.service.metrics import ServiceMetrics
 from orfeas.service.optimizer import MemoryProbe, MemoryReading
+from tests.fakes import FakeProbe
 
 GIB = 2**30
-
-
-class FakeProbe:
-    def __init__(self, reading: MemoryReading) -> None:
-        self.reading = reading
-
-    def read(self) -> MemoryReading:
-        return self.reading
 
 
 def scrape(metrics: ServiceMetrics) -> dict[tuple[str, tuple], float]:

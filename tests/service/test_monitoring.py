@@ -15,6 +15,7 @@ from orfeas.service.monitoring import (
     recommendations,
 )
 from orfeas.service.optimizer import MemoryProbe, MemoryReading, plan_batch
+from tests.fakes import FakeProbe
 
 GIB = 2**30
 
@@ -39,16 +40,6 @@ def cpu(used_fraction: float) -> MemoryReading:
     total = 16 * GIB
     used = round(total * used_fraction)
     return MemoryReading("cpu", "Test CPU", total, total - used, used, 0.1)
-
-
-class FakeProbe:
-    def __init__(self, reading: MemoryReading) -> None:
-        self.reading = reading
-        self.reads = 0
-
-    def read(self) -> MemoryReading:
-        self.reads += 1
-        return self.reading
 
 
 class StepClock:

@@ -25,21 +25,12 @@ from orfeas.service.optimizer import (
     read_host_memory,
 )
 from tests.cgroups import memory_cgroup
+from tests.fakes import FakeProbe
 from tests.synthetic import REPO
 
 GIB = 2**30
 MIB = 2**20
 V1_NO_LIMIT = "9223372036854771712"  # what cgroup v1 reports for a cgroup without a limit
-
-
-class FakeProbe:
-    """Returns readings from a list, repeating the last one."""
-
-    def __init__(self, *readings: MemoryReading) -> None:
-        self.readings = list(readings)
-
-    def read(self) -> MemoryReading:
-        return self.readings.pop(0) if len(self.readings) > 1 else self.readings[0]
 
 
 def gpu_reading(total: int = 24 * GIB, used: int = 4 * GIB, utilization: float | None = 0.3) -> MemoryReading:

@@ -5,7 +5,7 @@ import os
 import stat
 import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -22,24 +22,9 @@ from orfeas.store.agents import (
 )
 from orfeas.store.db import create_db_engine, sqlite_url
 from orfeas.store.migrate import init_db
+from tests.fakes import Clock
 
 MASTER_KEY = bytes(range(32))
-
-
-class Clock:
-    """A clock that stands still until moved; readable as a datetime (the store) or Unix seconds (the signer)."""
-
-    def __init__(self) -> None:
-        self.now = datetime(2026, 1, 1, tzinfo=UTC)
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def time(self) -> float:
-        return self.now.timestamp()
-
-    def advance(self, seconds: float) -> None:
-        self.now += timedelta(seconds=seconds)
 
 
 @pytest.fixture
