@@ -129,3 +129,25 @@ def test_canceling_a_running_job_frees_the_worker_within_two_seconds(tmp_path):
             wait_for(client, [next_job])
     finally:
         server.stop()
+
+
+def test_a_failed_jobs_log_line_names_the_job_and_the_reason(tmp_path):
+    import io
+
+    from PIL import Image, ImageDraw
+
+    red = Image.new("RGBA", (128, 128), (0, 0, 0, 0))
+    ImageDraw.Draw(red).ellipse((20, 20, 108, 108), fill=(230, 20, 20, 255))  # the oom generator's "too big" image
+    buffer = io.BytesIO()
+    red.save(buffer, "PNG")
+    server = Server(tmp_path / "data").start()
+    try:
+        with server.client() as client:
+            files = {"image": ("red.png", buffer.getvalue(), "image/png")}
+            job_id = client.post("/api/jobs", files=files, data={"backend": "oom"}).json()["jobs"][0]["id"]
+            (final,) = wait_for(client, [job_id])
+        assert final["status"] == "failed"
+    finally:
+        server.stop()
+    line = next(line for line in server.log.read_text().splitlines() if "job failed" in line)
+    assert f"job={job_id}" in line and "reason=" in line and "out of memory" in line
