@@ -8,7 +8,7 @@ import threading
 from datetime import UTC, datetime
 from typing import Any
 
-from orfeas.store.agents import AgentStore
+from orfeas.store.agents import AgentStore, audit_row
 
 logger = logging.getLogger(__name__)
 MAX_DETAIL = 1000
@@ -37,15 +37,8 @@ class AuditLog:
         job_id: str | None = None,
         detail: str | None = None,
     ) -> None:
-        row = {
-            "agent_id": agent_id,
-            "key_id": key_id[:40],
-            "operation": operation[:32],
-            "job_id": job_id,
-            "outcome": outcome,
-            "detail": None if detail is None else detail.replace("\x00", "\\0")[:MAX_DETAIL],
-            "at": datetime.now(UTC),
-        }
+        clean = None if detail is None else detail.replace("\x00", "\\0")[:MAX_DETAIL]  # PostgreSQL refuses NUL
+        row = audit_row(key_id, operation, outcome, agent_id, job_id, clean, at=datetime.now(UTC))
         with self._lock:
             self._rows.append(row)
         if self._thread is None:  # not started (tests, tools): write at once

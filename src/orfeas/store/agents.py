@@ -356,17 +356,7 @@ class AgentStore:
         detail: str | None = None,
     ) -> None:
         """Record one agent request: the key it presented, what it asked for and the HTTP status it got."""
-        values = {
-            "agent_id": agent_id,
-            "key_id": key_id[:40],
-            "operation": operation[:32],
-            "job_id": job_id,
-            "outcome": outcome,
-            "detail": detail,
-            "at": self._now(),
-        }
-        with self._engine.begin() as conn:
-            conn.execute(sa.insert(agent_audit).values(values))
+        self.audit_many([audit_row(key_id, operation, outcome, agent_id, job_id, detail, at=self._now())])
 
     def audit_many(self, rows: list[dict[str, Any]]) -> None:
         """Record several audit rows (the columns of `audit`, with their own `at`) in one transaction."""
@@ -402,3 +392,25 @@ class AgentStore:
             raise ValueError("cutoff must be timezone-aware")
         with self._engine.begin() as conn:
             return conn.execute(sa.delete(agent_audit).where(agent_audit.c.at < cutoff.astimezone(UTC))).rowcount
+
+
+def audit_row(
+    key_id: str,
+    operation: str,
+    outcome: int,
+    agent_id: str | None = None,
+    job_id: str | None = None,
+    detail: str | None = None,
+    *,
+    at: datetime,
+) -> dict[str, Any]:
+    """One row of the audit table, its strings cut to their columns."""
+    return {
+        "agent_id": agent_id,
+        "key_id": key_id[:40],
+        "operation": operation[:32],
+        "job_id": job_id,
+        "outcome": outcome,
+        "detail": detail,
+        "at": at,
+    }
