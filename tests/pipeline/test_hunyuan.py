@@ -7,7 +7,6 @@ friends); they are skipped, with the reason, where it is missing. Everything run
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -46,23 +45,6 @@ def _unavailable() -> str | None:
 
 UNAVAILABLE = _unavailable()
 needs_hy3dgen = pytest.mark.skipif(UNAVAILABLE is not None, reason=UNAVAILABLE or "")
-
-
-@pytest.fixture(scope="module")
-def offline():
-    """Cut the network: every connection or name lookup is refused and recorded (a library may catch the error,
-    the record stays). Tests that load or run the model assert that nothing was attempted."""
-    attempts: list[tuple] = []
-
-    def refuse(*args, **kwargs):
-        attempts.append(args[1:])
-        raise OSError(f"network access attempted: {args[1:]}")
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(socket.socket, "connect", refuse)
-        patch.setattr(socket, "getaddrinfo", refuse)
-        patch.setattr(socket, "create_connection", refuse)
-        yield attempts
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 from pathlib import Path
 
 import numpy as np
@@ -56,22 +55,6 @@ def _unavailable() -> str | None:
 
 UNAVAILABLE = _unavailable()
 needs_hy3dgen = pytest.mark.skipif(UNAVAILABLE is not None, reason=UNAVAILABLE or "")
-
-
-@pytest.fixture(scope="module")
-def offline():
-    """Every connection or name lookup is refused and recorded."""
-    attempts: list[tuple] = []
-
-    def refuse(*args, **kwargs):
-        attempts.append(args[1:])
-        raise OSError(f"network access attempted: {args[1:]}")
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(socket.socket, "connect", refuse)
-        patch.setattr(socket, "getaddrinfo", refuse)
-        patch.setattr(socket, "create_connection", refuse)
-        yield attempts
 
 
 @pytest.fixture(scope="module")
