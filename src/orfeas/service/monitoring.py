@@ -288,8 +288,11 @@ class UtilizationSampler:
         return self.record(self.clock(), reading.utilization, reading.used_bytes)
 
     def read(self) -> MemoryReading:
-        """The sampler as a MemorySource (what the Prometheus collector takes): its latest reading."""
-        return self.latest()
+        """The sampler as a MemorySource (what the Prometheus collector takes): its latest reading, or before its
+        first one a reading of the probe itself."""
+        with self._lock:
+            latest = self._latest
+        return latest if latest is not None else self.probe.read()
 
     def latest(self) -> MemoryReading:
         """The last reading the sampler took; before its first one, a memory reading with utilization unknown."""
