@@ -101,7 +101,6 @@ bench: setup
 	$(BIN)/python bench/progress_bench.py --write docs/BENCHMARKS.md
 	@if command -v wrk >/dev/null 2>&1; then $(BIN)/python bench/throughput_bench.py --write docs/BENCHMARKS.md; \
 	else echo "wrk not found: skipping bench/throughput_bench.py (apt-get install wrk)"; fi
-	$(BIN)/python bench/hardening_bench.py --write docs/SECURITY.md
 
 clean:
 	rm -rf out .pytest_cache .ruff_cache
