@@ -18,9 +18,7 @@ from orfeas.errors import InvalidOptions
 from orfeas.pipeline.background import Cutout
 from orfeas.pipeline.generators import GenerationParams, create_generator
 from orfeas.pipeline.generators.hunyuan import (
-    INSTALL,
     HunyuanGenerator,
-    missing_modules,
     resolve_dtype,
     use_worker_cores,
 )
@@ -31,6 +29,7 @@ from orfeas.pipeline.generators.hunyuan_variants import (
     find_weights,
     variant_status,
 )
+from tests.pipeline.test_hunyuan import UNAVAILABLE, needs_hy3dgen
 
 REPO = Path(__file__).resolve().parents[2]
 STEPS = 2
@@ -40,21 +39,6 @@ FAMILY = {  # family member -> (variant, DiT sequences per item per step)
     "mini-turbo": ("hunyuan3d-dit-v2-mini-turbo", 1),
     "mv": ("hunyuan3d-dit-v2-mv", 2),
 }
-
-
-def _unavailable() -> str | None:
-    missing = missing_modules()
-    if missing:
-        return f"hunyuan3d extra not installed (missing {', '.join(missing)}; {INSTALL})"
-    try:
-        import hy3dgen.shapegen  # noqa: F401
-    except (ImportError, RuntimeError) as exc:
-        return f"hy3dgen does not import here: {exc}"
-    return None
-
-
-UNAVAILABLE = _unavailable()
-needs_hy3dgen = pytest.mark.skipif(UNAVAILABLE is not None, reason=UNAVAILABLE or "")
 
 
 @pytest.fixture(scope="module")

@@ -76,6 +76,7 @@ def authenticated(operation: str, success: int = 200):
         outcome, detail = success, None
         try:
             yield call
+            outcome = call.status or success  # a repeat of an earlier submission is 200
         except OrfeasError as exc:
             outcome, detail = status_for(exc), str(exc)
             raise
@@ -83,7 +84,7 @@ def authenticated(operation: str, success: int = 200):
             outcome, detail = (503 if is_database_outage(exc) else 500), type(exc).__name__
             raise
         finally:
-            _audit(services, call, operation, call.status or outcome if detail is None else outcome, detail)
+            _audit(services, call, operation, outcome, detail)
 
     return verify
 
