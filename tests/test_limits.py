@@ -12,7 +12,7 @@ from orfeas.limits import (
     clean_input_name,
     parse_json,
 )
-from orfeas.options import GenerateOptions
+from orfeas.pipeline.options import GenerateOptions
 from orfeas.store.schema import IDEMPOTENCY_KEY_LENGTH, INPUT_NAME_LENGTH
 
 

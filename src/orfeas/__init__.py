@@ -14,7 +14,7 @@ from typing import Any
 
 __version__ = "0.1.0"
 _EXPORTS = {
-    "GenerateOptions": "orfeas.options",
+    "GenerateOptions": "orfeas.pipeline.options",
     "GenerationResult": "orfeas.pipeline.generate",
     "Settings": "orfeas.config",
     "generate": "orfeas.pipeline.generate",

@@ -21,10 +21,10 @@ from orfeas.cli_help import CleanHelpTyper
 from orfeas.config import Settings
 from orfeas.errors import OrfeasError
 from orfeas.logs import configure_logging
-from orfeas.options import GenerateOptions
 from orfeas.pipeline.export import safe_stem
 from orfeas.pipeline.generate import GenerationResult, generate, save_result
 from orfeas.pipeline.generators import create_generator
+from orfeas.pipeline.options import GenerateOptions
 from orfeas.pipeline.preview import render_preview
 
 app = CleanHelpTyper(help="ORFEAS: turn images into 3D models.", no_args_is_help=True, add_completion=False)

@@ -412,7 +412,7 @@ def test_refused_files_are_listed_with_their_reason_and_the_good_ones_still_go(p
 
 
 def test_the_form_takes_its_limits_and_generators_from_the_server(page, own_server, tmp_path):
-    from orfeas.options import GenerateOptions
+    from orfeas.pipeline.options import GenerateOptions
 
     server = own_server(ORFEAS_HUNYUAN_MODEL_PATH=str(tmp_path / "no-weights-here"))
     listing = httpx.get(f"{server.url}/api/generators").json()

@@ -13,7 +13,8 @@ import trimesh
 from PIL import Image
 
 from orfeas.errors import InvalidOptions
-from orfeas.pipeline.export import FORMATS, export_mesh, parse_formats, to_export_frame
+from orfeas.pipeline.export import export_mesh, to_export_frame
+from orfeas.pipeline.options import FORMATS, parse_formats
 
 
 def tall_box() -> trimesh.Trimesh:

@@ -278,7 +278,7 @@ def test_half_precision_gives_nearly_the_float32_shape(generator, models, monkey
 @needs_hy3dgen
 def test_the_worker_runs_queued_hunyuan3d_jobs_as_one_batch(generator, models, tmp_path, monkeypatch):
     """Three queued jobs: one claim, one generator call, one DiT pass per step for all of them, three results."""
-    from orfeas.options import GenerateOptions
+    from orfeas.pipeline.options import GenerateOptions
     from orfeas.service.auth import LOCAL_USER
     from orfeas.service.jobs import JobService, Upload
     from orfeas.service.optimizer import MemoryProbe, ResourceOptimizer

@@ -10,7 +10,7 @@ from PIL import Image
 
 from orfeas.config import Settings
 from orfeas.errors import IdempotencyConflict, InvalidImage, InvalidOptions, StorageUnavailable
-from orfeas.options import GenerateOptions
+from orfeas.pipeline.options import GenerateOptions
 from orfeas.service.auth import LOCAL_USER, Principal
 from orfeas.service.jobs import JobService, Upload, read_input
 from orfeas.store import JobStore, create_db_engine, init_db

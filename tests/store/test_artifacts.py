@@ -18,7 +18,7 @@ import pytest
 import trimesh
 
 from orfeas.config import Settings
-from orfeas.options import GenerateOptions
+from orfeas.pipeline.options import GenerateOptions
 from orfeas.service.auth import LOCAL_USER
 from orfeas.service.jobs import JobService, Upload
 from orfeas.service.optimizer import MemoryProbe, ResourceOptimizer

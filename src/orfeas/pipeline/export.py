@@ -7,17 +7,15 @@ moved into place together, so a reader never sees a half-written model or an OBJ
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import trimesh
 from PIL import Image
 
-from orfeas.errors import InvalidOptions
 from orfeas.files import write_files_atomically
-
-FORMATS = ("glb", "obj", "stl", "ply")
+from orfeas.pipeline.options import check_format
 
 # glTF bufferView.target values for vertex attributes and triangle indices.
 ARRAY_BUFFER = 34962
@@ -50,28 +48,6 @@ def download_name(stem: str, fmt: str) -> str:
     """The file name a result is delivered under: `<stem>.<fmt>`, and for OBJ (sent as a zip with its MTL and
     texture) `<stem>.obj.zip`."""
     return f"{stem}.obj.zip" if fmt == "obj" else f"{stem}.{fmt}"
-
-
-def parse_formats(text: str | Iterable[str]) -> tuple[str, ...]:
-    """Parse "glb,obj" (or a list of such items) into validated, lowercase, de-duplicated format names."""
-    items = [text] if isinstance(text, str) else list(text)
-    formats: list[str] = []
-    for item in items:
-        for part in item.split(","):
-            name = part.strip().lower()
-            if name and name not in formats:
-                formats.append(check_format(name))
-    if not formats:
-        raise InvalidOptions(f"no export format given; choose from {', '.join(FORMATS)}")
-    return tuple(formats)
-
-
-def check_format(fmt: str) -> str:
-    """Return the format name in lowercase, or raise InvalidOptions naming the accepted ones."""
-    name = fmt.strip().lower()
-    if name not in FORMATS:
-        raise InvalidOptions(f"unknown export format {fmt!r}; choose from {', '.join(FORMATS)}")
-    return name
 
 
 def export_mesh(mesh: trimesh.Trimesh, out_dir: Path, stem: str, fmt: str) -> list[Path]:

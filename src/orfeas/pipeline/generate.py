@@ -19,7 +19,6 @@ import trimesh
 from orfeas.config import Settings
 from orfeas.errors import InvalidOptions, Stopped
 from orfeas.files import write_atomically
-from orfeas.options import GenerateOptions
 from orfeas.pipeline.background import BackgroundRemover, Cutout, prepare_image
 from orfeas.pipeline.cleanup import clean_mesh
 from orfeas.pipeline.export import export_mesh, safe_stem, to_export_frame
@@ -27,6 +26,7 @@ from orfeas.pipeline.extract import extract_mesh
 from orfeas.pipeline.generators import GenerationParams, Generator, GridField, create_generator
 from orfeas.pipeline.image import load_image
 from orfeas.pipeline.learned_remover import create_remover
+from orfeas.pipeline.options import GenerateOptions
 from orfeas.pipeline.profile import Profile
 from orfeas.pipeline.texture import apply_texture, apply_vertex_colors
 from orfeas.pipeline.views import batch_views, ordered_views

@@ -18,10 +18,10 @@ from PIL import Image
 from orfeas.config import Settings
 from orfeas.errors import IdempotencyConflict, InvalidImage, InvalidOptions, StorageUnavailable, WeightsMissing
 from orfeas.limits import check_idempotency_key, clean_input_name
-from orfeas.options import GenerateOptions
 from orfeas.pipeline.generate import batch_key, check_input_views
 from orfeas.pipeline.generators import Generator, available_generators, create_generator
 from orfeas.pipeline.image import decoded_bytes, inspect_image, read_header
+from orfeas.pipeline.options import GenerateOptions
 from orfeas.pipeline.preview import render_preview
 from orfeas.pipeline.views import batch_views, check_view_names
 from orfeas.service.auth import Principal

@@ -27,11 +27,11 @@ from pathlib import Path
 
 from orfeas.config import Settings
 from orfeas.errors import OrfeasError, Stopped
-from orfeas.options import GenerateOptions
 from orfeas.pipeline.background import BackgroundRemover
 from orfeas.pipeline.generate import GenerationResult, generate_batch, save_result
 from orfeas.pipeline.generators import GenerationParams, Generator, create_generator
 from orfeas.pipeline.learned_remover import create_remover
+from orfeas.pipeline.options import GenerateOptions
 from orfeas.service.jobs import STAGE_PROGRESS, read_input
 from orfeas.service.metrics import ServiceMetrics
 from orfeas.service.optimizer import BatchPlan, ResourceOptimizer

@@ -18,7 +18,7 @@ from orfeas.api.routes.jobs import JOB_ID, checked_id, parse_json_object, result
 from orfeas.api.schemas import AgentJob, JobView, SubmittedJobs, job_json
 from orfeas.errors import InvalidImage, InvalidOptions, OrfeasError
 from orfeas.limits import parse_json
-from orfeas.options import GenerateOptions
+from orfeas.pipeline.options import GenerateOptions
 from orfeas.service.agents import AgentRequestRefused, TooManyFailures, rate_limit_headers
 from orfeas.service.auth import Principal, agent_principal
 from orfeas.service.jobs import Upload

@@ -28,8 +28,8 @@ from orfeas.api.schemas import JobList, JobView, SubmittedJobs, job_json, job_re
 from orfeas.api.security import caller, websocket_caller
 from orfeas.errors import FormatNotAvailable, InvalidOptions, OrfeasError
 from orfeas.limits import parse_json
-from orfeas.options import MAX_GENERATOR_OPTIONS_BYTES, GenerateOptions
-from orfeas.pipeline.export import FORMATS, download_name, safe_stem
+from orfeas.pipeline.export import download_name, safe_stem
+from orfeas.pipeline.options import FORMATS, MAX_GENERATOR_OPTIONS_BYTES, GenerateOptions
 from orfeas.pipeline.views import VIEW_NAMES
 from orfeas.service.auth import Principal
 from orfeas.service.jobs import Upload

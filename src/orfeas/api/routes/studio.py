@@ -16,13 +16,13 @@ from orfeas.api.deps import Services, get_services
 from orfeas.api.security import caller
 from orfeas.config import Settings
 from orfeas.errors import GeneratorUnavailable, OrfeasError
-from orfeas.options import GenerateOptions
 from orfeas.pipeline.background import prepare_image
 from orfeas.pipeline.generators import available_generators
 from orfeas.pipeline.generators.hunyuan import find_weights
 from orfeas.pipeline.generators.hunyuan_variants import variant_status
 from orfeas.pipeline.image import load_image
 from orfeas.pipeline.learned_remover import remover_name
+from orfeas.pipeline.options import GenerateOptions
 from orfeas.service.auth import Principal
 
 router = APIRouter(tags=["studio"])

@@ -1,17 +1,21 @@
-"""Per-request generation options, validated once at the edge (CLI, API) and passed down."""
+"""What the user asked for: per-request generation options and output formats, the pipeline's own input.
+
+Validated once at the edge (CLI, API) and passed down to the pipeline and the service.
+"""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from orfeas.errors import InvalidOptions
 from orfeas.limits import check_json_value
-from orfeas.pipeline.export import parse_formats
 
 MAX_GENERATOR_OPTIONS_BYTES = 16 * 1024
+FORMATS = ("glb", "obj", "stl", "ply")
 
 
 class GenerateOptions(BaseModel):
@@ -52,3 +56,25 @@ class GenerateOptions(BaseModel):
                 f"{'.'.join(str(p) for p in err['loc']) or 'options'}: {err['msg']}" for err in exc.errors()
             )
             raise InvalidOptions(problems) from None
+
+
+def parse_formats(text: str | Iterable[str]) -> tuple[str, ...]:
+    """Parse "glb,obj" (or a list of such items) into validated, lowercase, de-duplicated format names."""
+    items = [text] if isinstance(text, str) else list(text)
+    formats: list[str] = []
+    for item in items:
+        for part in item.split(","):
+            name = part.strip().lower()
+            if name and name not in formats:
+                formats.append(check_format(name))
+    if not formats:
+        raise InvalidOptions(f"no export format given; choose from {', '.join(FORMATS)}")
+    return tuple(formats)
+
+
+def check_format(fmt: str) -> str:
+    """Return the format name in lowercase, or raise InvalidOptions naming the accepted ones."""
+    name = fmt.strip().lower()
+    if name not in FORMATS:
+        raise InvalidOptions(f"unknown export format {fmt!r}; choose from {', '.join(FORMATS)}")
+    return name
