@@ -85,8 +85,8 @@ def surface_scores(
     rng = np.random.default_rng(seed)
     ref_points = trimesh.sample.sample_surface(reference, samples, seed=rng)[0]
     cand_points = trimesh.sample.sample_surface(candidate, samples, seed=rng)[0]
-    to_candidate = cKDTree(cand_points).query(ref_points)[0]
-    to_reference = cKDTree(ref_points).query(cand_points)[0]
+    to_candidate = np.asarray(cKDTree(cand_points).query(ref_points)[0])
+    to_reference = np.asarray(cKDTree(ref_points).query(cand_points)[0])
     scores = {"chamfer": float((to_candidate.mean() + to_reference.mean()) / 2)}
     for t in thresholds:
         precision, recall = (to_reference < t).mean(), (to_candidate < t).mean()

@@ -80,10 +80,14 @@ _DARK_SHADOW_MIN_OPEN = 0.3
 # Components smaller than this share of the largest one, or than this share of the image, are dropped.
 _MIN_COMPONENT_FRACTION = 0.005
 _MIN_SPECK_FRACTION = 2e-4
-# Half-width (full-resolution pixels) of the band round the outline where edges are re-estimated per pixel, and
-# the least colour contrast (Lab) between object and backdrop there for the per-pixel estimate to be trusted.
+# The outline is re-decided by a colour guided filter of the coarse mask, on a copy with at most this longest side:
+# pixels within `_EDGE_BAND` of the outline take the filtered mask; `_GUIDED_RADIUS` is the filter's window
+# half-width and `_GUIDED_EPS` its regulariser (colour variance, RGB in 0-1), below which a window's colour
+# contrast is not trusted to move the edge (object and backdrop too alike: the coarse mask stands).
+_REFINE_SIDE = 1024
 _EDGE_BAND = 3
-_EDGE_MIN_CONTRAST = 30.0
+_GUIDED_RADIUS = 6
+_GUIDED_EPS = 1e-3
 
 
 def alpha_mask(rgba: np.ndarray) -> np.ndarray | None:
@@ -107,8 +111,8 @@ def segment_studio_background(rgb: np.ndarray) -> np.ndarray:
     pixel that matches it, so gradients and vignetting count as backdrop. Pixels far from it seed GrabCut as object,
     except those that look like the backdrop in shadow (same hue, darker, soft): those start as background and
     GrabCut's colour models and edges settle them. Holes that show the backdrop stay open; enclosed holes that do
-    not look like it are filled. The outline is then re-estimated at full resolution from the local object and
-    backdrop colours.
+    not look like it are filled. The outline is then re-decided near full resolution by a guided filter that lets
+    the mask follow the image's own colour edges.
     """
     rgb = np.ascontiguousarray(rgb[..., :3], dtype=np.uint8)
     small = _downscale(rgb, _WORK_SIDE)
@@ -126,7 +130,7 @@ def segment_studio_background(rgb: np.ndarray) -> np.ndarray:
     fg = _run_grabcut(small, trimap)
     fg = _drop_small_components(fg)
     fg = _fill_object_holes(fg, far & ~shadow)
-    return _refine_edges(rgb, _upscale_mask(fg, rgb.shape[:2]), backdrop)
+    return _refine_outline(rgb, fg)
 
 
 def remove_background(rgba: np.ndarray, remover: BackgroundRemover | None = None) -> tuple[np.ndarray, str]:
@@ -368,7 +372,8 @@ def _run_grabcut(rgb: np.ndarray, trimap: np.ndarray) -> np.ndarray:
     background_model = np.zeros((1, 65), np.float64)
     foreground_model = np.zeros((1, 65), np.float64)
     roi = np.ascontiguousarray(rgb[top:bottom, left:right])
-    cv2.grabCut(roi, labels, None, background_model, foreground_model, _GRABCUT_ITERATIONS, cv2.GC_INIT_WITH_MASK)
+    no_rect = (0, 0, 0, 0)  # the mask initialises the models (GC_INIT_WITH_MASK), so the rectangle is unused
+    cv2.grabCut(roi, labels, no_rect, background_model, foreground_model, _GRABCUT_ITERATIONS, cv2.GC_INIT_WITH_MASK)
     result[top:bottom, left:right] = (labels == cv2.GC_FGD) | (labels == cv2.GC_PR_FGD)
     return result
 
@@ -425,49 +430,63 @@ def _upscale_mask(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return smooth >= 0.5
 
 
-def _refine_edges(rgb: np.ndarray, mask: np.ndarray, backdrop: np.ndarray) -> np.ndarray:
-    """Re-decide the pixels near the outline at full resolution with the compositing equation.
+def _refine_outline(rgb: np.ndarray, coarse: np.ndarray) -> np.ndarray:
+    """The coarse (working-size) mask at full size, its outline re-decided by a colour guided filter.
 
-    In a band round the outline each pixel is I = a F + (1 - a) B, with F the mean object colour just inside and
-    B the mean backdrop colour just outside (shadow included); its opacity is the projection of I - B onto F - B.
-    Where object and backdrop are too alike there the coarse mask stands.
+    The filter fits, in every small window, the mask as a linear function of the colour: where the window holds
+    object and backdrop colours that differ, that is the compositing equation's opacity with the object and backdrop
+    colours taken from the window itself (thin parts included); where they do not differ, it is the coarse mask's
+    local mean. Pixels near the outline take the filtered mask at half opacity.
     """
+    image = _downscale(rgb, _REFINE_SIDE)
+    shape = image.shape[:2]
+    soft = cv2.resize(coarse.astype(np.float32), (shape[1], shape[0]), interpolation=cv2.INTER_LINEAR)
+    mask = soft >= 0.5
     if not mask.any():
-        return mask
+        return np.zeros(rgb.shape[:2], dtype=bool)
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * _EDGE_BAND + 1, 2 * _EDGE_BAND + 1))
-    inner = cv2.erode(mask.astype(np.uint8), kernel)
-    outer = 1 - cv2.dilate(mask.astype(np.uint8), kernel)
-    band = (inner == 0) & (outer == 0)
-    if not band.any():
-        return mask
-    top, bottom, left, right = _box_around(band, pad=4 * _EDGE_BAND)
+    as_bytes = mask.astype(np.uint8)
+    band = cv2.dilate(as_bytes, kernel) > cv2.erode(as_bytes, kernel)
+    top, bottom, left, right = _box_around(band, pad=2 * _GUIDED_RADIUS + 2)
     window = (slice(top, bottom), slice(left, right))
-    image = rgb[window].astype(np.float32)
-    sigma = 2.0 * _EDGE_BAND
-    object_colour = _masked_blur(image, inner[window], sigma)
-    backdrop_colour = _masked_blur(image, outer[window], sigma)
-    contrast = object_colour - backdrop_colour
-    alpha = ((image - backdrop_colour) * contrast).sum(axis=2) / np.maximum((contrast**2).sum(axis=2), 1e-6)
-    lab_contrast = _lab_distance(object_colour, backdrop_colour)
-    decided = band[window] & (lab_contrast >= _EDGE_MIN_CONTRAST)
-    refined = mask.copy()
-    refined[window] = np.where(decided, alpha >= 0.5, mask[window])
-    return refined
+    alpha = guided_filter(image[window].astype(np.float32) / 255.0, soft[window], _GUIDED_RADIUS, _GUIDED_EPS)
+    mask[window] = np.where(band[window], alpha >= 0.5, mask[window])
+    return _upscale_mask(mask, rgb.shape[:2])
 
 
-def _masked_blur(image: np.ndarray, weight: np.ndarray, sigma: float) -> np.ndarray:
-    """Gaussian mean of `image` over the pixels where `weight` is set (normalised convolution)."""
-    weight = weight.astype(np.float32)
-    total = cv2.GaussianBlur(weight, (0, 0), sigma)
-    blurred = cv2.GaussianBlur(image * weight[..., None], (0, 0), sigma)
-    return blurred / np.maximum(total, 1e-6)[..., None]
+def guided_filter(guide: np.ndarray, source: np.ndarray, radius: int, eps: float) -> np.ndarray:
+    """He, Sun and Tang's colour guided filter of `source` ((H, W) float32) by `guide` ((H, W, 3) float32).
 
+    In each (2 radius + 1)^2 window, source = a . guide + b by ridge regression (`eps` on the colour covariance's
+    diagonal); every pixel averages the (a, b) of the windows that hold it. All means are box filters, and the
+    3 x 3 covariances are inverted in closed form (cofactors), so the cost is linear in the pixels.
+    """
+    size = (2 * radius + 1, 2 * radius + 1)
 
-def _lab_distance(rgb_a: np.ndarray, rgb_b: np.ndarray) -> np.ndarray:
-    """CIE76 distance between two float RGB (0-255) images."""
-    lab_a = cv2.cvtColor(np.clip(rgb_a / 255.0, 0, 1).astype(np.float32), cv2.COLOR_RGB2Lab)
-    lab_b = cv2.cvtColor(np.clip(rgb_b / 255.0, 0, 1).astype(np.float32), cv2.COLOR_RGB2Lab)
-    return np.linalg.norm(lab_a - lab_b, axis=2)
+    def mean(values: np.ndarray) -> np.ndarray:
+        return cv2.boxFilter(values, -1, size, borderType=cv2.BORDER_REFLECT)
+
+    mean_guide, mean_source = mean(guide), mean(source)
+    covariance = mean(guide * source[..., None]) - mean_guide * mean_source[..., None]
+    r, g, b = guide[..., 0], guide[..., 1], guide[..., 2]
+    mr, mg, mb = mean_guide[..., 0], mean_guide[..., 1], mean_guide[..., 2]
+    rr = mean(r * r) - mr * mr + eps
+    rg = mean(r * g) - mr * mg
+    rb = mean(r * b) - mr * mb
+    gg = mean(g * g) - mg * mg + eps
+    gb = mean(g * b) - mg * mb
+    bb = mean(b * b) - mb * mb + eps
+    # the symmetric 3 x 3 inverse: cofactors over the determinant
+    inverse = (
+        (gg * bb - gb * gb, gb * rb - rg * bb, rg * gb - gg * rb),
+        (gb * rb - rg * bb, rr * bb - rb * rb, rb * rg - rr * gb),
+        (rg * gb - gg * rb, rb * rg - rr * gb, rr * gg - rg * rg),
+    )
+    determinant = rr * inverse[0][0] + rg * inverse[0][1] + rb * inverse[0][2]
+    cr, cg, cb = covariance[..., 0], covariance[..., 1], covariance[..., 2]
+    slope = np.stack([(row[0] * cr + row[1] * cg + row[2] * cb) / determinant for row in inverse], axis=2)
+    offset = mean_source - (slope * mean_guide).sum(axis=2)
+    return (mean(slope) * guide).sum(axis=2) + mean(offset)
 
 
 def _square_window(mask: np.ndarray, margin: float) -> tuple[int, int, int]:

@@ -23,6 +23,7 @@ def remove_floaters(mesh: trimesh.Trimesh, min_fraction: float = 0.02) -> trimes
     if keep.all():
         return mesh
     kept = mesh.submesh([np.flatnonzero(keep)], append=True)
+    assert isinstance(kept, trimesh.Trimesh)  # append=True joins the pieces into one mesh
     return kept
 
 
@@ -41,7 +42,8 @@ def decimate(mesh: trimesh.Trimesh, max_faces: int) -> trimesh.Trimesh:
     """Quadric decimation down to at most `max_faces` faces; meshes under budget come back unchanged."""
     if len(mesh.faces) <= max_faces:
         return mesh
-    vertices, faces = mesh.vertices, mesh.faces
+    vertices: np.ndarray = mesh.vertices
+    faces: np.ndarray = mesh.faces
     target = max_faces
     # Repairs add a few faces back, and one call stops short of very small budgets (a 400k-face mesh to 2k):
     # aim lower and go again on the now small mesh.

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import trimesh
@@ -92,10 +93,11 @@ def stl_files(mesh: trimesh.Trimesh, stem: str) -> dict[str, bytes]:
 
 def ply_files(mesh: trimesh.Trimesh, stem: str) -> dict[str, bytes]:
     """Encode a binary PLY with vertex colours; a textured mesh's colours are sampled from its texture."""
-    textured = isinstance(mesh.visual, trimesh.visual.TextureVisuals)
+    visual = mesh.visual
+    textured = isinstance(visual, trimesh.visual.TextureVisuals)
     ready = _with_unit_normals(mesh.copy(include_visual=not textured))
-    if textured:
-        ready.visual = mesh.visual.to_color()
+    if isinstance(visual, trimesh.visual.TextureVisuals):
+        ready.visual = visual.to_color()
     return {f"{stem}.ply": trimesh.exchange.ply.export_ply(ready, encoding="binary", vertex_normal=True)}
 
 
@@ -112,8 +114,8 @@ def unit_vertex_normals(mesh: trimesh.Trimesh) -> np.ndarray:
     return unit
 
 
-def set_buffer_view_targets(tree: dict) -> None:
-    """Mark vertex and index bufferViews with their GPU target, as the glTF validator recommends.
+def set_buffer_view_targets(tree: dict[str, Any]) -> None:
+    """Mark vertex and index bufferViews of a glTF JSON tree with their GPU target, as the glTF validator recommends.
 
     trimesh may share one bufferView between accessors with identical bytes; a view claimed by both kinds is
     left without a target, which is valid.
@@ -137,7 +139,8 @@ def set_buffer_view_targets(tree: dict) -> None:
 
 def _with_unit_normals(mesh: trimesh.Trimesh) -> trimesh.Trimesh:
     """Store unit vertex normals on mesh (a copy the caller owns) and return it."""
-    mesh.vertex_normals = unit_vertex_normals(mesh)
+    # trimesh's cache_decorator builds a property with a setter, which mypy reads as a plain method
+    mesh.vertex_normals = unit_vertex_normals(mesh)  # type: ignore[method-assign]
     return mesh
 
 

@@ -25,11 +25,14 @@ logger = logging.getLogger(__name__)
 
 ACCEPTED_FORMATS = ("PNG", "JPEG", "WEBP", "GIF")
 
+# What the loaders read: a path or the file's bytes.
+ImageSource = str | os.PathLike[str] | bytes
+
 # Modes holding more than 8 bits per sample as integers; PNG 16-bit grayscale opens as one of these.
 _WIDE_INT_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N")
 
 
-def load_image(source: str | os.PathLike | bytes, *, max_pixels: int = 40_000_000) -> np.ndarray:
+def load_image(source: ImageSource, *, max_pixels: int = 40_000_000) -> np.ndarray:
     """Read `source` (a path or the file's bytes) into an (H, W, 4) uint8 RGBA array with straight alpha.
 
     EXIF orientation is applied; opaque images get alpha 255. Raises `InvalidImage` for unusable input.
@@ -55,26 +58,25 @@ class ImageInfo:
         return self.width * self.height
 
 
-def inspect_image(source: str | os.PathLike | bytes, *, max_pixels: int = 40_000_000) -> ImageInfo:
+def inspect_image(source: ImageSource, *, max_pixels: int = 40_000_000) -> ImageInfo:
     """Check that `source` is a usable image (format, size, pixel data that decodes) and return its header facts.
 
     Unlike `load_image` nothing is converted or kept: JPEGs decode at reduced scale (the DCT draft mode still reads
     every block), other formats decode once in their native mode and are dropped at once.
     """
     with _open(source, max_pixels) as img:
-        width, height = _checked_header(img, max_pixels)
+        info = _checked_header(img, max_pixels)
         _select_first_frame(img)
-        if img.format == "JPEG":
-            img.draft(img.mode, (max(1, width // 8), max(1, height // 8)))
+        if info.format == "JPEG":
+            img.draft(img.mode, (max(1, info.width // 8), max(1, info.height // 8)))
         _decode(img)
-        return ImageInfo(format=img.format, width=width, height=height)
+        return info
 
 
-def read_header(source: str | os.PathLike | bytes, *, max_pixels: int = 40_000_000) -> ImageInfo:
+def read_header(source: ImageSource, *, max_pixels: int = 40_000_000) -> ImageInfo:
     """Format and size from the header alone (nothing decoded); InvalidImage as `load_image` would raise it."""
     with _open(source, max_pixels) as img:
-        width, height = _checked_header(img, max_pixels)
-        return ImageInfo(format=img.format, width=width, height=height)
+        return _checked_header(img, max_pixels)
 
 
 def decoded_bytes(info: ImageInfo) -> int:
@@ -82,24 +84,27 @@ def decoded_bytes(info: ImageInfo) -> int:
     return info.pixels * 8
 
 
-def _checked_header(img: Image.Image, max_pixels: int) -> tuple[int, int]:
-    _check_format(img)
+def _checked_header(img: Image.Image, max_pixels: int) -> ImageInfo:
+    image_format = _check_format(img)
     _check_size(img, max_pixels)
-    return img.size
+    width, height = img.size
+    return ImageInfo(format=image_format, width=width, height=height)
 
 
-def _open(source: str | os.PathLike | bytes, max_pixels: int) -> Image.Image:
+def _open(source: ImageSource, max_pixels: int) -> Image.Image:
     """Open the image lazily (header only); map every failure to `InvalidImage`."""
+    fp: str | io.BytesIO
     if isinstance(source, bytes | bytearray | memoryview):
         if len(source) == 0:
             raise InvalidImage("empty image data")
         fp, name = io.BytesIO(bytes(source)), "image data"
     else:
-        fp = name = os.fspath(source)
-        if not os.path.isfile(fp):
-            raise InvalidImage(f"file not found: {fp}")
-        if os.path.getsize(fp) == 0:
-            raise InvalidImage(f"empty file: {fp}")
+        path = name = os.fspath(source)
+        if not os.path.isfile(path):
+            raise InvalidImage(f"file not found: {path}")
+        if os.path.getsize(path) == 0:
+            raise InvalidImage(f"empty file: {path}")
+        fp = path
     # Our own pixel budget (checked right after opening) is the authority, so PIL's warning is silenced here;
     # its hard error for absurd sizes is still mapped to a readable message.
     with warnings.catch_warnings():
@@ -114,11 +119,13 @@ def _open(source: str | os.PathLike | bytes, max_pixels: int) -> Image.Image:
             raise InvalidImage(f"cannot read {name}: {exc}") from exc
 
 
-def _check_format(img: Image.Image) -> None:
-    if img.format not in ACCEPTED_FORMATS:
+def _check_format(img: Image.Image) -> str:
+    """The image's format, one of ACCEPTED_FORMATS; InvalidImage for any other."""
+    if img.format is None or img.format not in ACCEPTED_FORMATS:
         accepted = ", ".join(ACCEPTED_FORMATS)
         found = img.format or "unknown"
         raise InvalidImage(f"unsupported image format {found}; accepted formats: {accepted}")
+    return img.format
 
 
 def _check_size(img: Image.Image, max_pixels: int) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import trimesh
+from trimesh.visual import ColorVisuals, TextureVisuals
 
 # Fixed-point bits for cv2's sub-pixel rasterisation.
 _SHIFT = 4
@@ -50,14 +51,15 @@ def render_preview(
 def face_base_colors(mesh: trimesh.Trimesh) -> np.ndarray:
     """Float RGB (0-255) per face: texture at the face's centre UV, vertex colours, or a neutral gray."""
     visual = mesh.visual
-    if visual.kind == "texture" and getattr(visual.material, "baseColorTexture", None) is not None:
-        texture = np.asarray(visual.material.baseColorTexture.convert("RGB"), dtype=np.float64)
+    base_color = getattr(visual.material, "baseColorTexture", None) if isinstance(visual, TextureVisuals) else None
+    if isinstance(visual, TextureVisuals) and visual.kind == "texture" and base_color is not None:
+        texture = np.asarray(base_color.convert("RGB"), dtype=np.float64)
         uv = visual.uv[mesh.faces].mean(axis=1)
         height, width = texture.shape[:2]
         cols = np.clip((uv[:, 0] * width).astype(int), 0, width - 1)
         rows = np.clip(((1.0 - uv[:, 1]) * height).astype(int), 0, height - 1)
         return texture[rows, cols]
-    if visual.kind == "vertex":
+    if isinstance(visual, ColorVisuals) and visual.kind == "vertex":
         return visual.vertex_colors[mesh.faces][..., :3].mean(axis=1).astype(np.float64)
     return np.full((len(mesh.faces), 3), 180.0)
 

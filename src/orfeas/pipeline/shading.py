@@ -178,7 +178,7 @@ def shading_relief(
     return out, 1.0 - error / spread
 
 
-def _solve_symmetric(matrix: sparse.spmatrix, rhs: np.ndarray) -> np.ndarray:
+def _solve_symmetric(matrix: sparse.csr_matrix, rhs: np.ndarray) -> np.ndarray:
     """Solve a sparse symmetric positive definite system. SuperLU with a symmetric ordering and no pivoting is a
     few times faster here than spsolve's default (scipy has no sparse Cholesky)."""
     lu = splu(matrix.tocsc(), permc_spec="MMD_AT_PLUS_A", diag_pivot_thresh=0.0, options={"SymmetricMode": True})

@@ -17,7 +17,8 @@ The result is a signed field on a grid whose zero level set is the surface.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import cv2
 import numpy as np
@@ -25,7 +26,7 @@ from scipy import ndimage
 
 from orfeas.errors import InvalidOptions
 from orfeas.pipeline.background import Cutout
-from orfeas.pipeline.generators.base import GenerationParams, GridField
+from orfeas.pipeline.generators.base import GenerationParams, GridField, Shape
 from orfeas.pipeline.shading import (
     estimate_light,
     harmonic_fill,
@@ -218,8 +219,8 @@ def _tilt_plane(mask: np.ndarray, slope: float) -> np.ndarray:
 def inflate_field(cutout: Cutout, resolution: int, options: dict[str, float]) -> GridField:
     """Build the grid field of one cut-out at `resolution` voxels across the cut-out's side."""
     side = cutout.size
-    sdf = signed_distance_2d(cutout.mask) / side  # world units: the cut-out spans 1.0
-    sdf = cv2.resize(sdf, (resolution, resolution), interpolation=cv2.INTER_LINEAR)
+    distance = signed_distance_2d(cutout.mask) / side  # world units: the cut-out spans 1.0
+    sdf = cv2.resize(distance, (resolution, resolution), interpolation=cv2.INTER_LINEAR)
     front, back = front_and_back(cutout, sdf, options)
     # image rows run down, world Y runs up; the grid is indexed [x, y, z]
     sdf, front, back = (np.ascontiguousarray(a[::-1, :].T) for a in (sdf, front, back))
@@ -267,7 +268,7 @@ def _occupied_range(occupied: np.ndarray, pad: int) -> tuple[slice, slice]:
     )
 
 
-def read_options(options: dict) -> dict[str, float]:
+def read_options(options: Mapping[str, Any]) -> dict[str, float]:
     """Defaults merged with `options`, each checked against its range; InvalidOptions names the problem."""
     unknown = set(options) - set(DEFAULT_OPTIONS)
     if unknown:
@@ -294,10 +295,10 @@ class InflateGenerator:
     # example images silhouette IoU is the same at 192 as at 256 and meshing is about a third faster.
     default_resolution = 192
 
-    def check_options(self, options: dict) -> None:
+    def check_options(self, options: dict[str, Any]) -> None:
         read_options(options)
 
-    def generate_batch(self, images: Sequence[Cutout], params: GenerationParams) -> list[GridField]:
+    def generate_batch(self, images: Sequence[Cutout], params: GenerationParams) -> list[Shape]:
         options = read_options(params.options)
         return [inflate_field(image, params.resolution, options) for image in images]
 
