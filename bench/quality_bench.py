@@ -1,7 +1,10 @@
 """Default quality on the evaluation corpus (bench/corpus.py), tuning and check parts, baselines side by side.
 
     .venv/bin/python bench/quality_bench.py [--part cutout|shape|all] [--split tuning|check|all] [--seed 0]
-                                            [--remover MODEL.onnx] [-O KEY=VALUE ...] [--write docs/BENCHMARKS.md]
+                                            [--no-baselines] [--remover MODEL.onnx] [-O KEY=VALUE ...]
+                                            [--dump cases.json] [--write docs/BENCHMARKS.md]
+
+While iterating, `--part cutout --split tuning --no-baselines` scores only the current remover on the tuning part.
 
 Cut-outs: every composite goes through background removal; IoU of the mask (alpha >= 0.5) against the object's
 true alpha, per background kind, for the weight-free remover before issue 15 (bench/baseline_remover.py), the
@@ -204,15 +207,38 @@ def render_shapes(rows: list[dict], variants: list[str]) -> str:
         lines.append(f"| lighting: {lighting} | {cells(lambda r, g=lighting: r['lighting'] == g)} |")
     lines.append(f"| **mean** | {cells(lambda r: True)} |")
     lines.append(f"| mean Chamfer ↓ | {cells(lambda r: True, '_chamfer')} |")
-    margins = []
-    for part in PARTS:
-        for name in variants:
-            values = [r[name] - r["tube"] for r in rows if r["split"] == part]
-            margins.append(f"{min(values):+.3f}" if values else "-")
-    lines.append(f"| worst case minus tube | {' | '.join(margins)} |")
+    if "tube" in variants:
+        lines.append(f"| worst view or lighting kind's mean minus tube | {worst_kind_minus_tube(rows, variants)} |")
+        margins = []
+        for part in PARTS:
+            for name in variants:
+                values = [r[name] - r["tube"] for r in rows if r["split"] == part]
+                margins.append(f"{min(values):+.3f}" if values else "-")
+        lines.append(f"| worst case minus tube | {' | '.join(margins)} |")
+        below = []
+        for part in PARTS:
+            for name in variants:
+                values = [r[name] - r["tube"] for r in rows if r["split"] == part]
+                below.append(str(sum(v < -0.05 for v in values)) if values else "-")
+        lines.append(f"| cases more than 0.05 below tube | {' | '.join(below)} |")
     counts = " | ".join(str(sum(r["split"] == p for r in rows)) for p in PARTS for _ in variants)
     lines.append(f"| cases | {counts} |")
     return "\n".join(lines)
+
+
+def worst_kind_minus_tube(rows: list[dict], variants: list[str]) -> str:
+    """Per part and row: the lowest, over view kinds and lighting kinds, of the kind's mean minus the tube's."""
+    kinds = [("view", v) for v in VIEWS] + [("lighting", g) for g in LIGHTINGS]
+    out = []
+    for part in PARTS:
+        for name in variants:
+            gaps = []
+            for key, kind in kinds:
+                chosen = [r for r in rows if r["split"] == part and r[key] == kind]
+                if chosen:
+                    gaps.append(statistics.mean(r[name] - r["tube"] for r in chosen))
+            out.append(f"{min(gaps):+.3f}" if gaps else "-")
+    return " | ".join(out)
 
 
 def render(cutouts: str | None, shapes: str | None, seed: int, note: str) -> str:
@@ -240,6 +266,9 @@ def main() -> None:
     parser.add_argument("--split", choices=("tuning", "check", "all"), default="all")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="Where the corpus is built (cached).")
+    parser.add_argument(
+        "--no-baselines", action="store_true", help="Score only the default (no `before`, `tube` or `slab` rows)."
+    )
     parser.add_argument("--remover", type=Path, help="Also score this ONNX background remover.")
     parser.add_argument("-O", "--option", action="append", default=[], help="Inflate option KEY=VALUE (default row).")
     parser.add_argument("--write", type=Path, help="Replace this benchmark's section in a markdown file.")
@@ -251,7 +280,9 @@ def main() -> None:
     dump: dict[str, list[dict]] = {}
     cutout_table = shape_table = None
     if args.part in ("cutout", "all"):
-        removers = {"before": baseline_remover.segment_plain_background, "now": default_remover}
+        removers = {"now": default_remover}
+        if not args.no_baselines:
+            removers = {"before": baseline_remover.segment_plain_background, **removers}
         if args.remover:
             removers["onnx"] = onnx_remover(args.remover)
         dump["cutouts"] = score_cutouts(folder, [c for c in cases if c.kind == "cutout"], removers)
@@ -259,6 +290,8 @@ def main() -> None:
         print(cutout_table)
     if args.part in ("shape", "all"):
         variants = shape_variants(parse_generator_options(args.option))
+        if args.no_baselines:
+            variants = {"default": variants["default"]}
         dump["shapes"] = score_shapes(folder, [c for c in cases if c.kind == "shape"], variants)
         shape_table = render_shapes(dump["shapes"], list(variants))
         print(shape_table)

@@ -436,7 +436,7 @@ def _refine_outline(rgb: np.ndarray, coarse: np.ndarray) -> np.ndarray:
     The filter fits, in every small window, the mask as a linear function of the colour: where the window holds
     object and backdrop colours that differ, that is the compositing equation's opacity with the object and backdrop
     colours taken from the window itself (thin parts included); where they do not differ, it is the coarse mask's
-    local mean. Pixels near the outline take the filtered mask at half opacity.
+    local mean. Pixels near the outline take the filtered mask, thresholded at one half.
     """
     image = _downscale(rgb, _REFINE_SIDE)
     shape = image.shape[:2]
