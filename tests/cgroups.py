@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from orfeas.service.optimizer import CGROUP_ROOT, PROC_SELF_CGROUP
+from orfeas.service.batch_sizing import CGROUP_ROOT, PROC_SELF_CGROUP
 
 
 @contextmanager

@@ -48,7 +48,7 @@ class MemoryLimitedGenerator(InflateGenerator):
         return super().generate_batch(images, params)
 
     def memory_per_image(self, params) -> int:
-        return 1  # let the optimizer choose large batches, so the split path runs
+        return 1  # let the batch sizer choose large batches, so the split path runs
 
 
 class SleepyGenerator(InflateGenerator):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from orfeas.service.optimizer import MemoryReading
+from orfeas.service.batch_sizing import MemoryReading
 
 
 class FakeProbe:

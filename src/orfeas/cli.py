@@ -556,7 +556,7 @@ def worker_command(
     import signal
     import threading
 
-    from orfeas.service.optimizer import MemoryProbe, ResourceOptimizer
+    from orfeas.service.batch_sizing import BatchSizer, MemoryProbe
     from orfeas.service.worker import Worker
     from orfeas.store.artifacts import ArtifactStore
     from orfeas.store.db import sqlite_url
@@ -581,7 +581,7 @@ def worker_command(
         store,
         ArtifactStore(settings.data_dir),
         settings,
-        ResourceOptimizer(probe, settings.target_utilization, settings.max_batch),
+        BatchSizer(probe, settings.target_utilization, settings.max_batch),
         metrics,
     )
     stop = threading.Event()

@@ -12,7 +12,7 @@ import time
 import pytest
 from PIL import Image
 
-from orfeas.service.optimizer import MemoryProbe, ResourceOptimizer
+from orfeas.service.batch_sizing import BatchSizer, MemoryProbe
 from orfeas.store.db import sqlite_url
 from tests.cgroups import memory_cgroup
 from tests.e2e.server import ORFEAS, TEST_GENERATORS, Server, WorkerProcess, stop_process, wait_for
@@ -171,7 +171,7 @@ def test_a_worker_in_a_memory_limited_cgroup_sizes_its_batches_from_the_limit(tm
         "ORFEAS_MAX_BATCH": "8",
     }
     data = tmp_path / "data"
-    host = ResourceOptimizer(MemoryProbe("cpu"), max_batch=8).plan(per_image, queue_length=8)
+    host = BatchSizer(MemoryProbe("cpu"), max_batch=8).plan(per_image, queue_length=8)
     if host.size < 8:
         pytest.skip(f"the host itself has too little memory free to show the difference: {host.reason}")
     with memory_cgroup(limit) as cgroup:

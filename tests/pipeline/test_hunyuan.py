@@ -280,8 +280,8 @@ def test_the_worker_runs_queued_hunyuan3d_jobs_as_one_batch(generator, models, t
     """Three queued jobs: one claim, one generator call, one DiT pass per step for all of them, three results."""
     from orfeas.pipeline.options import GenerateOptions
     from orfeas.service.auth import LOCAL_USER
+    from orfeas.service.batch_sizing import BatchSizer, MemoryProbe
     from orfeas.service.jobs import JobService, Upload
-    from orfeas.service.optimizer import MemoryProbe, ResourceOptimizer
     from orfeas.service.worker import Worker
     from orfeas.store.artifacts import ArtifactStore
     from orfeas.store.db import create_db_engine, sqlite_url
@@ -293,7 +293,7 @@ def test_the_worker_runs_queued_hunyuan3d_jobs_as_one_batch(generator, models, t
     engine = create_db_engine(sqlite_url(tmp_path))
     init_db(engine)
     store, artifacts = JobStore(engine), ArtifactStore(tmp_path)
-    worker = Worker(store, artifacts, settings, ResourceOptimizer(MemoryProbe("cpu"), max_batch=8), worker_id="w")
+    worker = Worker(store, artifacts, settings, BatchSizer(MemoryProbe("cpu"), max_batch=8), worker_id="w")
     worker.generators["hunyuan3d"] = generator  # the loaded one, as the worker keeps it after its first job
     chair = Upload("chair.png", (REPO / "examples" / "chair.png").read_bytes())
     options = GenerateOptions(backend="hunyuan3d", resolution=32, faces=2000, generator_options={"steps": STEPS})

@@ -6,8 +6,8 @@ import pytest
 from prometheus_client import REGISTRY, CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
+from orfeas.service.batch_sizing import MemoryProbe, MemoryReading
 from orfeas.service.metrics import ServiceMetrics
-from orfeas.service.optimizer import MemoryProbe, MemoryReading
 from tests.fakes import FakeProbe
 
 GIB = 2**30

@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from orfeas.service.batch_sizing import MemoryProbe, MemoryReading, plan_batch
 from orfeas.service.monitoring import (
     UtilizationSampler,
     bottleneck_severity,
@@ -14,7 +15,6 @@ from orfeas.service.monitoring import (
     performance_summary,
     recommendations,
 )
-from orfeas.service.optimizer import MemoryProbe, MemoryReading, plan_batch
 from tests.fakes import FakeProbe
 
 GIB = 2**30
@@ -365,9 +365,9 @@ def test_device_status_on_this_cpu_machine() -> None:
 def test_the_prometheus_gauge_reads_the_samplers_last_utilization():
     from prometheus_client import CollectorRegistry, generate_latest
 
+    from orfeas.service.batch_sizing import MemoryProbe
     from orfeas.service.metrics import ServiceMetrics
     from orfeas.service.monitoring import UtilizationSampler
-    from orfeas.service.optimizer import MemoryProbe
 
     sampler = UtilizationSampler(MemoryProbe("cpu"))
     sampler.sample()

@@ -12,8 +12,8 @@ import sqlalchemy as sa
 from orfeas.config import Settings
 from orfeas.pipeline.options import GenerateOptions
 from orfeas.service.auth import LOCAL_USER
+from orfeas.service.batch_sizing import BatchSizer, MemoryProbe
 from orfeas.service.jobs import JobService, Upload
-from orfeas.service.optimizer import MemoryProbe, ResourceOptimizer
 from orfeas.service.worker import ORPHAN_GRACE_SECONDS, ProgressBuffer, Worker, is_out_of_memory
 from orfeas.store.artifacts import ArtifactStore
 from orfeas.store.db import create_db_engine, sqlite_url
@@ -32,7 +32,7 @@ def parts(tmp_path):
     store = JobStore(engine)
     artifacts = ArtifactStore(tmp_path)
     service = JobService(store, artifacts, settings)
-    worker = Worker(store, artifacts, settings, ResourceOptimizer(MemoryProbe("cpu"), max_batch=8), worker_id="w1")
+    worker = Worker(store, artifacts, settings, BatchSizer(MemoryProbe("cpu"), max_batch=8), worker_id="w1")
     return store, artifacts, service, worker
 
 
@@ -85,7 +85,7 @@ def test_maintenance_deletes_old_files_without_a_job_row_and_keeps_the_rest(tmp_
     init_db(engine)
     store, artifacts = JobStore(engine), ArtifactStore(tmp_path)
     service = JobService(store, artifacts, settings)
-    worker = Worker(store, artifacts, settings, ResourceOptimizer(MemoryProbe("cpu"), max_batch=8), worker_id="w1")
+    worker = Worker(store, artifacts, settings, BatchSizer(MemoryProbe("cpu"), max_batch=8), worker_id="w1")
     (done,), _ = service.submit([CHAIR], GenerateOptions(resolution=64, faces=2000), LOCAL_USER)
     worker.run_once()
     (waiting,), _ = service.submit([CHAIR], GenerateOptions(resolution=64, faces=2000), LOCAL_USER)
@@ -118,7 +118,7 @@ def test_a_database_error_deletes_no_file(tmp_path):
     engine = create_db_engine(sqlite_url(tmp_path))
     init_db(engine)
     artifacts = ArtifactStore(tmp_path)
-    worker = Worker(JobStore(engine), artifacts, settings, ResourceOptimizer(MemoryProbe("cpu")), worker_id="w1")
+    worker = Worker(JobStore(engine), artifacts, settings, BatchSizer(MemoryProbe("cpu")), worker_id="w1")
     orphan = new_job_id()
     artifacts.save_input(orphan, CHAIR.data)
     make_old(artifacts.root / "inputs" / orphan)

@@ -20,8 +20,8 @@ import trimesh
 from orfeas.config import Settings
 from orfeas.pipeline.options import GenerateOptions
 from orfeas.service.auth import LOCAL_USER
+from orfeas.service.batch_sizing import BatchSizer, MemoryProbe
 from orfeas.service.jobs import JobService, Upload
-from orfeas.service.optimizer import MemoryProbe, ResourceOptimizer
 from orfeas.service.worker import Worker
 from orfeas.store.artifacts import ArtifactStorage, LocalArtifactStore
 from orfeas.store.db import create_db_engine, sqlite_url
@@ -230,7 +230,7 @@ def test_the_service_and_the_worker_need_nothing_but_the_interface(tmp_path):
     store = JobStore(engine)
     storage = MemoryArtifactStore(tmp_path / "cache")
     service = JobService(store, storage, settings)
-    worker = Worker(store, storage, settings, ResourceOptimizer(MemoryProbe("cpu"), max_batch=2), worker_id="w1")
+    worker = Worker(store, storage, settings, BatchSizer(MemoryProbe("cpu"), max_batch=2), worker_id="w1")
     chair = Upload("chair.png", (EXAMPLES / "chair.png").read_bytes())
     (job,), _ = service.submit([chair], GenerateOptions(resolution=64, faces=2000, formats=("glb", "obj")), LOCAL_USER)
     assert storage.objects[f"inputs/{job.id}"] == chair.data

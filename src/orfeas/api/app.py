@@ -24,10 +24,10 @@ from orfeas.config import Settings
 from orfeas.service.agents import AgentAuthenticator, check_master_key
 from orfeas.service.audit import AuditLog
 from orfeas.service.auth import AccountService
+from orfeas.service.batch_sizing import BatchSizer, MemoryProbe
 from orfeas.service.jobs import JobService
 from orfeas.service.metrics import ServiceMetrics
 from orfeas.service.monitoring import UtilizationSampler
-from orfeas.service.optimizer import MemoryProbe, ResourceOptimizer
 from orfeas.service.worker import Worker
 from orfeas.store.agents import AgentStore, load_master_key
 from orfeas.store.artifacts import LocalArtifactStore
@@ -48,7 +48,7 @@ def build_services(settings: Settings) -> Services:
     store = JobStore(engine)
     artifacts = LocalArtifactStore(settings.data_dir)
     probe = MemoryProbe(settings.device)
-    optimizer = ResourceOptimizer(probe, settings.target_utilization, settings.max_batch)
+    batch_sizer = BatchSizer(probe, settings.target_utilization, settings.max_batch)
     sampler = UtilizationSampler(probe)  # owns the CPU counter: requests and scrapes read its last sample
     metrics = ServiceMetrics(CollectorRegistry(), store.count_by_status, sampler)
     master_key = load_master_key(settings.agent_master_key, settings.data_dir)
@@ -61,7 +61,7 @@ def build_services(settings: Settings) -> Services:
         artifacts=artifacts,
         jobs=JobService(store, artifacts, settings),
         probe=probe,
-        optimizer=optimizer,
+        batch_sizer=batch_sizer,
         sampler=sampler,
         metrics=metrics,
         agents=agents,
@@ -106,7 +106,7 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = True) -> 
         services.audit.start()
         threads = []
         if run_worker:
-            worker = Worker(services.store, services.artifacts, settings, services.optimizer, services.metrics)
+            worker = Worker(services.store, services.artifacts, settings, services.batch_sizer, services.metrics)
             services.workers.append(worker)
             thread = threading.Thread(target=worker.run, args=(stop,), name="orfeas-worker", daemon=True)
             thread.start()

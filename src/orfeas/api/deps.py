@@ -13,10 +13,10 @@ from orfeas.config import Settings
 from orfeas.service.agents import AgentAuthenticator, RefusalLimiter
 from orfeas.service.audit import AuditLog
 from orfeas.service.auth import AccountService
+from orfeas.service.batch_sizing import BatchSizer, MemoryProbe
 from orfeas.service.jobs import JobService
 from orfeas.service.metrics import ServiceMetrics
 from orfeas.service.monitoring import UtilizationSampler
-from orfeas.service.optimizer import MemoryProbe, ResourceOptimizer
 from orfeas.service.worker import Worker
 from orfeas.store.agents import AgentStore
 from orfeas.store.artifacts import ArtifactStorage
@@ -32,7 +32,7 @@ class Services:
     artifacts: ArtifactStorage
     jobs: JobService
     probe: MemoryProbe
-    optimizer: ResourceOptimizer
+    batch_sizer: BatchSizer
     sampler: UtilizationSampler
     metrics: ServiceMetrics
     agents: AgentStore

@@ -1,1 +1,1 @@
-"""Jobs, batching worker, resource optimizer, monitoring and retention; calls `orfeas.pipeline` and `orfeas.store`."""
+"""Jobs, batching worker, batch sizing, monitoring and retention; calls `orfeas.pipeline` and `orfeas.store`."""

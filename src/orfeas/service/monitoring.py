@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from orfeas.service.optimizer import BatchPlan, MemoryReading, MemorySource, format_bytes
+from orfeas.service.batch_sizing import BatchPlan, MemoryReading, MemorySource, format_bytes
 
 logger = logging.getLogger(__name__)
 

@@ -32,9 +32,9 @@ from orfeas.pipeline.generate import GenerationResult, generate_batch, save_resu
 from orfeas.pipeline.generators import GenerationParams, Generator, create_generator
 from orfeas.pipeline.learned_remover import create_remover
 from orfeas.pipeline.options import GenerateOptions
+from orfeas.service.batch_sizing import BatchPlan, BatchSizer
 from orfeas.service.jobs import STAGE_PROGRESS, read_input
 from orfeas.service.metrics import ServiceMetrics
-from orfeas.service.optimizer import BatchPlan, ResourceOptimizer
 from orfeas.store.artifacts import ArtifactStorage
 from orfeas.store.db import error_summary, is_database_outage
 from orfeas.store.jobs import JobRecord, JobStore
@@ -136,14 +136,14 @@ class Worker:
         store: JobStore,
         artifacts: ArtifactStorage,
         settings: Settings,
-        optimizer: ResourceOptimizer,
+        batch_sizer: BatchSizer,
         metrics: ServiceMetrics | None = None,
         worker_id: str | None = None,
     ):
         self.store = store
         self.artifacts = artifacts
         self.settings = settings
-        self.optimizer = optimizer
+        self.batch_sizer = batch_sizer
         self.metrics = metrics
         # host and pid tell an operator which process holds a lease; the suffix keeps restarted pids apart
         self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
@@ -191,7 +191,7 @@ class Worker:
         upcoming = self.store.next_queued()
         if upcoming is None:
             return False
-        plan = self.plan_for(upcoming)  # the optimizer is built with settings.max_batch as its cap
+        plan = self.plan_for(upcoming)  # the batch sizer is built with settings.max_batch as its cap
         jobs = self.store.claim_batch(self.worker_id, plan.size, self.settings.lease_seconds)
         if not jobs:
             return False
@@ -219,10 +219,10 @@ class Worker:
         params = GenerationParams(
             resolution=options.resolution or generator.default_resolution, options=options.generator_options
         )
-        return self.optimizer.plan(generator.memory_per_image(params), queue_length)
+        return self.batch_sizer.plan(generator.memory_per_image(params), queue_length)
 
     def plan_default(self) -> BatchPlan:
-        """Batch size the optimizer would pick for default options with an empty queue."""
+        """Batch size the batch sizer would pick for default options with an empty queue."""
         return self.plan_for_options(GenerateOptions(), queue_length=0)
 
     def is_alive(self) -> bool:

@@ -28,13 +28,13 @@ def advice(services: Annotated[Services, Depends(get_services)]) -> dict[str, An
     `cli` the `orfeas generate` options."""
     data = performance_summary(services.store.recent_profiles(PROFILE_WINDOW))
     reading = services.sampler.latest()  # not the probe: the sampler thread owns the utilization counter
-    items = recommendations(data, reading, services.optimizer.last_plan, services.sampler.trend())
+    items = recommendations(data, reading, services.batch_sizer.last_plan, services.sampler.trend())
     return {"recommendations": items}
 
 
 @router.get("/api/gpu/status", dependencies=[Depends(caller)])
 def gpu_status(services: Annotated[Services, Depends(get_services)]) -> dict[str, Any]:
-    """Device memory and utilization with its trend, and the batch size the optimizer would choose now."""
+    """Device memory and utilization with its trend, and the batch size the batch sizer would choose now."""
     plan = _current_plan(services)
     reading, trend = services.sampler.latest(), services.sampler.trend()
     status = device_status(reading, plan, trend)
@@ -73,11 +73,11 @@ def readyz(services: Annotated[Services, Depends(get_services)]) -> Response:
 
 
 def _current_plan(services: Services):
-    """What the optimizer would choose for the next queued job (or the default generator) right now."""
+    """What the batch sizer would choose for the next queued job (or the default generator) right now."""
     if services.workers:
         worker = services.workers[0]
         upcoming = services.store.next_queued()
         if upcoming is not None:
             return worker.plan_for(upcoming)
         return worker.plan_default()
-    return services.optimizer.last_plan
+    return services.batch_sizer.last_plan

@@ -1,7 +1,7 @@
 """Batch sizing from device memory: read what is free, then fit as many images as the memory target allows.
 
 `plan_batch` is the rule (a pure function); `MemoryProbe` reads the device (CUDA through torch, else NVML, else
-host RAM); `ResourceOptimizer` joins them for the worker and remembers its last plan for the status endpoint.
+host RAM); `BatchSizer` joins them for the worker and remembers its last plan for the status endpoint.
 torch and pynvml are optional: they are imported when a reading is taken and skipped when missing.
 
 Host RAM is read as the smaller of what the machine has free and what the process's cgroup allows (v2 `memory.max`,
@@ -349,7 +349,7 @@ def format_bytes(count: float) -> str:
     return f"{count:.0f} B"
 
 
-class ResourceOptimizer:
+class BatchSizer:
     """Sizes each batch from a fresh memory reading; keeps the last plan for the status endpoint."""
 
     def __init__(self, probe: MemorySource, target_utilization: float = 0.85, max_batch: int = 16) -> None:

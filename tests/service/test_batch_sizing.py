@@ -1,5 +1,5 @@
 """Batch sizing: the pure rule, the memory probe on this machine, with stand-in GPU libraries, with stand-in cgroup
-files and inside a real cgroup with a memory limit, and the optimizer."""
+files and inside a real cgroup with a memory limit, and the batch sizer."""
 
 from __future__ import annotations
 
@@ -15,10 +15,10 @@ from pathlib import Path
 import psutil
 import pytest
 
-from orfeas.service.optimizer import (
+from orfeas.service.batch_sizing import (
+    BatchSizer,
     MemoryProbe,
     MemoryReading,
-    ResourceOptimizer,
     format_bytes,
     plan_batch,
     read_cgroup_memory,
@@ -179,13 +179,13 @@ def test_probe_rejects_unknown_devices(device: str) -> None:
         MemoryProbe(device)
 
 
-def test_optimizer_plans_from_the_probe_and_logs(caplog: pytest.LogCaptureFixture) -> None:
-    optimizer = ResourceOptimizer(FakeProbe(gpu_reading()), target_utilization=0.85, max_batch=16)
-    assert optimizer.last_plan is None
-    with caplog.at_level(logging.INFO, logger="orfeas.service.optimizer"):
-        plan = optimizer.plan(per_image_bytes=3 * GIB, queue_length=12)
+def test_batch_sizer_plans_from_the_probe_and_logs(caplog: pytest.LogCaptureFixture) -> None:
+    sizer = BatchSizer(FakeProbe(gpu_reading()), target_utilization=0.85, max_batch=16)
+    assert sizer.last_plan is None
+    with caplog.at_level(logging.INFO, logger="orfeas.service.batch_sizing"):
+        plan = sizer.plan(per_image_bytes=3 * GIB, queue_length=12)
     assert plan.size == 5
-    assert optimizer.last_plan is plan
+    assert sizer.last_plan is plan
     record = caplog.records[-1]
     assert record.batch_size == 5
     assert record.per_image_bytes == 3 * GIB
@@ -193,10 +193,10 @@ def test_optimizer_plans_from_the_probe_and_logs(caplog: pytest.LogCaptureFixtur
     assert plan.reason in record.getMessage()
 
 
-def test_optimizer_follows_memory_as_it_changes() -> None:
-    optimizer = ResourceOptimizer(FakeProbe(gpu_reading(used=2 * GIB), gpu_reading(used=18 * GIB)), max_batch=16)
-    assert optimizer.plan(2 * GIB, 16).size == 9
-    assert optimizer.plan(2 * GIB, 16).size == 1
+def test_batch_sizer_follows_memory_as_it_changes() -> None:
+    sizer = BatchSizer(FakeProbe(gpu_reading(used=2 * GIB), gpu_reading(used=18 * GIB)), max_batch=16)
+    assert sizer.plan(2 * GIB, 16).size == 9
+    assert sizer.plan(2 * GIB, 16).size == 1
 
 
 def write_files(directory: Path, files: dict[str, str]) -> None:
@@ -309,23 +309,23 @@ def test_the_batch_shrinks_to_what_the_cgroup_limit_allows(tmp_path: Path) -> No
     root = tmp_path / "cgroup"
     cgroup_v2(root, "worker", str(GIB), current=256 * MIB)
     probe = MemoryProbe("cpu", cgroup_root=root, proc_cgroup=membership(tmp_path, "0::/worker\n"))
-    plan = ResourceOptimizer(probe, max_batch=64).plan(per_image_bytes=64 * MIB, queue_length=64)
+    plan = BatchSizer(probe, max_batch=64).plan(per_image_bytes=64 * MIB, queue_length=64)
     # budget = min(0.85 × 1 GiB − 256 MiB, 768 MiB free) = 614.4 MiB; / 64 MiB = 9
     assert plan.size == 9 and plan.limited_by == "memory"
     assert "1.0 GiB total" in plan.reason
-    host = ResourceOptimizer(MemoryProbe("cpu", cgroup_root=tmp_path / "none"), max_batch=64).plan(64 * MIB, 64)
+    host = BatchSizer(MemoryProbe("cpu", cgroup_root=tmp_path / "none"), max_batch=64).plan(64 * MIB, 64)
     if psutil.virtual_memory().available > 2 * GIB:
         assert host.size > plan.size
 
 
-# Run inside the test's cgroup: waits until it has been moved there, then reports what the probe and optimizer see.
+# Run inside the test's cgroup: waits until it has been moved there, then reports what the probe and batch sizer see.
 PROBE_IN_CGROUP = """
 import json, sys
-from orfeas.service.optimizer import MemoryProbe, ResourceOptimizer
+from orfeas.service.batch_sizing import BatchSizer, MemoryProbe
 sys.stdin.readline()
 probe = MemoryProbe("cpu")
 reading = probe.read()
-plan = ResourceOptimizer(probe, max_batch=64).plan(per_image_bytes=32 * 2**20, queue_length=64)
+plan = BatchSizer(probe, max_batch=64).plan(per_image_bytes=32 * 2**20, queue_length=64)
 print(json.dumps({"total": reading.total_bytes, "free": reading.free_bytes, "size": plan.size}))
 """
 
@@ -355,6 +355,6 @@ def test_a_process_in_a_memory_limited_cgroup_plans_batches_within_the_limit(lim
     assert seen["total"] == limit and seen["free"] <= limit
     # at most 0.85 × 256 MiB / 32 MiB = 6 images, whatever the host has free
     assert 1 <= seen["size"] <= 6
-    host = ResourceOptimizer(MemoryProbe("cpu"), max_batch=64).plan(per_image_bytes=32 * MIB, queue_length=64)
+    host = BatchSizer(MemoryProbe("cpu"), max_batch=64).plan(per_image_bytes=32 * MIB, queue_length=64)
     if host.free_bytes > 2 * GIB:
         assert host.size > seen["size"]
