@@ -287,9 +287,10 @@ DatabaseOption = Annotated[
 ]
 
 
-def _agent_store(data_dir: Path | None, database: str | None):
-    from orfeas.service.agents import check_master_key
-    from orfeas.store.agents import MASTER_KEY_FILE, AgentStore, load_master_key
+def _agent_accounts(data_dir: Path | None, database: str | None):
+    from orfeas.service.agent_accounts import AgentAccounts
+    from orfeas.service.agent_keys import MASTER_KEY_FILE, check_master_key, load_master_key
+    from orfeas.store.agents import AgentStore
     from orfeas.store.users import UserStore
 
     settings = _settings(data_dir, database)
@@ -306,7 +307,7 @@ def _agent_store(data_dir: Path | None, database: str | None):
         check_master_key(UserStore(engine), master_key)
     except ValueError as exc:
         raise _fail(str(exc), code=2) from None
-    return AgentStore(engine, master_key)
+    return AgentAccounts(AgentStore(engine), master_key)
 
 
 def _settings(data_dir: Path | None, database: str | None) -> Settings:
@@ -358,7 +359,7 @@ def agents_create(
 
     operations = [op.strip() for op in ops.split(",") if op.strip()]
     try:
-        agent, secret = _agent_store(data_dir, database).create(name, operations, rate_per_minute=rate)
+        agent, secret = _agent_accounts(data_dir, database).create(name, operations, rate_per_minute=rate)
     except (AgentExists, OrfeasError, ValueError) as exc:
         raise _fail(str(exc)) from None
     print(f"key_id: {agent.key_id}")
@@ -375,7 +376,7 @@ def agents_list(
     """List agents (never their secrets); key ids are never cut, other columns wrap to fit the terminal."""
     from orfeas.store.db import as_utc
 
-    agents = _agent_store(data_dir, database).list()
+    agents = _agent_accounts(data_dir, database).store.list()
     if as_json:
         for agent in agents:
             record = {
@@ -409,7 +410,7 @@ def agents_list(
 def agents_revoke(name: str, data_dir: DataDirOption = None, database: DatabaseOption = None) -> None:
     """Refuse every further request from an agent."""
     try:
-        agent = _agent_store(data_dir, database).revoke(name)
+        agent = _agent_accounts(data_dir, database).revoke(name)
     except (OrfeasError, LookupError) as exc:
         raise _fail(str(exc)) from None
     print(f"revoked {agent.name} ({agent.key_id})")
@@ -419,7 +420,7 @@ def agents_revoke(name: str, data_dir: DataDirOption = None, database: DatabaseO
 def agents_rotate(name: str, data_dir: DataDirOption = None, database: DatabaseOption = None) -> None:
     """Issue a new secret; the old one stops working at once."""
     try:
-        agent, secret = _agent_store(data_dir, database).rotate(name)
+        agent, secret = _agent_accounts(data_dir, database).rotate(name)
     except (OrfeasError, LookupError) as exc:
         raise _fail(str(exc)) from None
     print(f"key_id: {agent.key_id}")
@@ -435,7 +436,7 @@ def agents_audit(
     database: DatabaseOption = None,
 ) -> None:
     """Show the audit log of agent requests (agent, operation, job, outcome)."""
-    entries = _agent_store(data_dir, database).audit_log(name, limit=limit)
+    entries = _agent_accounts(data_dir, database).store.audit_log(name, limit=limit)
     if as_json:
         for entry in entries:
             print(json.dumps(entry, default=str))

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
+from orfeas.service.agent_accounts import AgentAccounts
 from orfeas.service.agents import (
     AgentAuthenticator,
     AuthenticationFailed,
@@ -19,7 +20,8 @@ from orfeas.signing import KEY_HEADER, NONCE_HEADER, SIGNATURE_HEADER, TIMESTAMP
 from orfeas.store.agents import AgentRecord, AgentStore
 from orfeas.store.db import create_db_engine, sqlite_url
 from orfeas.store.migrate import init_db
-from tests.store.test_agents import MASTER_KEY, Clock
+from tests.fakes import Clock
+from tests.service.test_agent_accounts import MASTER_KEY
 
 PATH = "/api/agent/generate-3d"
 QUERY = "b=2&a=x%20y"
@@ -65,17 +67,22 @@ def clock() -> Clock:
 
 @pytest.fixture
 def store(engine: sa.Engine, clock: Clock) -> AgentStore:
-    return AgentStore(engine, MASTER_KEY, now=clock)
+    return AgentStore(engine, now=clock)
 
 
 @pytest.fixture
-def authenticator(store: AgentStore, clock: Clock) -> AgentAuthenticator:
-    return AgentAuthenticator(store, window_seconds=300, now=clock.time)
+def accounts(store: AgentStore) -> AgentAccounts:
+    return AgentAccounts(store, MASTER_KEY)
 
 
 @pytest.fixture
-def call(store: AgentStore, clock: Clock) -> Call:
-    agent, secret = store.create("builder", ["generate", "status"], rate_per_minute=5)
+def authenticator(accounts: AgentAccounts, clock: Clock) -> AgentAuthenticator:
+    return AgentAuthenticator(accounts, window_seconds=300, now=clock.time)
+
+
+@pytest.fixture
+def call(accounts: AgentAccounts, clock: Clock) -> Call:
+    agent, secret = accounts.create("builder", ["generate", "status"], rate_per_minute=5)
     return Call(agent, secret, clock).sign()
 
 
@@ -105,16 +112,16 @@ def test_timestamps_at_the_edge_of_the_window_are_accepted(
     assert call.sign(skew=skew).send(authenticator)[1].allowed
 
 
-def tamper(**changes) -> Callable[[Call, AgentStore], None]:
-    def apply(call: Call, _store: AgentStore) -> None:
+def tamper(**changes) -> Callable[[Call, AgentAccounts], None]:
+    def apply(call: Call, _accounts: AgentAccounts) -> None:
         for name, value in changes.items():
             setattr(call, name, value)
 
     return apply
 
 
-def set_header(name: str, value: str | None) -> Callable[[Call, AgentStore], None]:
-    def apply(call: Call, _store: AgentStore) -> None:
+def set_header(name: str, value: str | None) -> Callable[[Call, AgentAccounts], None]:
+    def apply(call: Call, _accounts: AgentAccounts) -> None:
         if value is None:
             del call.headers[name]
         else:
@@ -123,33 +130,33 @@ def set_header(name: str, value: str | None) -> Callable[[Call, AgentStore], Non
     return apply
 
 
-def flip_signature(call: Call, _store: AgentStore) -> None:
+def flip_signature(call: Call, _accounts: AgentAccounts) -> None:
     signature = call.headers[SIGNATURE_HEADER]
     call.headers[SIGNATURE_HEADER] = signature[:-1] + ("0" if signature[-1] != "0" else "1")
 
 
-def stale(call: Call, _store: AgentStore) -> None:
+def stale(call: Call, _accounts: AgentAccounts) -> None:
     call.sign(skew=-301)
 
 
-def future(call: Call, _store: AgentStore) -> None:
+def future(call: Call, _accounts: AgentAccounts) -> None:
     call.sign(skew=301)
 
 
-def unknown_key(call: Call, _store: AgentStore) -> None:
+def unknown_key(call: Call, _accounts: AgentAccounts) -> None:
     call.agent = dataclasses.replace(call.agent, key_id="ak_" + "x" * 20)
     call.sign()
 
 
-def revoked(call: Call, store: AgentStore) -> None:
-    store.revoke("builder")
+def revoked(call: Call, accounts: AgentAccounts) -> None:
+    accounts.revoke("builder")
 
 
-def rotated_away(call: Call, store: AgentStore) -> None:
-    store.rotate("builder")
+def rotated_away(call: Call, accounts: AgentAccounts) -> None:
+    accounts.rotate("builder")
 
 
-def not_permitted(call: Call, _store: AgentStore) -> None:
+def not_permitted(call: Call, _accounts: AgentAccounts) -> None:
     call.operation = "batch"
 
 
@@ -182,11 +189,11 @@ ATTACKS = {
 
 @pytest.mark.parametrize("attack", ATTACKS.values(), ids=ATTACKS.keys())
 def test_attacks_are_refused_without_spending_quota(
-    call: Call, authenticator: AgentAuthenticator, store: AgentStore, attack
+    call: Call, authenticator: AgentAuthenticator, accounts: AgentAccounts, store: AgentStore, attack
 ) -> None:
     change, error, message = attack
     Call(call.agent, call.secret, call.clock).sign().send(authenticator)  # one admitted request to compare against
-    change(call, store)
+    change(call, accounts)
 
     with pytest.raises(error, match=message):
         call.send(authenticator)

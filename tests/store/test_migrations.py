@@ -21,6 +21,7 @@ from alembic import command
 from typer.testing import CliRunner
 
 from orfeas.cli import app
+from orfeas.service.agents import admit
 from orfeas.store.agents import AgentStore
 from orfeas.store.db import as_utc, create_db_engine, sqlite_url
 from orfeas.store.jobs import JobStore, NewJob
@@ -30,7 +31,6 @@ from orfeas.store.startup import DatabaseUnavailable, open_database
 
 FIXTURES = Path(__file__).with_name("fixtures")
 TABLES = (jobs, job_events, agents, agent_requests, agent_audit)  # foreign keys point backwards in this order
-MASTER_KEY = bytes(range(32))  # the key make_pre_migration.py used
 
 # SQLite cannot reflect the expression index uq_jobs_idempotency, so Alembic skips it there (and says so);
 # test_the_baseline_is_exactly_the_pre_migration_schema_on_sqlite compares its DDL text instead.
@@ -159,11 +159,11 @@ def test_a_pre_migration_database_is_upgraded_in_place_and_keeps_its_rows(db_url
     )
     assert not created and again[0].id == "00000000000000000000000000000001"
 
-    registry = AgentStore(engine, MASTER_KEY, now=lambda: datetime(2026, 3, 1, 9, 0, 10, tzinfo=UTC))  # fixture time
+    registry = AgentStore(engine, now=lambda: datetime(2026, 3, 1, 9, 0, 10, tzinfo=UTC))  # fixture time
     robot = registry.get_by_name("robot")
     assert (robot.operations, robot.rate_per_minute, robot.active) == (("generate", "status"), 30, True)
     assert not registry.get_by_name("other").active
-    assert registry.admit(robot.id, "nonce-1").reason == "replay"  # the nonce recorded before the upgrade
+    assert admit(registry, robot.id, "nonce-1").reason == "replay"  # the nonce recorded before the upgrade
     assert [row["outcome"] for row in registry.audit_log("robot")] == [202]
     engine.dispose()
 

@@ -21,7 +21,9 @@ from orfeas.api.progress import ProgressHub
 from orfeas.api.routes import agent, auth, docs, jobs, monitoring, studio
 from orfeas.api.security import HostOriginGuard, allowed_hosts, check_auth_binding
 from orfeas.config import Settings
-from orfeas.service.agents import AgentAuthenticator, check_master_key
+from orfeas.service.agent_accounts import AgentAccounts
+from orfeas.service.agent_keys import check_master_key, load_master_key
+from orfeas.service.agents import AgentAuthenticator
 from orfeas.service.audit import AuditLog
 from orfeas.service.auth import AccountService
 from orfeas.service.batch_sizing import BatchSizer, MemoryProbe
@@ -29,7 +31,7 @@ from orfeas.service.jobs import JobService
 from orfeas.service.metrics import ServiceMetrics
 from orfeas.service.monitoring import UtilizationSampler
 from orfeas.service.worker import Worker
-from orfeas.store.agents import AgentStore, load_master_key
+from orfeas.store.agents import AgentStore
 from orfeas.store.artifacts import LocalArtifactStore
 from orfeas.store.db import sqlite_url
 from orfeas.store.jobs import JobStore
@@ -54,7 +56,7 @@ def build_services(settings: Settings) -> Services:
     master_key = load_master_key(settings.agent_master_key, settings.data_dir)
     users = UserStore(engine)
     check_master_key(users, master_key)
-    agents = AgentStore(engine, master_key)
+    agents = AgentStore(engine)
     return Services(
         settings=settings,
         store=store,
@@ -65,7 +67,7 @@ def build_services(settings: Settings) -> Services:
         sampler=sampler,
         metrics=metrics,
         agents=agents,
-        authenticator=AgentAuthenticator(agents, settings.agent_window_seconds),
+        authenticator=AgentAuthenticator(AgentAccounts(agents, master_key), settings.agent_window_seconds),
         accounts=AccountService(users, settings.session_hours),
         audit=AuditLog(agents),
     )

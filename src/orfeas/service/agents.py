@@ -1,22 +1,27 @@
 """Authenticating agent requests: signature, timestamp window, permission, replay and rate checks, HTTP-agnostic.
 
-The checks run cheapest and least revealing first, and the one that records anything (`AgentStore.admit`) runs last,
-so a forged, stale or unpermitted request never spends the agent's quota nor burns a nonce. The API layer maps the
+The checks run cheapest and least revealing first, and the one that records anything (`admit`) runs last, so a
+forged, stale or unpermitted request never spends the agent's quota nor burns a nonce. The API layer maps the
 exceptions to 401, 403 and 429 and audits the outcome; each exception carries the presented key id and, once the key
 is known, the agent.
+
+`admit` is the rate limiter: an agent's requests of the last 60 s are its sliding window, and a nonce is remembered
+for twice the timestamp window. It decides and records inside one transaction that holds the agent's row locked
+(`AgentStore.locked_requests`), so several API processes sharing one database never exceed an agent's rate together.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
+import math
 import re
 import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 from orfeas.errors import OrfeasError
+from orfeas.service.agent_accounts import AGENT_OPERATIONS, AgentAccounts
 from orfeas.signing import (
     KEY_HEADER,
     NONCE_HEADER,
@@ -26,32 +31,57 @@ from orfeas.signing import (
     sign,
     signature_matches,
 )
-from orfeas.store.agents import AGENT_OPERATIONS, Admission, AgentRecord, AgentStore
-from orfeas.store.users import UserStore
+from orfeas.store.agents import AgentRecord, AgentStore
 
-MASTER_KEY_CHECK = "agent_master_key_check"
-
-
-class MasterKeyMismatch(OrfeasError, ValueError):
-    """This process's agent master key is not the one the installation's database was set up with."""
+RATE_WINDOW_SECONDS = 60
 
 
-def master_key_check(master_key: bytes) -> str:
-    """A value that tells master keys apart without revealing them."""
-    return hmac.new(master_key, b"orfeas agent master key check", hashlib.sha256).hexdigest()
+@dataclass(frozen=True)
+class Admission:
+    """The rate limiter's answer to one signed request.
+
+    `reason` is "rate", "replay" or "revoked" when refused. `reset` is the number of seconds until the oldest request
+    in the agent's window leaves it (freeing a slot); `retry_after` equals it when refused for the rate, else None.
+    """
+
+    allowed: bool
+    limit: int
+    remaining: int
+    reset: int
+    reason: str | None = None
+    retry_after: int | None = None
 
 
-def check_master_key(store: UserStore, master_key: bytes) -> None:
-    """The first process to open a database records its master key's check value; a later one with another key
-    (a server or `orfeas agents` without the cluster's ORFEAS_AGENT_MASTER_KEY) is refused, since the agent secrets
-    it derives would not be the ones the other servers accept."""
-    mine = master_key_check(master_key)
-    recorded = store.set_fact_once(MASTER_KEY_CHECK, mine)
-    if not hmac.compare_digest(recorded, mine):
-        raise MasterKeyMismatch(
-            "this agent master key is not the one the database was set up with: give every server and "
-            "`orfeas agents` the same ORFEAS_AGENT_MASTER_KEY (or the same data directory's agent-master.key)"
-        )
+def admit(store: AgentStore, agent_id: str, nonce: str, window_seconds: int = 300) -> Admission:
+    """Record one signed request if the agent's rate allows it and its nonce is new. Raises AgentNotFound.
+
+    Refused requests record nothing, so they spend no quota. `window_seconds` is the authenticator's timestamp
+    window: a nonce must be remembered for twice that (a request may be signed up to that far in the past or
+    future), so this agent's rows older than that are deleted here as well.
+    """
+    retention = timedelta(seconds=max(2 * window_seconds, RATE_WINDOW_SECONDS))
+    with store.locked_requests(agent_id) as requests:
+        now = requests.now
+        requests.forget_before(now - retention)
+        count, oldest = requests.count_since(now - timedelta(seconds=RATE_WINDOW_SECONDS))
+        limit = requests.rate_per_minute
+        reset = _seconds_until((oldest or now) + timedelta(seconds=RATE_WINDOW_SECONDS), now)
+        left = max(0, limit - count)
+        if requests.revoked:
+            return Admission(allowed=False, limit=limit, remaining=left, reset=reset, reason="revoked")
+        replay = Admission(allowed=False, limit=limit, remaining=left, reset=reset, reason="replay")
+        if requests.nonce_used(nonce):
+            return replay
+        if count >= limit:
+            return Admission(allowed=False, limit=limit, remaining=0, reset=reset, reason="rate", retry_after=reset)
+        if not requests.record(nonce):
+            return replay
+    return Admission(allowed=True, limit=limit, remaining=limit - count - 1, reset=reset)
+
+
+def _seconds_until(moment: datetime, now: datetime) -> int:
+    """Whole seconds from `now` until `moment`, rounded up and at least 1."""
+    return max(1, math.ceil((moment - now).total_seconds()))
 
 
 _KEY_ID = re.compile(r"[A-Za-z0-9_-]{1,40}")
@@ -98,14 +128,17 @@ class RateLimited(AgentRequestRefused):
 
 
 class AgentAuthenticator:
-    """Verifies signed agent requests against the agent registry.
+    """Verifies signed agent requests against the agent registry (`accounts` derives the secrets).
 
     `window_seconds` bounds how far a request's timestamp may be from the server's clock, in either direction;
     `now` is that clock (Unix seconds), injectable for tests.
     """
 
-    def __init__(self, store: AgentStore, window_seconds: int = 300, now: Callable[[], float] = time.time) -> None:
-        self._store = store
+    def __init__(
+        self, accounts: AgentAccounts, window_seconds: int = 300, now: Callable[[], float] = time.time
+    ) -> None:
+        self._accounts = accounts
+        self._store = accounts.store
         self._window = window_seconds
         self._now = now
 
@@ -135,12 +168,12 @@ class AgentAuthenticator:
             raise AuthenticationFailed(
                 f"timestamp is {skew:+.0f} s from server time, outside ±{self._window} s", key_id=key_id, agent=agent
             )
-        expected = sign(self._store.secret_for(agent), method, path, query, timestamp, nonce, body)
+        expected = sign(self._accounts.secret_for(agent), method, path, query, timestamp, nonce, body)
         if not signature_matches(expected, signature.lower()):
             raise AuthenticationFailed("bad signature", key_id=key_id, agent=agent)
         if operation not in agent.operations:
             raise PermissionDenied(operation, agent)
-        admission = self._store.admit(agent.id, nonce, window_seconds=self._window)
+        admission = admit(self._store, agent.id, nonce, window_seconds=self._window)
         if admission.reason == "rate":
             raise RateLimited(admission, agent)
         if admission.reason == "replay":
@@ -153,7 +186,7 @@ class AgentAuthenticator:
 def _signed_headers(headers: Mapping[str, str]) -> tuple[str, str, str, str]:
     """The key id, timestamp, nonce and signature headers (looked up case-insensitively), checked for form."""
     lowered = {name.lower(): value for name, value in headers.items()}
-    values = []
+    values: list[str] = []
     for name, pattern in (
         (KEY_HEADER, _KEY_ID),
         (TIMESTAMP_HEADER, _TIMESTAMP),

@@ -1,31 +1,21 @@
-"""The agent registry: API keys of AI agents, their accepted requests (replay guard and rate counter) and an audit log.
+"""The agent registry's tables: agents (no secrets), their accepted requests and the audit log; plain reads and writes.
 
-Secrets are never stored. An agent's secret is derived on demand from a server-side master key:
-
-    secret = HEX(HMAC-SHA256(master_key, f"{key_id}:{secret_version}"))
-
-so neither a listing nor a copy of the database alone reveals one; whoever holds the master key (every API server of
-a cluster) can recompute it. Rotating a key bumps `secret_version`, which invalidates the old secret at once.
-
-`agent_requests` holds one row per accepted signed request. Its unique (agent_id, nonce) refuses a replayed nonce,
-and its rows of the last 60 s are the agent's sliding rate window. `admit` checks and records both in one write
-transaction that holds the agent's row locked, so several API processes sharing one database admit each agent's
-requests one at a time and never exceed its rate together.
+The rules (key derivation, what a valid name, rate or operation is, which requests are admitted) live in
+`orfeas.service`: `agent_keys`, `agent_accounts` and `agents`. `agent_requests` holds one row per accepted signed
+request; its unique (agent_id, nonce) makes a nonce recordable only once. `locked_requests` reads and writes one
+agent's rows in a transaction that holds the agent's row locked, so several API processes sharing one database admit
+each agent's requests one at a time.
 """
 
 from __future__ import annotations
 
+import builtins
 import dataclasses
-import hashlib
-import hmac
-import math
-import os
-import secrets
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
@@ -35,12 +25,6 @@ from orfeas.errors import OrfeasError
 from orfeas.store.db import as_utc, iso_timestamps, read_only, utcnow
 from orfeas.store.schema import agent_audit, agent_requests, agents
 
-AGENT_OPERATIONS = ("generate", "batch", "status", "download")
-DEFAULT_RATE_PER_MINUTE = 100
-RATE_WINDOW_SECONDS = 60
-MASTER_KEY_FILE = "agent-master.key"
-_MIN_MASTER_KEY_BYTES = 16
-
 
 class AgentExists(OrfeasError):
     """An agent with this name is already registered."""
@@ -48,14 +32,6 @@ class AgentExists(OrfeasError):
 
 class AgentNotFound(OrfeasError):
     """No agent has this name (or id)."""
-
-
-class AgentRevoked(OrfeasError):
-    """The agent's key was revoked; it can no longer be used or rotated."""
-
-
-class InvalidAgentSettings(OrfeasError, ValueError):
-    """An agent's name, operations or rate is not usable."""
 
 
 @dataclass(frozen=True)
@@ -85,7 +61,7 @@ class AgentRecord:
         return iso_timestamps(out)
 
     @classmethod
-    def from_row(cls, row: sa.Row) -> AgentRecord:
+    def from_row(cls, row: sa.Row[Any]) -> AgentRecord:
         """Build a record from an `agents` row, normalising what the database returns."""
         values = dict(row._mapping)
         values["operations"] = tuple(values["operations"])
@@ -95,109 +71,58 @@ class AgentRecord:
 
 
 @dataclass(frozen=True)
-class Admission:
-    """The rate limiter's answer to one signed request.
+class RecentRequests:
+    """One agent's accepted requests, read and written inside the transaction of `AgentStore.locked_requests`.
 
-    `reason` is "rate", "replay" or "revoked" when refused. `reset` is the number of seconds until the oldest request
-    in the agent's window leaves it (freeing a slot); `retry_after` equals it when refused for the rate, else None.
+    `now` is the store's clock, read once when the transaction began; `record` stamps the request with it.
     """
 
-    allowed: bool
-    limit: int
-    remaining: int
-    reset: int
-    reason: str | None = None
-    retry_after: int | None = None
+    conn: sa.Connection
+    agent_id: str
+    rate_per_minute: int
+    revoked: bool
+    now: datetime
 
+    def forget_before(self, cutoff: datetime) -> None:
+        """Delete this agent's request rows older than `cutoff`."""
+        self.conn.execute(sa.delete(agent_requests).where(self._mine, agent_requests.c.at < cutoff))
 
-def derive_secret(master_key: bytes, key_id: str, secret_version: int) -> str:
-    """An agent's secret: hex HMAC-SHA256 of "key_id:version" under the master key."""
-    return hmac.new(master_key, f"{key_id}:{secret_version}".encode(), hashlib.sha256).hexdigest()
+    def count_since(self, since: datetime) -> tuple[int, datetime | None]:
+        """How many of this agent's requests are later than `since`, and the oldest of them (UTC), if any."""
+        query = sa.select(sa.func.count(), sa.func.min(agent_requests.c.at)).where(
+            self._mine, agent_requests.c.at > since
+        )
+        count, oldest = self.conn.execute(query).one()
+        return count, as_utc(oldest)
 
+    def nonce_used(self, nonce: str) -> bool:
+        """True if this agent already has a request recorded with this nonce."""
+        query = sa.select(agent_requests.c.id).where(self._mine, agent_requests.c.nonce == nonce)
+        return self.conn.execute(query).first() is not None
 
-def new_key_id() -> str:
-    """A fresh public key id: "ak_" and 20 URL-safe characters."""
-    return "ak_" + secrets.token_urlsafe(15)
+    def record(self, nonce: str) -> bool:
+        """Record one request at `now`; False (and nothing recorded) if the nonce is already there."""
+        try:
+            # Not expected to fail while the agent's row is locked; a savepoint keeps a replay from becoming an error.
+            with self.conn.begin_nested():
+                self.conn.execute(sa.insert(agent_requests).values(agent_id=self.agent_id, nonce=nonce, at=self.now))
+        except IntegrityError:
+            return False
+        return True
 
-
-def load_master_key(value: str | None, data_dir: Path) -> bytes:
-    """The master key: `value` (hex) if given, else the one in data_dir/agent-master.key, created on first use.
-
-    The file holds 32 random bytes in hex with mode 0600; one machine works out of the box, and a cluster shares one
-    key through ORFEAS_AGENT_MASTER_KEY. Two processes creating it at once end up with the same key.
-    """
-    if value is not None:
-        return _parse_master_key(value, "ORFEAS_AGENT_MASTER_KEY")
-    path = Path(data_dir) / MASTER_KEY_FILE
-    if not path.exists():
-        _create_master_key_file(path)
-    return _parse_master_key(path.read_text(), str(path))
-
-
-def _parse_master_key(text: str, source: str) -> bytes:
-    try:
-        key = bytes.fromhex(text.strip())
-    except ValueError as exc:
-        raise ValueError(f"the agent master key in {source} is not hex") from exc
-    if len(key) < _MIN_MASTER_KEY_BYTES:
-        raise ValueError(f"the agent master key in {source} is shorter than {_MIN_MASTER_KEY_BYTES} bytes")
-    return key
-
-
-def _create_master_key_file(path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(descriptor, "w") as file:
-            file.write(secrets.token_hex(32) + "\n")
-        # A hard link appears complete and fails if the name exists, so a concurrent creator's key is never replaced.
-        os.link(temporary, path)
-    except FileExistsError:
-        pass
-    finally:
-        temporary.unlink(missing_ok=True)
-
-
-def _seconds_until(moment: datetime, now: datetime) -> int:
-    """Whole seconds from `now` until `moment`, rounded up and at least 1."""
-    return max(1, math.ceil((moment - now).total_seconds()))
-
-
-def _checked_operations(operations: Iterable[str]) -> list[str]:
-    wanted = set(operations)
-    unknown = wanted.difference(AGENT_OPERATIONS)
-    if unknown:
-        raise InvalidAgentSettings(f"unknown operations {sorted(unknown)}; choose from {list(AGENT_OPERATIONS)}")
-    if not wanted:
-        raise InvalidAgentSettings(f"an agent needs at least one operation of {list(AGENT_OPERATIONS)}")
-    return [operation for operation in AGENT_OPERATIONS if operation in wanted]
-
-
-def _checked_rate(rate_per_minute: int) -> int:
-    if isinstance(rate_per_minute, bool) or not isinstance(rate_per_minute, int) or rate_per_minute < 1:
-        raise InvalidAgentSettings(f"rate_per_minute must be a positive integer, got {rate_per_minute!r}")
-    return rate_per_minute
-
-
-def _checked_name(name: str) -> str:
-    if not name or name != name.strip() or len(name) > 100:
-        raise InvalidAgentSettings(f"agent names are 1-100 characters without surrounding spaces, got {name!r}")
-    return name
+    @property
+    def _mine(self) -> sa.ColumnElement[bool]:
+        return agent_requests.c.agent_id == self.agent_id
 
 
 class AgentStore:
     """The agents, agent_requests and agent_audit tables; every method is one short transaction.
 
-    `master_key` derives the secrets (see the module docstring). `now` is the clock (timezone-aware), injectable so
-    tests can move the rate window without waiting.
+    `now` is the clock (timezone-aware), injectable so tests can move the rate window without waiting.
     """
 
-    def __init__(self, engine: sa.Engine, master_key: bytes, now: Callable[[], datetime] = utcnow) -> None:
-        if len(master_key) < _MIN_MASTER_KEY_BYTES:
-            raise ValueError(f"the agent master key must be at least {_MIN_MASTER_KEY_BYTES} bytes")
+    def __init__(self, engine: sa.Engine, now: Callable[[], datetime] = utcnow) -> None:
         self._engine = engine
-        self._master_key = master_key
         self._clock = now
 
     def _now(self) -> datetime:
@@ -206,25 +131,15 @@ class AgentStore:
             raise ValueError("the clock must return timezone-aware datetimes")
         return now.astimezone(UTC)
 
-    def secret_for(self, agent: AgentRecord) -> str:
-        """The agent's current secret (derived, never stored)."""
-        return derive_secret(self._master_key, agent.key_id, agent.secret_version)
-
-    def create(
-        self, name: str, operations: Iterable[str], rate_per_minute: int = DEFAULT_RATE_PER_MINUTE
-    ) -> tuple[AgentRecord, str]:
-        """Register an agent; returns its record and its secret, which is shown this once.
-
-        Raises InvalidAgentSettings for an unusable name, unknown operations or a non-positive rate, and AgentExists
-        if the name is taken.
-        """
+    def insert(self, name: str, key_id: str, operations: builtins.list[str], rate_per_minute: int) -> AgentRecord:
+        """Add an agent (values already checked) with secret version 1. Raises AgentExists if the name is taken."""
         values = {
             "id": uuid.uuid4().hex,
-            "name": _checked_name(name),
-            "key_id": new_key_id(),
+            "name": name,
+            "key_id": key_id,
             "secret_version": 1,
-            "operations": _checked_operations(operations),
-            "rate_per_minute": _checked_rate(rate_per_minute),
+            "operations": operations,
+            "rate_per_minute": rate_per_minute,
             "created_at": self._now(),
         }
         try:
@@ -232,10 +147,9 @@ class AgentStore:
                 row = conn.execute(sa.insert(agents).values(values).returning(*agents.c)).one()
         except IntegrityError as exc:
             raise AgentExists(f"an agent named {name!r} already exists") from exc
-        record = AgentRecord.from_row(row)
-        return record, self.secret_for(record)
+        return AgentRecord.from_row(row)
 
-    def list(self) -> list[AgentRecord]:
+    def list(self) -> builtins.list[AgentRecord]:
         """Every agent, revoked ones included, oldest first (no secrets)."""
         with read_only(self._engine) as conn:
             rows = conn.execute(sa.select(agents).order_by(agents.c.created_at, agents.c.name)).all()
@@ -254,30 +168,25 @@ class AgentStore:
         return AgentRecord.from_row(row) if row else None
 
     def revoke(self, name: str) -> AgentRecord:
-        """Revoke an agent's key for good; revoking it again changes nothing. Raises AgentNotFound."""
-        with self._engine.begin() as conn:
-            revoke = (
-                sa.update(agents)
-                .where(agents.c.name == name, agents.c.revoked_at.is_(None))
-                .values(revoked_at=self._now())
-                .returning(*agents.c)
-            )
-            row = conn.execute(revoke).first() or conn.execute(sa.select(agents).where(agents.c.name == name)).first()
-        if row is None:
-            raise AgentNotFound(f"no agent named {name!r}")
-        return AgentRecord.from_row(row)
+        """Set the agent's `revoked_at` unless it is set already; returns the record. Raises AgentNotFound."""
+        return self._update_active(name, revoked_at=self._now())
 
-    def rotate(self, name: str) -> tuple[AgentRecord, str]:
-        """Give an active agent a new secret; the old one stops working at once. Raises AgentNotFound, AgentRevoked."""
-        row = self._update_active(name, secret_version=agents.c.secret_version + 1, rotated_at=self._now())
-        record = AgentRecord.from_row(row)
-        return record, self.secret_for(record)
+    def rotate_secret(self, name: str) -> AgentRecord:
+        """Bump an active agent's secret version; returns the record as it now is (unchanged if revoked).
+
+        Raises AgentNotFound.
+        """
+        return self._update_active(name, secret_version=agents.c.secret_version + 1, rotated_at=self._now())
 
     def set_rate(self, name: str, rate_per_minute: int) -> AgentRecord:
-        """Change an active agent's requests per minute. Raises InvalidAgentSettings, AgentNotFound, AgentRevoked."""
-        return AgentRecord.from_row(self._update_active(name, rate_per_minute=_checked_rate(rate_per_minute)))
+        """Set an active agent's requests per minute; returns the record as it now is (unchanged if revoked).
 
-    def _update_active(self, name: str, **values: Any) -> sa.Row:
+        Raises AgentNotFound.
+        """
+        return self._update_active(name, rate_per_minute=rate_per_minute)
+
+    def _update_active(self, name: str, **values: Any) -> AgentRecord:
+        """Update the agent if it is not revoked; either way the row as it is after the transaction."""
         with self._engine.begin() as conn:
             update = (
                 sa.update(agents)
@@ -285,21 +194,17 @@ class AgentStore:
                 .values(**values)
                 .returning(*agents.c)
             )
-            row = conn.execute(update).first()
-            if row is None:
-                if conn.scalar(sa.select(agents.c.id).where(agents.c.name == name)) is None:
-                    raise AgentNotFound(f"no agent named {name!r}")
-                raise AgentRevoked(f"agent {name!r} is revoked")
-        return row
+            row = conn.execute(update).first() or conn.execute(sa.select(agents).where(agents.c.name == name)).first()
+        if row is None:
+            raise AgentNotFound(f"no agent named {name!r}")
+        return AgentRecord.from_row(row)
 
-    def admit(self, agent_id: str, nonce: str, window_seconds: int = 300) -> Admission:
-        """Record one signed request if the agent's rate allows it and its nonce is new. Raises AgentNotFound.
+    @contextmanager
+    def locked_requests(self, agent_id: str) -> Iterator[RecentRequests]:
+        """One write transaction over the agent's requests, holding its row locked. Raises AgentNotFound.
 
-        Refused requests record nothing, so they spend no quota. `window_seconds` is the authenticator's timestamp
-        window: a nonce must be remembered for twice that (a request may be signed up to that far in the past or
-        future), so this agent's rows older than that are deleted here as well.
+        Leaving the block normally commits what was written; an exception rolls it back.
         """
-        retention = timedelta(seconds=max(2 * window_seconds, RATE_WINDOW_SECONDS))
         with self._engine.begin() as conn:
             now = self._now()
             # Locks the agent's row on PostgreSQL; SQLite's BEGIN IMMEDIATE (see store.db) already serialises.
@@ -307,33 +212,9 @@ class AgentStore:
             agent = conn.execute(lock.with_for_update()).first()
             if agent is None:
                 raise AgentNotFound(f"no agent with id {agent_id!r}")
-            mine = agent_requests.c.agent_id == agent_id
-            conn.execute(sa.delete(agent_requests).where(mine, agent_requests.c.at < now - retention))
-            window_start = now - timedelta(seconds=RATE_WINDOW_SECONDS)
-            in_window = sa.select(sa.func.count(), sa.func.min(agent_requests.c.at)).where(
-                mine, agent_requests.c.at > window_start
-            )
-            count, oldest = conn.execute(in_window).one()
-            limit = agent.rate_per_minute
-            frees_at = (as_utc(oldest) if oldest is not None else now) + timedelta(seconds=RATE_WINDOW_SECONDS)
-            reset = _seconds_until(frees_at, now)
-            left = max(0, limit - count)
-            if agent.revoked_at is not None:
-                return Admission(allowed=False, limit=limit, remaining=left, reset=reset, reason="revoked")
-            replay = Admission(allowed=False, limit=limit, remaining=left, reset=reset, reason="replay")
-            if conn.execute(sa.select(agent_requests.c.id).where(mine, agent_requests.c.nonce == nonce)).first():
-                return replay
-            if count >= limit:
-                return Admission(allowed=False, limit=limit, remaining=0, reset=reset, reason="rate", retry_after=reset)
-            try:
-                # Not expected to fail while the lock above holds; a savepoint keeps a replay from becoming an error.
-                with conn.begin_nested():
-                    conn.execute(sa.insert(agent_requests).values(agent_id=agent_id, nonce=nonce, at=now))
-            except IntegrityError:
-                return replay
-        return Admission(allowed=True, limit=limit, remaining=limit - count - 1, reset=reset)
+            yield RecentRequests(conn, agent_id, agent.rate_per_minute, agent.revoked_at is not None, now)
 
-    def count_recent_requests(self, agent_id: str, seconds: float = RATE_WINDOW_SECONDS) -> int:
+    def count_recent_requests(self, agent_id: str, seconds: float = 60) -> int:
         """How many of the agent's requests were admitted in the last `seconds`."""
         since = self._now() - timedelta(seconds=seconds)
         query = sa.select(sa.func.count()).where(agent_requests.c.agent_id == agent_id, agent_requests.c.at > since)
@@ -358,13 +239,13 @@ class AgentStore:
         """Record one agent request: the key it presented, what it asked for and the HTTP status it got."""
         self.audit_many([audit_row(key_id, operation, outcome, agent_id, job_id, detail, at=self._now())])
 
-    def audit_many(self, rows: list[dict[str, Any]]) -> None:
+    def audit_many(self, rows: builtins.list[dict[str, Any]]) -> None:
         """Record several audit rows (the columns of `audit`, with their own `at`) in one transaction."""
         if rows:
             with self._engine.begin() as conn:
                 conn.execute(sa.insert(agent_audit), rows)
 
-    def audit_log(self, agent_name: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+    def audit_log(self, agent_name: str | None = None, limit: int = 100) -> builtins.list[dict[str, Any]]:
         """The latest audit rows, newest first, as JSON-ready dicts; only one agent's when `agent_name` is given."""
         query = (
             sa.select(
@@ -384,7 +265,7 @@ class AgentStore:
             query = query.where(agents.c.name == agent_name)
         with read_only(self._engine) as conn:
             rows = conn.execute(query).all()
-        return [dict(row._mapping) | {"at": as_utc(row.at).isoformat()} for row in rows]
+        return [iso_timestamps(dict(row._mapping) | {"at": as_utc(row.at)}) for row in rows]
 
     def delete_audit_before(self, cutoff: datetime) -> int:
         """Delete audit rows recorded before `cutoff`; returns how many."""

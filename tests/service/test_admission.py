@@ -1,0 +1,157 @@
+"""The agent rate limiter (`admit`) against real SQLite files and, where one is reachable, a real PostgreSQL server:
+a sliding 60 s window per agent, nonces remembered for twice the timestamp window, several processes never admitting
+more than the rate together."""
+
+import multiprocessing
+import uuid
+from collections.abc import Iterator
+
+import pytest
+import sqlalchemy as sa
+
+from orfeas.service.agent_accounts import AgentAccounts
+from orfeas.service.agents import Admission, admit
+from orfeas.store.agents import AgentNotFound, AgentStore
+from orfeas.store.db import create_db_engine
+from orfeas.store.migrate import init_db
+from tests.fakes import Clock
+from tests.service.test_agent_accounts import MASTER_KEY
+
+
+@pytest.fixture
+def engine(db_url: str) -> Iterator[sa.Engine]:
+    engine = create_db_engine(db_url)
+    init_db(engine)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def store(engine: sa.Engine, clock: Clock) -> AgentStore:
+    return AgentStore(engine, now=clock)
+
+
+@pytest.fixture
+def accounts(store: AgentStore) -> AgentAccounts:
+    return AgentAccounts(store, MASTER_KEY)
+
+
+def admit_many(
+    store: AgentStore, agent_id: str, count: int, step: float = 0.0, clock: Clock | None = None
+) -> list[Admission]:
+    admissions = []
+    for _ in range(count):
+        admissions.append(admit(store, agent_id, uuid.uuid4().hex))
+        if clock is not None:
+            clock.advance(step)
+    return admissions
+
+
+def test_admit_counts_a_sliding_60_second_window(accounts: AgentAccounts, store: AgentStore, clock: Clock) -> None:
+    agent, _ = accounts.create("builder", ["generate"])
+
+    admissions = admit_many(store, agent.id, 100, step=0.1, clock=clock)  # t = 0.0 … 9.9; now t = 10
+    assert all(a.allowed for a in admissions)
+    assert [a.remaining for a in admissions[:2]] + [admissions[-1].remaining] == [99, 98, 0]
+    assert admissions[0].reset == 60 and admissions[-1].reset == 51
+
+    refused = admit(store, agent.id, uuid.uuid4().hex)
+    assert (refused.allowed, refused.reason, refused.retry_after, refused.remaining, refused.limit) == (
+        False,
+        "rate",
+        50,
+        0,
+        100,
+    )
+    assert store.count_recent_requests(agent.id) == 100
+
+    clock.advance(49.5)  # t = 59.5: the first request is still in the window
+    assert admit(store, agent.id, uuid.uuid4().hex).retry_after == 1
+    clock.advance(0.5)  # t = 60: it has left
+    again = admit(store, agent.id, uuid.uuid4().hex)
+    assert (again.allowed, again.remaining) == (True, 0)
+    assert not admit(store, agent.id, uuid.uuid4().hex).allowed
+    clock.advance(0.1)  # the second has left too
+    assert admit(store, agent.id, uuid.uuid4().hex).allowed
+
+
+def test_rate_is_per_agent_and_adjustable(accounts: AgentAccounts, store: AgentStore) -> None:
+    slow, _ = accounts.create("slow", ["generate"], rate_per_minute=2)
+    fast, _ = accounts.create("fast", ["generate"])
+
+    assert [a.allowed for a in admit_many(store, slow.id, 3)] == [True, True, False]
+    assert all(a.allowed for a in admit_many(store, fast.id, 10))
+    assert accounts.set_rate("slow", 3).rate_per_minute == 3
+    assert [a.allowed for a in admit_many(store, slow.id, 2)] == [True, False]
+
+
+def test_replayed_nonce_is_refused_and_spends_no_quota(
+    accounts: AgentAccounts, store: AgentStore, clock: Clock
+) -> None:
+    agent, _ = accounts.create("builder", ["generate"], rate_per_minute=2)
+    other, _ = accounts.create("other", ["generate"])
+
+    assert admit(store, agent.id, "nonce-0123456789abcdef").allowed
+    replay = admit(store, agent.id, "nonce-0123456789abcdef")
+    assert (replay.allowed, replay.reason, replay.retry_after, replay.remaining) == (False, "replay", None, 1)
+    assert store.count_recent_requests(agent.id) == 1
+    clock.advance(300)  # out of the rate window, still remembered
+    assert admit(store, agent.id, "nonce-0123456789abcdef").reason == "replay"
+    assert admit(store, other.id, "nonce-0123456789abcdef").allowed  # nonces are per agent
+    assert admit(store, agent.id, "nonce-fedcba9876543210").remaining == 1
+
+
+def test_old_requests_are_purged_after_twice_the_window(
+    accounts: AgentAccounts, store: AgentStore, clock: Clock
+) -> None:
+    agent, _ = accounts.create("builder", ["generate"])
+    idle, _ = accounts.create("idle", ["generate"])
+    admit(store, agent.id, "nonce-0123456789abcdef", window_seconds=300)
+    admit(store, idle.id, "nonce-0123456789abcdef", window_seconds=300)
+
+    clock.advance(600)
+    assert admit(store, agent.id, "nonce-0123456789abcdef", window_seconds=300).reason == "replay"
+    clock.advance(1)
+    assert admit(store, agent.id, "nonce-0123456789abcdef", window_seconds=300).allowed
+    assert store.count_recent_requests(idle.id, seconds=3600) == 1
+    assert store.purge_requests(older_than_seconds=600) == 1
+    assert store.count_recent_requests(idle.id, seconds=3600) == 0
+    assert store.count_recent_requests(agent.id) == 1
+
+
+def test_admit_refuses_an_unknown_agent(store: AgentStore) -> None:
+    with pytest.raises(AgentNotFound):
+        admit(store, uuid.uuid4().hex, "nonce-0123456789abcdef")
+
+
+def admit_in_process(url: str, agent_id: str, count: int, start, results) -> None:
+    """Runs in a spawned process with its own engine, as a separate API server would."""
+    engine = create_db_engine(url)
+    store = AgentStore(engine)
+    start.wait()
+    results.put(sum(admit(store, agent_id, uuid.uuid4().hex).allowed for _ in range(count)))
+    engine.dispose()
+
+
+def test_processes_admitting_concurrently_never_exceed_the_rate(db_url: str, engine: sa.Engine) -> None:
+    store = AgentStore(engine)
+    agent, _ = AgentAccounts(store, MASTER_KEY).create("builder", ["generate"], rate_per_minute=100)
+    context = multiprocessing.get_context("spawn")
+    start = context.Barrier(2)
+    results = context.Queue()
+    processes = [context.Process(target=admit_in_process, args=(db_url, agent.id, 75, start, results)) for _ in "ab"]
+    for process in processes:
+        process.start()
+    admitted = [results.get(timeout=60) for _ in processes]
+    for process in processes:
+        process.join(timeout=10)
+        assert process.exitcode == 0
+
+    assert sum(admitted) == 100
+    assert all(count >= 25 for count in admitted)
+    assert store.count_recent_requests(agent.id) == 100
