@@ -1,5 +1,6 @@
-"""The agent audit log's writer: rows are queued by the request and written in batches by one thread, so that an
-audited request costs no write transaction of its own (SQLite has one writer at a time; PostgreSQL one commit)."""
+"""The agent audit log: what one row says about a request, and its writer. Rows are queued by the request and
+written in batches by one thread, so that an audited request costs no write transaction of its own (SQLite has one
+writer at a time; PostgreSQL one commit)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ import threading
 from datetime import UTC, datetime
 from typing import Any
 
-from orfeas.store.agents import AgentStore, audit_row
+from orfeas.service.agents import AgentRequestRefused, Refusal
+from orfeas.store.agents import AgentRecord, AgentStore, audit_row
 
 logger = logging.getLogger(__name__)
 MAX_DETAIL = 1000
@@ -43,6 +45,29 @@ class AuditLog:
             self._rows.append(row)
         if self._thread is None:  # not started (tests, tools): write at once
             self.flush()
+
+    def record_admitted(
+        self, agent: AgentRecord, operation: str, outcome: int, job_ids: list[str], detail: str | None = None
+    ) -> None:
+        """One row for an admitted request: the job it touched, or for several jobs their count and ids as the
+        detail (in place of `detail`)."""
+        if len(job_ids) > 1:
+            detail = f"{len(job_ids)} jobs: {', '.join(job_ids)}"
+        job_id = job_ids[0] if len(job_ids) == 1 else None
+        self.record(
+            agent_id=agent.id, key_id=agent.key_id, operation=operation, job_id=job_id, outcome=outcome, detail=detail
+        )
+
+    def record_refusal(self, refused: AgentRequestRefused, operation: str, outcome: int, refusal: Refusal) -> None:
+        """One row for a refused request if the refusal limiter says to audit it, saying how many refusals of its
+        key id were left out before it."""
+        if not refusal.audit:
+            return
+        detail = str(refused)
+        if refusal.skipped:
+            detail += f" ({refusal.skipped} more refusals of this key id not recorded one by one)"
+        agent_id = refused.agent.id if refused.agent else None
+        self.record(key_id=refused.key_id or "", operation=operation, outcome=outcome, agent_id=agent_id, detail=detail)
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="orfeas-audit", daemon=True)

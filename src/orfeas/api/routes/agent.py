@@ -65,8 +65,7 @@ def authenticated(operation: str, success: int = 200):
             )
         except AgentRequestRefused as exc:
             refusal = services.refusals.refused(address, exc.key_id or "")
-            if refusal.audit:
-                _audit_refusal(services, exc, operation, refusal.skipped)
+            services.audit.record_refusal(exc, operation, status_for(exc), refusal)
             if refusal.throttled:
                 raise TooManyFailures(refusal.retry_after) from None
             raise
@@ -84,32 +83,9 @@ def authenticated(operation: str, success: int = 200):
             outcome, detail = (503 if is_database_outage(exc) else 500), type(exc).__name__
             raise
         finally:
-            _audit(services, call, operation, outcome, detail)
+            services.audit.record_admitted(call.agent, operation, outcome, call.job_ids, detail)
 
     return verify
-
-
-def _audit(services: Services, call: AgentRequest, operation: str, outcome: int, detail: str | None) -> None:
-    """One audit row for an admitted request."""
-    if len(call.job_ids) > 1:
-        detail = f"{len(call.job_ids)} jobs: {', '.join(call.job_ids)}"
-    job_id = call.job_ids[0] if len(call.job_ids) == 1 else None
-    services.audit.record(
-        agent_id=call.agent.id,
-        key_id=call.agent.key_id,
-        operation=operation,
-        job_id=job_id,
-        outcome=outcome,
-        detail=detail,
-    )
-
-
-def _audit_refusal(services: Services, exc: AgentRequestRefused, operation: str, skipped: int) -> None:
-    detail = str(exc) + (f" ({skipped} more refusals of this key id not recorded one by one)" if skipped else "")
-    agent_id = exc.agent.id if exc.agent else None
-    services.audit.record(
-        key_id=exc.key_id or "", operation=operation, outcome=status_for(exc), agent_id=agent_id, detail=detail
-    )
 
 
 def signed_path(request: Request) -> str:
