@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 
 import pytest
 
@@ -97,3 +98,77 @@ def test_sockets_are_capped_per_client_and_in_total():
     hub.release("a")
     assert hub.admit("c") is None
     assert hub.open_sockets == 3
+
+
+@pytest.fixture
+def pg_store(postgres_url) -> JobStore:
+    engine = create_db_engine(postgres_url)
+    init_db(engine)
+    yield JobStore(engine)
+    engine.dispose()
+
+
+def test_postgres_notifications_wake_followers_without_polling(pg_store):
+    # the poll interval is far longer than the test: only LISTEN/NOTIFY can deliver the changes in time
+    followed = [queued_job(pg_store) for _ in range(5)]
+    untouched = queued_job(pg_store)
+    reads = CountingReads(pg_store)
+    hub = ProgressHub(
+        reads,
+        poll_seconds=30,
+        max_sockets=100,
+        max_per_client=100,
+        changes=pg_store.change_notifications(),
+        fallback_seconds=30,
+    )
+
+    async def follow(job) -> list[tuple[str, int]]:
+        return [(state.status, state.progress) async for state in hub.updates(job)]
+
+    async def scenario():
+        followers = [asyncio.create_task(follow(job)) for job in [*followed, untouched] for _ in range(10)]
+        deadline = time.monotonic() + 10
+        while not hub.listening and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        assert hub.listening
+        await asyncio.sleep(0.1)
+        reads_before = reads.reads
+        started = time.monotonic()
+        for job in followed:
+            await asyncio.to_thread(pg_store.cancel, job.id)
+        seen = await asyncio.wait_for(asyncio.gather(*followers[: 10 * len(followed)]), 10)
+        elapsed = time.monotonic() - started
+        for task in followers[10 * len(followed) :]:
+            task.cancel()
+        return seen, reads.reads - reads_before, elapsed
+
+    seen, reads_after, elapsed = asyncio.run(scenario())
+    assert all(states == [("queued", 0), ("canceled", 0)] for states in seen)
+    assert elapsed < 10 and 1 <= reads_after <= len(followed)  # a read per notified change at most, none per socket
+    assert hub.followed_jobs == 0
+
+
+def test_postgres_hub_polls_while_notifications_fail(pg_store):
+    job = queued_job(pg_store)
+
+    async def broken_changes():
+        raise OSError("connection refused")
+        yield None  # an async generator
+
+    hub = ProgressHub(pg_store.get_many, poll_seconds=0.02, max_sockets=10, max_per_client=10, changes=broken_changes)
+
+    async def scenario():
+        follower = asyncio.create_task(_statuses(hub, job))
+        await asyncio.sleep(0.1)
+        await asyncio.to_thread(pg_store.cancel, job.id)
+        return await asyncio.wait_for(follower, 5)
+
+    assert asyncio.run(scenario()) == ["queued", "canceled"]
+
+
+async def _statuses(hub: ProgressHub, job) -> list[str]:
+    return [state.status async for state in hub.updates(job)]
+
+
+def test_sqlite_has_no_notifications(store):
+    assert store.change_notifications() is None

@@ -318,3 +318,24 @@ def test_a_socket_on_one_api_follows_a_job_submitted_on_the_other(postgres_url, 
     assert events[-1]["type"] == "end" and events[-1]["status"] == "succeeded"
     stages = [event["stage"] for event in events if event["type"] == "progress" and event["status"] == "running"]
     assert "shape_generation" in stages  # seen on B while the worker was in the generator's 1.5 s call
+
+
+def test_progress_sockets_hear_postgres_notifications(postgres_url, tmp_path):
+    # the poll interval is longer than the test: the canceled event can only come through LISTEN/NOTIFY
+    env = {"ORFEAS_DATABASE_URL": postgres_url, "ORFEAS_POLL_SECONDS": "60"}
+    server = Server(tmp_path / "data", env=env, args=("--no-worker",)).start()
+    try:
+        with server.client() as client:
+            job = client.post("/api/jobs", files={"image": ("a.png", IMAGE, "image/png")}).json()["jobs"][0]
+            url = f"ws://127.0.0.1:{server.port}/api/jobs/{job['id']}/events"
+            with connect(url) as first, connect(url) as second:
+                assert json.loads(first.recv())["status"] == "queued"
+                assert json.loads(second.recv())["status"] == "queued"
+                time.sleep(1.0)  # the listener connects
+                started = time.monotonic()
+                assert client.delete(f"/api/jobs/{job['id']}").status_code == 200
+                assert json.loads(first.recv(timeout=10))["status"] == "canceled"
+                assert json.loads(second.recv(timeout=10))["status"] == "canceled"
+                assert time.monotonic() - started < 10
+    finally:
+        server.stop()

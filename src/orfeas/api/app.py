@@ -142,6 +142,7 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = True) -> 
         poll_seconds=settings.poll_seconds / 2,
         max_sockets=settings.max_websockets,
         max_per_client=settings.max_websockets_per_client,
+        changes=services.store.change_notifications(),
     )
     app.add_middleware(BodySizeLimit, limit=settings.max_upload_bytes)
     cors = frozenset(origin.strip().rstrip("/") for origin in settings.cors_origins.split(",") if origin.strip())

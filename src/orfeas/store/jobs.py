@@ -22,6 +22,7 @@ from sqlalchemy.exc import IntegrityError
 
 from orfeas.errors import OrfeasError
 from orfeas.store.db import as_utc, iso_timestamps, read_only, single_read, utcnow
+from orfeas.store.notify import JobChanges, job_changes_for
 from orfeas.store.schema import FINISHED_STATUSES, JobStatus, job_events, jobs
 
 _ACTIVE_STATUSES = (JobStatus.QUEUED, JobStatus.RUNNING)
@@ -137,6 +138,11 @@ class JobStore:
         self._engine = engine
         self._clock = now
         self.local_reads = engine.dialect.name == "sqlite"  # reads are page reads on this machine, not round trips
+
+    def change_notifications(self) -> JobChanges | None:
+        """The ids of jobs as their status or progress changes, where the database announces them (PostgreSQL);
+        None elsewhere."""
+        return job_changes_for(self._engine)
 
     def _now(self) -> datetime:
         now = self._clock()
