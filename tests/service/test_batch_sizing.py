@@ -358,3 +358,13 @@ def test_a_process_in_a_memory_limited_cgroup_plans_batches_within_the_limit(lim
     host = BatchSizer(MemoryProbe("cpu"), max_batch=64).plan(per_image_bytes=32 * MIB, queue_length=64)
     if host.free_bytes > 2 * GIB:
         assert host.size > seen["size"]
+
+
+def test_auto_probe_leaves_torch_unimported() -> None:
+    # a weight-free server never needs torch: its utilization sampler must not import it to read memory
+    code = (
+        "import sys; from orfeas.service.batch_sizing import MemoryProbe; "
+        "MemoryProbe('auto').read(); print('torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import platform
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -75,7 +76,10 @@ class MemoryProbe:
 
     def read(self) -> MemoryReading:
         if self.device != "cpu":
-            reading = read_torch_cuda(self.index) or read_nvml(self.index)
+            # "auto" asks torch only once something else imported it: importing it to read memory would cost a
+            # weight-free server's processes a second of CPU and hundreds of MiB each
+            use_torch = self.device != "auto" or "torch" in sys.modules
+            reading = (read_torch_cuda(self.index) if use_torch else None) or read_nvml(self.index)
             if reading is not None:
                 return reading
         if self._cpu_name is None:
