@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from datetime import UTC, datetime
+from typing import Any
 
 # Attributes every LogRecord has; anything else on a record came from `extra=`.
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName", "color_message"}
@@ -59,7 +60,7 @@ def configure_logging(level: str, log_format: str = "text") -> None:
     root.setLevel(level.upper())
 
 
-def logging_config(level: str, log_format: str = "text") -> dict:
+def logging_config(level: str, log_format: str = "text") -> dict[str, Any]:
     """The same set-up as a `logging.config.dictConfig` dict, for processes uvicorn starts itself."""
     formatter = "orfeas.logs.JsonFormatter" if log_format == "json" else "orfeas.logs.KeyValueFormatter"
     return {

@@ -4,10 +4,11 @@ The tables live in `store/schema.py`.
 """
 
 import os
+import sqlite3
 import threading
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 import sqlalchemy as sa
 
@@ -78,7 +79,7 @@ def error_summary(exc: BaseException) -> str:
     return str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
 
 
-def _configure_sqlite(dbapi_connection, _connection_record) -> None:
+def _configure_sqlite(dbapi_connection: sqlite3.Connection, _connection_record: object) -> None:
     # Let SQLAlchemy emit BEGIN (see _begin_sqlite) instead of the sqlite3 module's own deferred BEGIN.
     dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
@@ -128,6 +129,10 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+@overload
+def as_utc(value: datetime) -> datetime: ...
+@overload
+def as_utc(value: None) -> None: ...
 def as_utc(value: datetime | None) -> datetime | None:
     """SQLite returns naive datetimes (we store UTC); PostgreSQL returns them in the session's time zone."""
     if value is None:

@@ -86,7 +86,7 @@ class JobRecord:
         return iso_timestamps(out)
 
     @classmethod
-    def from_row(cls, row: sa.Row) -> "JobRecord":
+    def from_row(cls, row: sa.Row[*tuple[Any, ...]]) -> "JobRecord":
         """Build a record from a `jobs` row, normalising what the database returns."""
         values = dict(row._mapping)
         values["status"] = JobStatus(values["status"])
@@ -333,7 +333,7 @@ class JobStore:
                 conn.execute(update, rows)
         return ours
 
-    def complete_many(self, worker_id: str, outcomes: list[tuple[str, dict[str, Any], dict[str, Any]]]) -> set[str]:
+    def complete_many(self, worker_id: str, outcomes: Sequence[tuple[str, dict[str, Any], dict[str, Any]]]) -> set[str]:
         """Mark several jobs succeeded in one transaction, given (job_id, result, profile) each; returns the ids
         that were still running under `worker_id` (the others are left as they are)."""
         if not outcomes:

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from types import SimpleNamespace
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
@@ -57,18 +57,19 @@ class SessionRecord:
     expires_at: datetime
 
 
-def _user(row: sa.Row) -> UserRecord:
+def _user(row: Mapping[str, Any] | sa.RowMapping) -> UserRecord:
+    """A user from a `users` row's mapping (`Row._mapping`)."""
     return UserRecord(
-        id=row.id,
-        name=row.name,
-        is_admin=bool(row.is_admin),
-        has_password=row.password_hash is not None,
-        created_at=as_utc(row.created_at),
-        disabled_at=as_utc(row.disabled_at),
+        id=row["id"],
+        name=row["name"],
+        is_admin=bool(row["is_admin"]),
+        has_password=row["password_hash"] is not None,
+        created_at=as_utc(row["created_at"]),
+        disabled_at=as_utc(row["disabled_at"]),
     )
 
 
-def _key(row: sa.Row) -> ApiKeyRecord:
+def _key(row: sa.Row[*tuple[Any, ...]]) -> ApiKeyRecord:
     return ApiKeyRecord(
         id=row.id,
         user_id=row.user_id,
@@ -111,23 +112,23 @@ class UserStore:
                 row = conn.execute(sa.insert(users).values(values).returning(*users.c)).one()
         except IntegrityError:
             raise UserExists(f"a user named {name!r} already exists") from None
-        return _user(row)
+        return _user(row._mapping)
 
     def user_by_name(self, name: str) -> tuple[UserRecord, str | None] | None:
         """The user with this name and its password hash, or None."""
         with read_only(self._engine) as conn:
             row = conn.execute(sa.select(users).where(users.c.name == name)).first()
-        return (_user(row), row.password_hash) if row else None
+        return (_user(row._mapping), row.password_hash) if row else None
 
     def user_by_id(self, user_id: str) -> UserRecord | None:
         with read_only(self._engine) as conn:
             row = conn.execute(sa.select(users).where(users.c.id == user_id)).first()
-        return _user(row) if row else None
+        return _user(row._mapping) if row else None
 
     def list_users(self) -> list[UserRecord]:
         with read_only(self._engine) as conn:
             rows = conn.execute(sa.select(users).order_by(users.c.created_at, users.c.name)).all()
-        return [_user(row) for row in rows]
+        return [_user(row._mapping) for row in rows]
 
     def count_admins(self) -> int:
         query = sa.select(sa.func.count()).where(users.c.is_admin, users.c.disabled_at.is_(None))
@@ -142,7 +143,7 @@ class UserStore:
             ).first()
             if row is not None and values.get("disabled_at") is not None:
                 conn.execute(sa.delete(sessions).where(sessions.c.user_id == row.id))
-        return _user(row) if row else None
+        return _user(row._mapping) if row else None
 
     def names(self, user_ids: set[str]) -> dict[str, str]:
         """{user id: name} for those of `user_ids` that exist."""
@@ -173,7 +174,7 @@ class UserStore:
             row = conn.execute(query).first()
         if row is None:
             return None
-        return _key(row), _user(SimpleNamespace(**{c.name: getattr(row, f"u_{c.name}") for c in users.c}))
+        return _key(row), _user({c.name: row._mapping[f"u_{c.name}"] for c in users.c})
 
     def key(self, key_id: str) -> ApiKeyRecord | None:
         with read_only(self._engine) as conn:
