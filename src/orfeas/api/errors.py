@@ -57,7 +57,7 @@ def status_for(exc: Exception) -> int:
     return next((code for kind, code in STATUS_BY_ERROR if isinstance(exc, kind)), 400)
 
 
-def error_body(kind: str, message: str, **extra) -> dict:
+def error_body(kind: str, message: str, **extra: object) -> dict[str, dict[str, object]]:
     return {"error": {"type": kind, "message": message, **extra}}
 
 

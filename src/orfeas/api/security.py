@@ -10,6 +10,7 @@ import asyncio
 import hmac
 import ipaddress
 import socket
+from collections.abc import Mapping
 from typing import Annotated
 from urllib.parse import urlsplit
 
@@ -119,7 +120,9 @@ class HostOriginGuard:
         return origin != "null" and parts.scheme in ("http", "https") and parts.netloc.lower() == host.lower()
 
 
-async def _principal(services: Services, headers, cookies, method: str) -> tuple[Principal, str | None]:
+async def _principal(
+    services: Services, headers: Mapping[str, str], cookies: Mapping[str, str], method: str
+) -> tuple[Principal, str | None]:
     """The caller and, for a session, its CSRF token."""
     if services.settings.auth == "off":
         return LOCAL_USER, None

@@ -10,9 +10,11 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import uvicorn
 from fastapi import FastAPI
@@ -58,12 +60,11 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     uvicorn's worker processes, which import it by name) reads them from the ORFEAS_* environment.
     """
 
-    limits: ConnectionLimits | None = None
+    limits: ClassVar[ConnectionLimits | None] = None
 
-    def __init__(self, *args, **kwargs) -> None:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        if self.limits is None:
-            self.limits = _limits_from_environment()
+        self._limits = self.limits if self.limits is not None else _limits_from_environment()
         self._awaiting_headers = True
         self._header_bytes = 0
         self._header_count = 0
@@ -77,10 +78,10 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._last_data = time.monotonic()
         if self._awaiting_headers:
             if self._header_bytes == 0:
-                self._arm(self.limits.header_timeout, self._headers_too_slow)
+                self._arm(self._limits.header_timeout, self._headers_too_slow)
             end = data.find(b"\r\n\r\n")
             self._header_bytes += len(data) if end < 0 else end
-            if self._header_bytes > self.limits.max_header_bytes:
+            if self._header_bytes > self._limits.max_header_bytes:
                 self._refuse("431 Request Header Fields Too Large", "the request's headers are too large")
                 return
         super().data_received(data)
@@ -95,7 +96,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._header_count += 1
-        if self._header_count > self.limits.max_headers and not self._refused:
+        if self._header_count > self._limits.max_headers and not self._refused:
             self._refuse("431 Request Header Fields Too Large", "the request has too many headers")
         if not self._refused:
             super().on_header(name, value)
@@ -107,7 +108,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             return
         super().on_headers_complete()
         if not self.transport.is_closing() and self.cycle is not None and self.cycle.more_body:
-            self._arm(self.limits.idle_timeout, self._body_too_slow)
+            self._arm(self._limits.idle_timeout, self._body_too_slow)
 
     def on_body(self, body: bytes) -> None:
         if not self._refused:
@@ -125,7 +126,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._cancel_timer()
         super().connection_lost(exc)
 
-    def _arm(self, seconds: float, callback) -> None:
+    def _arm(self, seconds: float, callback: Callable[[], None]) -> None:
         self._cancel_timer()
         self._deadline = self.loop.call_later(seconds, callback)
 
@@ -143,8 +144,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if self.transport.is_closing() or self.cycle is None or not self.cycle.more_body:
             return
         quiet = time.monotonic() - self._last_data
-        if self.flow.read_paused or quiet < self.limits.idle_timeout:
-            self._arm(self.limits.idle_timeout - (0 if self.flow.read_paused else quiet), self._body_too_slow)
+        if self.flow.read_paused or quiet < self._limits.idle_timeout:
+            self._arm(self._limits.idle_timeout - (0 if self.flow.read_paused else quiet), self._body_too_slow)
             return
         self.cycle.disconnected = True
         self.cycle.message_event.set()
@@ -172,7 +173,7 @@ class _AnnouncingServer(uvicorn.Server):
         super().__init__(config)
         self._on_ready = on_ready
 
-    async def startup(self, sockets=None) -> None:
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
         if self.started and self._on_ready is not None:
             self._on_ready()
@@ -193,7 +194,8 @@ def serve(
         loop="uvloop",
         limit_concurrency=settings.max_connections,
         timeout_keep_alive=5,
-        timeout_graceful_shutdown=settings.shutdown_grace_seconds,
+        # uvicorn annotates an int but hands the value to asyncio.timeout, which takes fractions of a second too
+        timeout_graceful_shutdown=settings.shutdown_grace_seconds,  # type: ignore[arg-type]
         ws_max_size=settings.max_upload_bytes,
     )
     server = _AnnouncingServer(config, on_ready)
@@ -221,6 +223,6 @@ def serve_processes(settings: Settings, port: int, processes: int, log_level: st
         loop="uvloop",
         limit_concurrency=settings.max_connections,
         timeout_keep_alive=5,
-        timeout_graceful_shutdown=settings.shutdown_grace_seconds,
+        timeout_graceful_shutdown=settings.shutdown_grace_seconds,  # type: ignore[arg-type]  # as in `serve`
         ws_max_size=settings.max_upload_bytes,
     )

@@ -19,6 +19,7 @@ import threading
 import time
 import uuid
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Literal
@@ -106,7 +107,7 @@ def _principal(user: UserRecord) -> Principal:
 class LoginThrottle:
     """At most `attempts` failed sign-ins per subject (a name, an address) in `window` seconds, in this process."""
 
-    def __init__(self, attempts: int = 10, window: float = 900.0, now=time.monotonic) -> None:
+    def __init__(self, attempts: int = 10, window: float = 900.0, now: Callable[[], float] = time.monotonic) -> None:
         self._attempts = attempts
         self._window = window
         self._now = now
