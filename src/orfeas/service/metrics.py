@@ -6,7 +6,8 @@ memory are read at scrape time, so they are always current and need no bookkeepi
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
@@ -92,7 +93,7 @@ class ServiceMetrics:
         )
         registry.register(StateCollector(count_by_status, probe, queued_status))
 
-    def observe_profile(self, profile: dict) -> None:
+    def observe_profile(self, profile: Mapping[str, Any]) -> None:
         """Record a finished job's stage timings and total (a `Profile.to_dict()`)."""
         stages = profile.get("stages", {})
         for stage, seconds in stages.items():

@@ -10,8 +10,9 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
+from typing import Any, Literal, TypedDict
 
 import numpy as np
 
@@ -62,7 +63,68 @@ STAGE_ADVICE = {
     },
     "export": {"page": "tick fewer Formats", "cli": "ask for fewer formats (--format)"},
 }
-SEVERITY_ORDER = {"high": 0, "medium": 1, "low": 2, "info": 3}
+Severity = Literal["high", "medium", "low", "info"]
+SEVERITY_ORDER: dict[Severity, int] = {"high": 0, "medium": 1, "low": 2, "info": 3}
+
+
+# What the functions below return; the API's response models (api/schemas.py) list the same fields.
+class StageStats(TypedDict):
+    avg_seconds: float
+    share: float
+    p95_seconds: float | None
+
+
+class Bottleneck(TypedDict):
+    stage: str
+    label: str
+    share: float
+    severity: Literal["high", "medium"]
+
+
+class PerformanceSummary(TypedDict):
+    total_pipelines: int
+    avg_duration: float | None
+    p50_duration: float | None
+    p95_duration: float | None
+    stage_breakdown: dict[str, StageStats]
+    slowest_stage: str | None
+    bottlenecks: list[Bottleneck]
+
+
+class Advice(TypedDict):
+    message: str
+    cli: str
+    reason: str
+    severity: Severity
+
+
+class UtilizationTrend(TypedDict):
+    samples: int
+    window_seconds: float
+    mean_utilization: float | None
+    last_utilization: float | None
+    direction: Literal["rising", "falling", "steady"]
+    slope_per_minute: float
+    memory_used_mean: int | None
+
+
+class DeviceMemory(TypedDict):
+    total: int
+    used: int
+    free: int
+    used_fraction: float
+
+
+class DeviceStatus(TypedDict):
+    gpu: bool
+    device: str
+    name: str
+    memory: DeviceMemory
+    utilization: float | None
+    trend: UtilizationTrend
+    batch_size: int | None
+    batch_reason: str | None
+    note: str | None
 
 
 def stage_label(stage: str) -> str:
@@ -75,13 +137,13 @@ def plural(count: int, noun: str) -> str:
     return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
 
 
-def percentile(values: list[float], q: float) -> float | None:
+def percentile(values: Sequence[float], q: float) -> float | None:
     """The q-th percentile (0-100) with linear interpolation between ranks, rounded to 4 places; None if empty."""
     return round(float(np.percentile(values, q)), 4) if values else None
 
 
-def performance_summary(profiles: list[dict]) -> dict:
-    """Durations, per-stage breakdown, slowest stage and bottlenecks over finished jobs' profiles.
+def performance_summary(profiles: Sequence[Mapping[str, Any]]) -> PerformanceSummary:
+    """Durations, per-stage breakdown, slowest stage and bottlenecks over finished jobs' stored profiles.
 
     A stage a job did not run counts as 0 s for that job, so the stage averages add up to `avg_duration` and a
     stage's share is its part of all pipeline time. Bottlenecks are the stages that average at least
@@ -90,7 +152,7 @@ def performance_summary(profiles: list[dict]) -> dict:
     totals = [_profile_total(profile) for profile in profiles]
     stage_names = list(dict.fromkeys(name for profile in profiles for name in profile.get("stages", {})))
     grand_total = sum(totals)
-    breakdown = {}
+    breakdown: dict[str, StageStats] = {}
     for name in stage_names:
         seconds = [float(profile.get("stages", {}).get(name, 0.0)) for profile in profiles]
         breakdown[name] = {
@@ -98,7 +160,7 @@ def performance_summary(profiles: list[dict]) -> dict:
             "share": round(sum(seconds) / grand_total, 4) if grand_total else 0.0,
             "p95_seconds": percentile(seconds, 95),
         }
-    bottlenecks = []
+    bottlenecks: list[Bottleneck] = []
     for name, stats in sorted(breakdown.items(), key=lambda item: -item[1]["share"]):
         severity = bottleneck_severity(stats["share"], stats["avg_seconds"])
         if severity is not None:
@@ -116,12 +178,12 @@ def performance_summary(profiles: list[dict]) -> dict:
     }
 
 
-def _profile_total(profile: dict) -> float:
+def _profile_total(profile: Mapping[str, Any]) -> float:
     total = profile.get("total")
     return float(total) if total is not None else float(sum(profile.get("stages", {}).values()))
 
 
-def bottleneck_severity(share: float, avg_seconds: float) -> str | None:
+def bottleneck_severity(share: float, avg_seconds: float) -> Literal["high", "medium"] | None:
     """Severity of a stage taking `share` of all time and `avg_seconds` per job: None under
     BOTTLENECK_MIN_SECONDS, else "high" from a share of 0.5, "medium" from 0.25, else None."""
     if avg_seconds < BOTTLENECK_MIN_SECONDS:
@@ -134,8 +196,11 @@ def bottleneck_severity(share: float, avg_seconds: float) -> str | None:
 
 
 def recommendations(
-    summary: dict, reading: MemoryReading | None, plan: BatchPlan | None, utilization_trend: dict | None
-) -> list[dict]:
+    summary: PerformanceSummary,
+    reading: MemoryReading | None,
+    plan: BatchPlan | None,
+    utilization_trend: UtilizationTrend | None,
+) -> list[Advice]:
     """Advice, each {message, cli, reason, severity}, from whatever data is given; most severe first.
 
     `message` names the studio's form fields, `cli` the `orfeas generate` options. Each rule speaks only when its
@@ -152,18 +217,18 @@ def recommendations(
     return sorted(advice, key=lambda item: SEVERITY_ORDER[item["severity"]])
 
 
-def _advice(message: str, reason: str, severity: str, cli: str | None = None) -> dict:
+def _advice(message: str, reason: str, severity: Severity, cli: str | None = None) -> Advice:
     return {"message": message, "cli": cli or message, "reason": reason, "severity": severity}
 
 
-def no_jobs_yet(summary: dict) -> list[dict]:
+def no_jobs_yet(summary: PerformanceSummary) -> list[Advice]:
     """Say that there is nothing to analyse before the first job finishes."""
     if summary.get("total_pipelines"):
         return []
     return [_advice("no finished jobs yet: timings appear after the first job", "no finished jobs", "info")]
 
 
-def no_bottleneck(summary: dict) -> list[dict]:
+def no_bottleneck(summary: PerformanceSummary) -> list[Advice]:
     """Once jobs have finished and no stage is a bottleneck, say so and name the slowest stage's time."""
     slowest = summary.get("slowest_stage")
     if not summary.get("total_pipelines") or summary.get("bottlenecks") or slowest is None:
@@ -179,7 +244,7 @@ def no_bottleneck(summary: dict) -> list[dict]:
     ]
 
 
-def stage_bottlenecks(summary: dict) -> list[dict]:
+def stage_bottlenecks(summary: PerformanceSummary) -> list[Advice]:
     """For each bottleneck stage, the setting that shortens it."""
     advice = []
     for bottleneck in summary.get("bottlenecks", []):
@@ -200,7 +265,7 @@ def stage_bottlenecks(summary: dict) -> list[dict]:
     return advice
 
 
-def memory_nearly_full(reading: MemoryReading | None) -> list[dict]:
+def memory_nearly_full(reading: MemoryReading | None) -> list[Advice]:
     """Warn when the device is close to running out of memory."""
     if reading is None or reading.used_fraction <= NEARLY_FULL_MEMORY:
         return []
@@ -217,7 +282,7 @@ def memory_nearly_full(reading: MemoryReading | None) -> list[dict]:
     ]
 
 
-def memory_under_used(reading: MemoryReading | None, plan: BatchPlan | None) -> list[dict]:
+def memory_under_used(reading: MemoryReading | None, plan: BatchPlan | None) -> list[Advice]:
     """On a GPU with most memory idle, say which bound kept the batch small."""
     if reading is None or not reading.is_gpu or reading.used_fraction >= UNDER_USED_MEMORY:
         return []
@@ -236,7 +301,9 @@ def memory_under_used(reading: MemoryReading | None, plan: BatchPlan | None) -> 
     return [_advice(f"GPU under-used ({reading.used_fraction:.0%} of memory): {action}", reason, "medium")]
 
 
-def compute_under_used(reading: MemoryReading | None, plan: BatchPlan | None, trend: dict | None) -> list[dict]:
+def compute_under_used(
+    reading: MemoryReading | None, plan: BatchPlan | None, trend: UtilizationTrend | None
+) -> list[Advice]:
     """On a GPU that was mostly idle while more jobs waited than the batch took, advise larger batches."""
     if reading is None or not reading.is_gpu or plan is None or trend is None:
         return []
@@ -334,7 +401,7 @@ class UtilizationSampler:
             except Exception:
                 logger.exception("utilization sample failed")
 
-    def trend(self) -> dict:
+    def trend(self) -> UtilizationTrend:
         """Mean, last value and direction of utilization over the kept samples, and mean memory in use.
 
         The direction comes from a least-squares line through (time, utilization): "rising" or "falling" when the
@@ -345,12 +412,13 @@ class UtilizationSampler:
         return utilization_trend(samples)
 
 
-def utilization_trend(samples: list[UtilizationSample]) -> dict:
+def utilization_trend(samples: Sequence[UtilizationSample]) -> UtilizationTrend:
     """See `UtilizationSampler.trend`; samples without a utilization value count only towards memory."""
     timed = [(s.timestamp, s.utilization) for s in samples if s.utilization is not None]
     window = samples[-1].timestamp - samples[0].timestamp if samples else 0.0
     slope = _slope(timed)
     change = slope * (timed[-1][0] - timed[0][0]) if timed else 0.0
+    direction: Literal["rising", "falling", "steady"]
     if change >= TREND_CHANGE:
         direction = "rising"
     elif change <= -TREND_CHANGE:
@@ -368,7 +436,7 @@ def utilization_trend(samples: list[UtilizationSample]) -> dict:
     }
 
 
-def _slope(points: list[tuple[float, float]]) -> float:
+def _slope(points: Sequence[tuple[float, float]]) -> float:
     """Least-squares slope of y over x; 0 with fewer than 2 points or no spread in x."""
     if len(points) < 2:
         return 0.0
@@ -379,7 +447,7 @@ def _slope(points: list[tuple[float, float]]) -> float:
     return float(dx @ (y - y.mean()) / spread) if spread else 0.0
 
 
-def device_status(reading: MemoryReading, plan: BatchPlan | None, trend: dict) -> dict:
+def device_status(reading: MemoryReading, plan: BatchPlan | None, trend: UtilizationTrend) -> DeviceStatus:
     """What `GET /api/gpu/status` returns: the device, its memory, utilization and trend, and the batch size."""
     return {
         "gpu": reading.is_gpu,
