@@ -36,7 +36,7 @@ _DINOV2_GIANT = {
     "use_swiglu_ffn": True,
 }
 
-_FULL = {
+_FULL: dict[str, Any] = {
     "model": {
         "target": "hy3dgen.shapegen.models.Hunyuan3DDiT",
         "params": {
