@@ -46,7 +46,6 @@ def test_the_directory_store_implements_every_method_of_the_interface():
         "load_input",
         "write_results",
         "save_result",
-        "has_result",
         "result_file",
         "delete",
         "job_ids_stored_before",
@@ -69,9 +68,9 @@ def test_results_appear_together_when_the_block_ends(storage):
         (folder / "model.glb").write_bytes(b"glb")
         (folder / "model.json").write_text("{}")
         (folder / ".model.stl.tmp-1").write_bytes(b"a writer's temporary")
-        assert not storage.has_result(job, "model.glb")  # nothing is visible while the job is writing
+        assert storage.result_file(job, "model.glb") is None  # nothing is visible while the job is writing
     assert storage.result_file(job, "model.glb").read_bytes() == b"glb"
-    assert storage.has_result(job, "model.json")
+    assert storage.result_file(job, "model.json") is not None
     assert sorted(p.name for p in (storage.root / "results").iterdir()) == [job]  # the staging folder is gone
     assert sorted(p.name for p in (storage.root / "results" / job).iterdir()) == ["model.glb", "model.json"]
 
@@ -81,7 +80,7 @@ def test_a_failed_write_publishes_nothing(storage):
     with pytest.raises(RuntimeError), storage.write_results(job) as folder:
         (folder / "model.glb").write_bytes(b"half")
         raise RuntimeError("export failed")
-    assert not storage.has_result(job, "model.glb")
+    assert storage.result_file(job, "model.glb") is None
     assert list((storage.root / "results").iterdir()) == []
 
 
@@ -100,7 +99,7 @@ def test_writing_a_job_again_replaces_its_files_and_keeps_the_others(storage):
 def test_unsafe_names_reach_no_file(storage, name):
     job = job_id()
     storage.save_input(job, b"x")
-    assert storage.result_file(job, name) is None and not storage.has_result(job, name)
+    assert storage.result_file(job, name) is None
     with pytest.raises(ValueError):
         storage.save_result(job, name, b"x")
 
@@ -124,9 +123,9 @@ def test_delete_removes_input_results_and_interrupted_writes(storage):
     leftover.mkdir()
     storage.delete(job)
     storage.delete(job)  # again: nothing left to remove is fine
-    assert not storage.has_result(job, "model.glb") and not leftover.exists()
+    assert storage.result_file(job, "model.glb") is None and not leftover.exists()
     assert not (storage.root / "inputs" / job).exists()
-    assert storage.has_result(other, "model.glb") and storage.load_input(other) == b"x"
+    assert storage.result_file(other, "model.glb") is not None and storage.load_input(other) == b"x"
 
 
 def age(path: Path, seconds: float) -> None:
@@ -198,9 +197,6 @@ class MemoryArtifactStore:
     def save_result(self, job_id: str, name: str, data: bytes) -> None:
         self._put(f"results/{job_id}/{name}", data)
 
-    def has_result(self, job_id: str, name: str) -> bool:
-        return f"results/{job_id}/{name}" in self.objects
-
     def result_file(self, job_id: str, name: str) -> Path | None:
         data = self.objects.get(f"results/{job_id}/{name}")
         if data is None:
@@ -240,7 +236,7 @@ def test_the_service_and_the_worker_need_nothing_but_the_interface(tmp_path):
     assert trimesh.load(storage.result_file(job.id, "model.glb"), force="mesh").faces.shape[0] > 0
     assert zipfile.ZipFile(storage.result_file(job.id, "model.obj.zip")).namelist()[0].startswith("model")
     assert service.preview_path(done).read_bytes().startswith(b"\x89PNG")
-    assert storage.has_result(job.id, "preview.png")
+    assert f"results/{job.id}/preview.png" in storage.objects
     orphan = uuid.uuid4().hex
     storage.save_input(orphan, b"a submission that died before inserting its job")
     assert worker.sweep_orphans(grace_seconds=3600) == []  # too recent: it may be a submission in flight

@@ -9,8 +9,8 @@ store (S3 and the like) implements the same methods next:
   and they are published together when the block ends without an exception (an object store uploads them then),
   and thrown away when it raises. Writing the same job's results again replaces the files of the same names.
 - `save_result`: one more file among a finished job's results (the preview rendered on first request).
-- `has_result` / `result_file`: whether a result exists, and a local file to read or serve it from (an object store
-  downloads it into a local cache, or the API redirects to a signed URL instead); None for unknown or unsafe names.
+- `result_file`: a local file to read or serve a result from (an object store downloads it into a local cache, or
+  the API redirects to a signed URL instead); None when it does not exist and for unknown or unsafe names.
 - `delete`: everything of a job (retention, a lost idempotency race); missing files are fine.
 - `job_ids_stored_before`: the jobs that have files here, none written since a cutoff; with the job table it finds
   the files no job row owns (a submission that stored its input and then failed or crashed before inserting its
@@ -37,9 +37,8 @@ from orfeas.store.schema import JOB_ID_PATTERN
 
 # Names a caller may ask for inside a job's folder: no separators, no leading dot.
 _SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
-_JOB_ID = JOB_ID_PATTERN
 # A job's entry in inputs/ or results/: the job id, or a temporary ".<id>.<random>.tmp" an interrupted write left.
-_JOB_ENTRY = re.compile(r"([0-9a-f]{32})|\.([0-9a-f]{32})\.[0-9a-f]+\.tmp")
+_JOB_ENTRY = re.compile(rf"({JOB_ID_PATTERN.pattern})|\.({JOB_ID_PATTERN.pattern})\.[0-9a-f]+\.tmp")
 
 
 class ArtifactStorage(Protocol):
@@ -52,8 +51,6 @@ class ArtifactStorage(Protocol):
     def write_results(self, job_id: str) -> AbstractContextManager[Path]: ...
 
     def save_result(self, job_id: str, name: str, data: bytes) -> None: ...
-
-    def has_result(self, job_id: str, name: str) -> bool: ...
 
     def result_file(self, job_id: str, name: str) -> Path | None: ...
 
@@ -106,12 +103,9 @@ class LocalArtifactStore:
             raise ValueError(f"not a result file name: {name!r}")
         write_atomically(self.result_dir(job_id) / name, data)
 
-    def has_result(self, job_id: str, name: str) -> bool:
-        return self.result_file(job_id, name) is not None
-
     def result_file(self, job_id: str, name: str) -> Path | None:
         """Path of a result file if it exists; None for unknown or unsafe names."""
-        if not _SAFE_NAME.fullmatch(name) or not _JOB_ID.fullmatch(job_id):
+        if not _SAFE_NAME.fullmatch(name) or not JOB_ID_PATTERN.fullmatch(job_id):
             return None
         path = self.root / "results" / job_id / name
         return path if path.is_file() else None
@@ -157,11 +151,7 @@ class LocalArtifactStore:
         return self.root / "inputs" / _checked_id(job_id)
 
 
-# The name of LocalArtifactStore before ArtifactStorage existed; existing callers and tests build it by that name.
-ArtifactStore = LocalArtifactStore
-
-
 def _checked_id(job_id: str) -> str:
-    if not _JOB_ID.fullmatch(job_id):
+    if not JOB_ID_PATTERN.fullmatch(job_id):
         raise ValueError(f"not a job id: {job_id!r}")
     return job_id
