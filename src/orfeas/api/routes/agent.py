@@ -10,12 +10,20 @@ from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, Response
+from starlette.datastructures import UploadFile as StarletteUpload
 
 from orfeas.api.deps import Services, get_services
 from orfeas.api.errors import status_for
-from orfeas.api.routes.jobs import JOB_ID, checked_id, parse_json_object, result_file_response, views_upload
-from orfeas.api.schemas import AgentJob, JobView, SubmittedJobs, job_json
+from orfeas.api.routes.jobs import (
+    REPEAT,
+    RESULT_FILE,
+    checked_id,
+    parse_json_object,
+    result_file_response,
+    views_upload,
+)
+from orfeas.api.schemas import ERRORS, AgentJob, JobView, SubmittedJobs, job_json, job_response
 from orfeas.errors import InvalidImage, InvalidOptions, OrfeasError
 from orfeas.limits import parse_json
 from orfeas.pipeline.options import GenerateOptions
@@ -25,8 +33,10 @@ from orfeas.service.jobs import Upload
 from orfeas.store.agents import AgentRecord
 from orfeas.store.db import is_database_outage
 from orfeas.store.jobs import JobRecord
+from orfeas.store.schema import JOB_ID_PATTERN
 
-router = APIRouter(prefix="/api/agent", tags=["agent"])
+router = APIRouter(prefix="/api/agent", tags=["agent"], responses=ERRORS)
+DOWNLOADS = "/api/agent/jobs"  # the agent API's own result URLs; it has no preview or progress socket
 logger = logging.getLogger(__name__)
 
 
@@ -94,28 +104,30 @@ def signed_path(request: Request) -> str:
     return raw.decode("latin-1").split("?", 1)[0] if raw else request.url.path
 
 
-@router.post("/generate-3d", status_code=202, response_model=AgentJob)
+@router.post("/generate-3d", status_code=202, response_model=AgentJob, responses={200: {"model": AgentJob, **REPEAT}})
 async def generate_3d(
     call: Annotated[AgentRequest, Depends(authenticated("generate", success=202))],
     services: Annotated[Services, Depends(get_services)],
 ) -> JSONResponse:
     """One image (JSON with base64 data, or multipart field `image`) plus options → 202 with the job."""
     uploads, options = await _read_submission(call, services, many=False)
-    jobs = await _submit(call, services, uploads, options)
-    return JSONResponse({"job": _agent_view(jobs[0], call.principal)}, status_code=call.status, headers=call.headers)
+    jobs, status_code = await _submit(call, services, uploads, options)
+    body = {"job": _agent_view(jobs[0], call.principal)}
+    return JSONResponse(body, status_code=status_code, headers=call.headers)
 
 
-@router.post("/batch", status_code=202, response_model=SubmittedJobs)
+@router.post(
+    "/batch", status_code=202, response_model=SubmittedJobs, responses={200: {"model": SubmittedJobs, **REPEAT}}
+)
 async def batch(
     call: Annotated[AgentRequest, Depends(authenticated("batch", success=202))],
     services: Annotated[Services, Depends(get_services)],
 ) -> JSONResponse:
     """Up to `max_agent_batch` images → 202 with one job per image (they go to the batching worker together)."""
     uploads, options = await _read_submission(call, services, many=True)
-    jobs = await _submit(call, services, uploads, options)
-    return JSONResponse(
-        {"jobs": [_agent_view(job, call.principal) for job in jobs]}, status_code=call.status, headers=call.headers
-    )
+    jobs, status_code = await _submit(call, services, uploads, options)
+    body = {"jobs": [_agent_view(job, call.principal) for job in jobs]}
+    return JSONResponse(body, status_code=status_code, headers=call.headers)
 
 
 @router.get("/status/{job_id}", response_model=JobView)
@@ -123,13 +135,13 @@ async def status(
     job_id: str,
     call: Annotated[AgentRequest, Depends(authenticated("status"))],
     services: Annotated[Services, Depends(get_services)],
-) -> JSONResponse:
+) -> Response:
     """Status, progress and result URLs of one of this agent's jobs."""
     job = await asyncio.to_thread(_own_job, services, call, job_id)
-    return JSONResponse(_agent_view(job, call.principal), headers=call.headers)
+    return job_response(job, call.principal, prefix=DOWNLOADS, page_links=False, headers=call.headers)
 
 
-@router.get("/jobs/{job_id}/result.{fmt}")
+@router.get("/jobs/{job_id}/result.{fmt}", response_class=FileResponse, responses=RESULT_FILE)
 async def download(
     job_id: str,
     fmt: str,
@@ -144,19 +156,20 @@ async def download(
 
 def _own_job(services: Services, call: AgentRequest, job_id: str) -> JobRecord:
     """The job if this agent owns it; another agent's job is indistinguishable from a missing one (404)."""
-    if JOB_ID.fullmatch(job_id):
+    if JOB_ID_PATTERN.fullmatch(job_id):
         call.job_ids.append(job_id)
     return services.jobs.get(checked_id(job_id), call.principal)
 
 
 async def _submit(
     call: AgentRequest, services: Services, uploads: list[Upload], options: GenerateOptions
-) -> list[JobRecord]:
+) -> tuple[list[JobRecord], int]:
+    """The jobs and the status to answer with (and to audit): 202, or 200 for a repeat of an earlier request."""
     idempotency_key = call.request.headers.get("idempotency-key")
     jobs, created = await asyncio.to_thread(services.jobs.submit, uploads, options, call.principal, idempotency_key)
     call.job_ids = [job.id for job in jobs]
-    call.status = 202 if created else 200  # a repeat of an earlier request, as on /api/jobs
-    return jobs
+    call.status = 202 if created else 200  # as on /api/jobs
+    return jobs, call.status
 
 
 async def _read_submission(call: AgentRequest, services: Services, many: bool) -> tuple[list[Upload], GenerateOptions]:
@@ -165,7 +178,9 @@ async def _read_submission(call: AgentRequest, services: Services, many: bool) -
     if content_type.startswith("multipart/form-data"):
         form = await call.request.form()
         files = form.getlist("image")
-        uploads = [Upload(name=f.filename or "image", data=await f.read()) for f in files if hasattr(f, "read")]
+        uploads = [
+            Upload(name=f.filename or "image", data=await f.read()) for f in files if isinstance(f, StarletteUpload)
+        ]
         multi_view = await views_upload(form) if not many and not uploads else None
         if multi_view is not None:
             uploads = [multi_view]
@@ -213,7 +228,4 @@ def _decode_image(item: Any, index: int | str) -> Upload:
 
 
 def _agent_view(job: JobRecord, principal: Principal) -> dict[str, Any]:
-    view = job_json(job, principal, prefix="/api/agent/jobs")
-    view["preview_url"] = None  # the agent API has no preview or progress socket
-    view["events_url"] = None
-    return view
+    return job_json(job, principal, prefix=DOWNLOADS, page_links=False)

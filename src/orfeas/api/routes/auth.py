@@ -10,11 +10,11 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 
 from orfeas.api.deps import Services, get_services
-from orfeas.api.schemas import Me
+from orfeas.api.schemas import ERRORS, Me
 from orfeas.api.security import caller, session_cookie_secure
 from orfeas.service.auth import CSRF_COOKIE, MAX_PASSWORD, SESSION_COOKIE, Principal
 
-router = APIRouter(prefix="/api/auth", tags=["auth"])
+router = APIRouter(prefix="/api/auth", tags=["auth"], responses=ERRORS)
 
 
 class SignIn(BaseModel):

@@ -43,7 +43,7 @@ def swagger_ui(request: Request) -> HTMLResponse:
         swagger_favicon_url=FAVICON,
         oauth2_redirect_url=OAUTH2_REDIRECT_URL,
     )
-    html = page.body.decode().replace("</body>", '<script src="/static/docs-csrf.js"></script>\n</body>', 1)
+    html = bytes(page.body).decode().replace("</body>", '<script src="/static/docs-csrf.js"></script>\n</body>', 1)
     return HTMLResponse(html, headers=DOCS_HEADERS)
 
 

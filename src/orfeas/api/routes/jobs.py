@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import (
@@ -20,11 +20,12 @@ from fastapi import (
 )
 from fastapi.responses import FileResponse, JSONResponse, Response
 from starlette.datastructures import FormData
+from starlette.datastructures import UploadFile as StarletteUpload
 from websockets.exceptions import ConnectionClosed
 
 from orfeas.api.deps import Services, get_services, quick_read
 from orfeas.api.progress import DatabaseGone, ProgressHub
-from orfeas.api.schemas import JobList, JobView, SubmittedJobs, job_json, job_response
+from orfeas.api.schemas import ERRORS, JobList, JobView, SubmittedJobs, file_responses, job_json, job_response
 from orfeas.api.security import caller, websocket_caller
 from orfeas.errors import FormatNotAvailable, InvalidOptions, OrfeasError
 from orfeas.limits import parse_json
@@ -34,19 +35,23 @@ from orfeas.pipeline.views import VIEW_NAMES
 from orfeas.service.auth import Principal
 from orfeas.service.jobs import Upload
 from orfeas.store.jobs import JobNotFound, JobRecord
-from orfeas.store.schema import FINISHED_STATUSES, JOB_ID_PATTERN
+from orfeas.store.schema import FINISHED_STATUSES, JOB_ID_PATTERN, JobStatus
 
-router = APIRouter(prefix="/api/jobs", tags=["jobs"])
+router = APIRouter(prefix="/api/jobs", tags=["jobs"], responses=ERRORS)
 SUBMIT_FIELDS = {"image", "backend", "resolution", "faces", "texture", "formats", "seed", "generator_options"}
 SUBMIT_FIELDS |= set(VIEW_NAMES)
 Caller = Annotated[Principal, Depends(caller)]
-JOB_ID = JOB_ID_PATTERN
 MEDIA_TYPES = {
     "glb": "model/gltf-binary",
     "obj": "application/zip",
     "stl": "model/stl",
     "ply": "application/octet-stream",
 }
+REPEAT = {"description": "The Idempotency-Key was used before: the jobs that request made, none added."}
+RESULT_FILE = file_responses(
+    "The model in the format asked for (OBJ: a zip of the OBJ, its MTL and texture).",
+    *dict.fromkeys(MEDIA_TYPES.values()),
+)
 
 
 def owner_names(services: Services, viewer: Principal, jobs: list[JobRecord]) -> dict[str, str]:
@@ -63,17 +68,17 @@ def view(services: Services, viewer: Principal, job: JobRecord) -> dict[str, Any
 
 
 def checked_id(job_id: str) -> str:
-    if not JOB_ID.fullmatch(job_id):
+    if not JOB_ID_PATTERN.fullmatch(job_id):
         raise JobNotFound(f"no job {job_id!r}")
     return job_id
 
 
-@router.post("", status_code=202, response_model=SubmittedJobs)
+@router.post("", status_code=202, response_model=SubmittedJobs, responses={200: {"model": SubmittedJobs, **REPEAT}})
 async def submit_jobs(
     request: Request,
     services: Annotated[Services, Depends(get_services)],
     principal: Caller,
-    image: Annotated[list[UploadFile], File(description="One or more images (PNG, JPEG, WebP).")] = None,  # noqa: RUF013
+    image: Annotated[list[UploadFile] | None, File(description="One or more images (PNG, JPEG, WebP).")] = None,
     backend: Annotated[str, Form()] = "inflate",
     resolution: Annotated[int | None, Form()] = None,
     faces: Annotated[int, Form()] = 50_000,
@@ -116,7 +121,7 @@ def list_jobs(
     principal: Caller,
     limit: Annotated[int, Query(ge=1, le=200)] = 20,
     offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
-    status: Annotated[str | None, Query(pattern="^(queued|running|succeeded|failed|canceled)$")] = None,
+    status: Annotated[JobStatus | None, Query()] = None,
 ) -> JSONResponse:
     """Your jobs (an admin: everyone's), newest first."""
     jobs, total = services.jobs.list(principal, limit=limit, offset=offset, status=status)
@@ -133,12 +138,13 @@ async def get_job(job_id: str, services: Annotated[Services, Depends(get_service
 
 
 @router.delete("/{job_id}", response_model=JobView)
-def cancel_job(job_id: str, services: Annotated[Services, Depends(get_services)], principal: Caller) -> JSONResponse:
+def cancel_job(job_id: str, services: Annotated[Services, Depends(get_services)], principal: Caller) -> Response:
     """Cancel a queued or running job; a finished job is returned unchanged."""
-    return JSONResponse(view(services, principal, services.jobs.cancel(checked_id(job_id), principal)))
+    job = services.jobs.cancel(checked_id(job_id), principal)
+    return job_response(job, principal, owner_names(services, principal, [job]))
 
 
-@router.get("/{job_id}/result.{fmt}")
+@router.get("/{job_id}/result.{fmt}", response_class=FileResponse, responses=RESULT_FILE)
 def download_result(
     job_id: str, fmt: str, services: Annotated[Services, Depends(get_services)], principal: Caller
 ) -> FileResponse:
@@ -150,17 +156,21 @@ def result_file_response(services: Services, job: JobRecord, fmt: str) -> FileRe
     """The download of a finished job's result in `fmt`, named after the uploaded image."""
     if fmt not in FORMATS:
         raise InvalidOptions(f"unknown format {fmt!r}; choose from {', '.join(FORMATS)}")
-    if job.status != "succeeded":
+    if job.status != JobStatus.SUCCEEDED:
         raise FormatNotAvailable(f"job {job.id} has no result yet (status {job.status})")
-    name = (job.result or {}).get("files", {}).get(fmt)
-    path = services.artifacts.result_file(job.id, name) if name else None
+    files = (job.result or {}).get("files", {})
+    path = services.artifacts.result_file(job.id, files[fmt]) if fmt in files else None
     if path is None:
-        raise FormatNotAvailable(f"job {job.id} was not asked for {fmt}; it has {', '.join(job.result['files'])}")
+        raise FormatNotAvailable(f"job {job.id} was not asked for {fmt}; it has {', '.join(files)}")
     filename = download_name(safe_stem(job.input_name.rsplit(".", 1)[0]), fmt)
     return FileResponse(path, media_type=MEDIA_TYPES[fmt], filename=filename)
 
 
-@router.get("/{job_id}/preview.png")
+@router.get(
+    "/{job_id}/preview.png",
+    response_class=FileResponse,
+    responses=file_responses("A PNG rendering of the finished model.", "image/png"),
+)
 def preview(job_id: str, services: Annotated[Services, Depends(get_services)], principal: Caller) -> FileResponse:
     """A small rendering of the finished model (the studio's history thumbnails)."""
     job = services.jobs.get(checked_id(job_id), principal)
@@ -238,7 +248,7 @@ async def _until_disconnect(websocket: WebSocket) -> None:
         pass
 
 
-async def _racing(updates: AsyncIterator[JobRecord], stop: asyncio.Task) -> AsyncIterator[JobRecord]:
+async def _racing(updates: AsyncGenerator[JobRecord, None], stop: asyncio.Task) -> AsyncIterator[JobRecord]:
     """The items of `updates` until `stop` finishes (the client left), whichever comes first."""
     try:
         while True:
@@ -258,7 +268,7 @@ async def _racing(updates: AsyncIterator[JobRecord], stop: asyncio.Task) -> Asyn
 
 async def views_upload(form: FormData) -> Upload | None:
     """The views of one object sent as form fields front, left, back, right (None when there are none)."""
-    files = {name: form[name] for name in VIEW_NAMES if hasattr(form.get(name), "read")}
+    files = {name: file for name in VIEW_NAMES if isinstance(file := form.get(name), StarletteUpload)}
     if not files:
         return None
     first = files.get("front", next(iter(files.values())))

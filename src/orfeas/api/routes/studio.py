@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 from importlib import resources
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, File, Request, UploadFile
 from fastapi.responses import FileResponse, RedirectResponse, Response
@@ -13,8 +13,8 @@ from PIL import Image
 from pydantic import BaseModel, Field
 
 from orfeas.api.deps import Services, get_services
+from orfeas.api.schemas import ERRORS, file_responses
 from orfeas.api.security import caller
-from orfeas.config import Settings
 from orfeas.errors import GeneratorUnavailable, OrfeasError
 from orfeas.pipeline.background import prepare_image
 from orfeas.pipeline.generators import available_generators
@@ -23,9 +23,10 @@ from orfeas.pipeline.generators.hunyuan_variants import variant_status
 from orfeas.pipeline.image import load_image
 from orfeas.pipeline.learned_remover import remover_name
 from orfeas.pipeline.options import GenerateOptions
+from orfeas.pipeline.settings import PipelineSettings
 from orfeas.service.auth import Principal
 
-router = APIRouter(tags=["studio"])
+router = APIRouter(tags=["studio"], responses=ERRORS)
 WEB = resources.files("orfeas") / "web"
 
 
@@ -65,47 +66,52 @@ class StudioGenerators(BaseModel):
     background_remover: str = Field(description="What images without an alpha mask go through to be cut out.")
 
 
-@router.get("/api/generators", response_model=StudioGenerators)
+@router.get("/api/generators")
 def generators(
     services: Annotated[Services, Depends(get_services)], principal: Annotated[Principal, Depends(caller)]
-) -> dict[str, Any]:
+) -> StudioGenerators:
     """Generators this server offers, whether each (and each hunyuan3d model) can run now, and the options' bounds.
     Where weights must go (server paths) is shown to admins only."""
+    settings = services.jobs.pipeline_settings
     listing = []
-    for name in available_generators(services.settings):
+    for name in available_generators(settings):
         generator = services.jobs.generator(name)
-        variants = model_variants(services.settings, principal.is_admin) if name == "hunyuan3d" else None
-        usable = [v for v in variants or [] if v["usable"]]
-        reason = missing_weights(name, services.settings) if variants is None or not usable else None
+        variants = model_variants(settings, principal.is_admin) if name == "hunyuan3d" else None
+        usable = [v for v in variants or [] if v.usable]
+        reason = missing_weights(name, settings) if variants is None or not usable else None
         if reason is not None and not principal.is_admin:
             reason = "its model weights are not on this server (an admin sees where they go)"
         listing.append(
-            {
-                "name": name,
-                "default_resolution": generator.default_resolution,
-                "available": reason is None,
-                "reason": reason,
-                "variants": variants,
-            }
+            StudioGenerator(
+                name=name,
+                default_resolution=generator.default_resolution,
+                available=reason is None,
+                reason=reason,
+                variants=variants,
+            )
         )
-    remover = remover_name(services.settings)
-    return {"generators": listing, "default": "inflate", "limits": option_limits(), "background_remover": remover}
+    return StudioGenerators(
+        generators=listing,
+        default="inflate",
+        limits=option_limits(),
+        background_remover=remover_name(settings),
+    )
 
 
-def model_variants(settings: Settings, admin: bool) -> list[dict[str, Any]]:
+def model_variants(settings: PipelineSettings, admin: bool) -> list[ModelVariant]:
     """Each hunyuan3d model and whether its weights are here; the server's paths only for an admin."""
     variants = []
     for status in variant_status(settings):
-        entry = status.to_dict()
+        variant = ModelVariant.model_validate(status, from_attributes=True)
         if not admin:
-            entry |= {"folders": None, "missing": None}
+            variant.folders = variant.missing = None
             if not status.usable:
-                entry["message"] = "its weights are not on this server (an admin sees where they go)"
-        variants.append(entry)
+                variant.message = "its weights are not on this server (an admin sees where they go)"
+        variants.append(variant)
     return variants
 
 
-def missing_weights(name: str, settings: Settings) -> str | None:
+def missing_weights(name: str, settings: PipelineSettings) -> str | None:
     """What keeps an installed generator from running (hunyuan3d without its weights on disk), else None."""
     if name != "hunyuan3d":
         return None
@@ -116,20 +122,25 @@ def missing_weights(name: str, settings: Settings) -> str | None:
     return None
 
 
-def option_limits() -> dict[str, dict[str, int | None]]:
+def option_limits() -> dict[str, FieldLimits]:
     """The ge/le bounds and defaults of GenerateOptions' numeric fields: the form reads them instead of a copy."""
     limits = {}
     for name in ("resolution", "faces"):
         field = GenerateOptions.model_fields[name]
-        bounds = {"minimum": None, "maximum": None, "default": field.default}
+        bounds = FieldLimits(default=field.default)
         for rule in field.metadata:
-            bounds["minimum"] = getattr(rule, "ge", bounds["minimum"])
-            bounds["maximum"] = getattr(rule, "le", bounds["maximum"])
+            bounds.minimum = getattr(rule, "ge", bounds.minimum)
+            bounds.maximum = getattr(rule, "le", bounds.maximum)
         limits[name] = bounds
     return limits
 
 
-@router.post("/api/cutout", responses={200: {"content": {"image/png": {}}}}, dependencies=[Depends(caller)])
+@router.post(
+    "/api/cutout",
+    response_class=Response,
+    responses=file_responses("The cut-out image (PNG).", "image/png"),
+    dependencies=[Depends(caller)],
+)
 async def cutout(
     services: Annotated[Services, Depends(get_services)],
     image: Annotated[UploadFile, File(description="One image (PNG, JPEG, WebP, GIF).")],
