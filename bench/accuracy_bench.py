@@ -44,7 +44,7 @@ def load_scorer():
 def score_all(options: GenerateOptions) -> list[dict]:
     """Generate every ground-truth image with `options` and score it; one row per shape."""
     scorer = load_scorer()
-    settings = Settings()
+    settings = Settings().pipeline()
     generator = create_generator(options.backend, settings)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

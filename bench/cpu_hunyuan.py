@@ -43,13 +43,13 @@ import numpy as np
 import torch
 
 from gpu_hunyuan import realistic_sdf
-from orfeas.config import Settings
 from orfeas.pipeline.background import Cutout
 from orfeas.pipeline.extract import extract_neural_field, torch_field
 from orfeas.pipeline.generators.base import GenerationParams
 from orfeas.pipeline.generators.hunyuan import BOX, HunyuanGenerator, sample_latents, worker_cores
 from orfeas.pipeline.generators.hunyuan_random import model_config, vae_config
 from orfeas.pipeline.generators.hunyuan_variants import get_variant
+from orfeas.pipeline.settings import PipelineSettings
 from report import write_section
 
 MARKER = "cpu-hunyuan"
@@ -180,7 +180,7 @@ def bench_diffusion(pipeline, model: str, dtype: str, batch: int, steps: int, si
     step = float(np.mean(dit))
     other = seconds - sum(cond) - sum(dit)  # image processing and scheduler steps
     whole = sum(cond) + other + variant.steps * step
-    generator = HunyuanGenerator(Settings(device="cpu", hunyuan_dtype=dtype))  # for its estimate only
+    generator = HunyuanGenerator(PipelineSettings(device="cpu", hunyuan_dtype=dtype))  # for its estimate only
     row = {
         "kind": "diffusion",
         "model": model,

@@ -116,7 +116,7 @@ def main() -> None:
             thickness = tube_thickness(image)
             for name, make in variants.items():
                 generator = DepthMapGenerator(*make(front, back, thickness))
-                result = generate(image, GenerateOptions(), Settings(), generator)
+                result = generate(image, GenerateOptions(), Settings().pipeline(), generator)
                 glb = save_result(result, Path(tmp), image.stem)[0]
                 results[name].append(scorer.scores(truth, scorer.normalise(scorer.load(glb))))
     print("| depth given to the mesher | Chamfer | F@0.05 | F@0.1 |\n|---|---|---|---|")

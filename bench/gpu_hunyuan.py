@@ -33,13 +33,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from orfeas.config import Settings
 from orfeas.pipeline.background import Cutout
 from orfeas.pipeline.extract import extract_neural_field, torch_field
 from orfeas.pipeline.generators.base import GenerationParams
 from orfeas.pipeline.generators.hunyuan import BOX, HunyuanGenerator, decode_latents, sample_latents
 from orfeas.pipeline.generators.hunyuan_random import model_config, random_pipeline, vae_config
 from orfeas.pipeline.generators.hunyuan_variants import get_variant
+from orfeas.pipeline.settings import PipelineSettings
 from report import write_section
 
 MARKER = "gpu-hunyuan"
@@ -225,7 +225,7 @@ def main() -> None:
     config = model_config(tiny=args.tiny, model=args.model)
     if get_variant(args.model).vae is not None:  # a -turbo variant decodes with its turbo VAE
         config["vae"] = vae_config(tiny=args.tiny, model=args.model)
-    settings = Settings(device=args.device, hunyuan_model=args.model)
+    settings = PipelineSettings(device=args.device, hunyuan_model=args.model)
 
     rows = []
     for name in dtypes:

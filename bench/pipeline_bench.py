@@ -27,7 +27,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from orfeas import GenerateOptions, Settings, generate, save_result
+from orfeas import GenerateOptions, PipelineSettings, Settings, generate, save_result
 from orfeas.evaluation import silhouette_iou
 from orfeas.pipeline.generators import create_generator
 from orfeas.pipeline.image import load_image
@@ -55,7 +55,7 @@ def reference_mask(rgba: np.ndarray) -> np.ndarray:
     return mask
 
 
-def time_image(source, generator, settings: Settings, repeats: int, out: Path) -> tuple[float, dict]:
+def time_image(source, generator, settings: PipelineSettings, repeats: int, out: Path) -> tuple[float, dict]:
     """Median seconds from decode to GLB written, and the stage shares of the median run."""
     runs = []
     for _ in range(repeats):
@@ -88,7 +88,7 @@ def main() -> None:
     parser.add_argument("--write", type=Path, help="Replace this benchmark's section in a markdown file.")
     args = parser.parse_args()
 
-    settings = Settings()
+    settings = Settings().pipeline()
     generator = create_generator("inflate", settings)
     images = sorted(IMAGES.glob("*.png"))
     rows, speeds_512, shares = [], [], []

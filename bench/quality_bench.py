@@ -160,14 +160,14 @@ def cells_worst_kind(rows: list[dict], removers: list[str]) -> str:
 
 def shape_variants(options: dict) -> dict[str, tuple[object, dict]]:
     """Name -> (generator, generator options) of each row: the default, the tube prior and the slab."""
-    settings = Settings()
+    settings = Settings().pipeline()
     inflate = create_generator("inflate", settings)
     return {"default": (inflate, options), "tube": (inflate, {"shading": 0}), "slab": (SlabGenerator(), {})}
 
 
 def score_shapes(folder: Path, cases: list[Case], variants: dict) -> list[dict]:
     scorer = load_scorer()
-    settings = Settings()
+    settings = Settings().pipeline()
     truths: dict[str, object] = {}
     rows = []
     for case in cases:

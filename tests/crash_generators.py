@@ -7,8 +7,8 @@ from __future__ import annotations
 import os
 import signal
 
-from orfeas.config import Settings
 from orfeas.pipeline.generators.inflate import InflateGenerator
+from orfeas.pipeline.settings import PipelineSettings
 
 
 def is_red(image) -> bool:
@@ -31,7 +31,7 @@ class CrashOnRedGenerator(InflateGenerator):
         return 1  # batches are capped by ORFEAS_MAX_BATCH only, so the first claim takes the whole request
 
 
-def crash_on_red(settings: Settings) -> CrashOnRedGenerator:
+def crash_on_red(settings: PipelineSettings) -> CrashOnRedGenerator:
     return CrashOnRedGenerator()
 
 
@@ -47,5 +47,5 @@ class DeclaredMemoryGenerator(InflateGenerator):
         return self.per_image_bytes
 
 
-def declared_memory(settings: Settings) -> DeclaredMemoryGenerator:
+def declared_memory(settings: PipelineSettings) -> DeclaredMemoryGenerator:
     return DeclaredMemoryGenerator(int(os.environ["ORFEAS_TEST_IMAGE_BYTES"]))

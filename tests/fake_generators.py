@@ -11,8 +11,8 @@ import time
 
 import trimesh
 
-from orfeas.config import Settings
 from orfeas.pipeline.generators.inflate import InflateGenerator
+from orfeas.pipeline.settings import PipelineSettings
 
 
 class SlowGenerator(InflateGenerator):
@@ -73,15 +73,15 @@ class SleepyGenerator(InflateGenerator):
         return 1  # batches are capped by ORFEAS_MAX_BATCH only
 
 
-def slow(settings: Settings) -> SlowGenerator:
+def slow(settings: PipelineSettings) -> SlowGenerator:
     return SlowGenerator(float(os.environ.get("ORFEAS_TEST_DELAY", "0.5")))
 
 
-def memory_limited(settings: Settings) -> MemoryLimitedGenerator:
+def memory_limited(settings: PipelineSettings) -> MemoryLimitedGenerator:
     return MemoryLimitedGenerator(int(os.environ.get("ORFEAS_TEST_OOM_LIMIT", "2")))
 
 
-def sleepy(settings: Settings) -> SleepyGenerator:
+def sleepy(settings: PipelineSettings) -> SleepyGenerator:
     return SleepyGenerator(
         float(os.environ.get("ORFEAS_TEST_BATCH_DELAY", "0.3")), float(os.environ.get("ORFEAS_TEST_DELAY", "0.02"))
     )

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from orfeas import GenerateOptions, generate, generate_batch
+from orfeas import GenerateOptions, PipelineSettings, generate, generate_batch
 from orfeas.errors import InvalidImage
 from orfeas.evaluation import silhouette_iou
 from orfeas.pipeline.image import load_image
@@ -91,3 +91,13 @@ def test_options_change_the_result():
 def test_bad_input_raises_invalid_image():
     with pytest.raises(InvalidImage):
         generate(b"not an image")
+
+
+def test_library_use_reads_no_orfeas_variables(monkeypatch, tmp_path):
+    # each of these would refuse the image or fail the run if the pipeline read the environment
+    monkeypatch.setenv("ORFEAS_MAX_IMAGE_PIXELS", "1")
+    monkeypatch.setenv("ORFEAS_BACKGROUND_MODEL", str(tmp_path / "missing.onnx"))
+    result = generate(example_images()[0], GenerateOptions(resolution=64, faces=2_000))
+    assert len(result.mesh.faces) > 0
+    with pytest.raises(InvalidImage):
+        generate(example_images()[0], settings=PipelineSettings(max_image_pixels=1))

@@ -16,6 +16,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "GenerateOptions": "orfeas.pipeline.options",
     "GenerationResult": "orfeas.pipeline.generate",
+    "PipelineSettings": "orfeas.pipeline.settings",
     "Settings": "orfeas.config",
     "generate": "orfeas.pipeline.generate",
     "generate_batch": "orfeas.pipeline.generate",

@@ -88,7 +88,7 @@ def generate_command(
     Two images with the same stem (mug.png, mug.jpg) get mug.* and mug-2.*, and the command says so. With --view,
     the views make one model, named after the front view.
     """
-    settings = Settings()
+    settings = Settings().pipeline()
     views = parse_views(view or [])
     if views and images:
         raise _fail("give either images or --view NAME=IMAGE for the views of one object, not both", code=2)
@@ -559,7 +559,7 @@ def worker_command(
 
     from orfeas.service.batch_sizing import BatchSizer, MemoryProbe
     from orfeas.service.worker import Worker
-    from orfeas.store.artifacts import ArtifactStore
+    from orfeas.store.artifacts import LocalArtifactStore
     from orfeas.store.db import sqlite_url
     from orfeas.store.jobs import JobStore
     from orfeas.store.startup import open_database
@@ -580,7 +580,7 @@ def worker_command(
         metrics = _serve_worker_metrics(store, probe, metrics_host, metrics_port)
     worker = Worker(
         store,
-        ArtifactStore(settings.data_dir),
+        LocalArtifactStore(settings.data_dir),
         settings,
         BatchSizer(probe, settings.target_utilization, settings.max_batch),
         metrics,

@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from orfeas.config import Settings
 from orfeas.errors import GeneratorUnavailable, InvalidOptions
 from orfeas.pipeline.background import Cutout
 from orfeas.pipeline.generators import GenerationParams, available_generators, create_generator
@@ -25,6 +24,7 @@ from orfeas.pipeline.generators.hunyuan import (
     missing_modules,
     read_options,
 )
+from orfeas.pipeline.settings import PipelineSettings
 
 REPO = Path(__file__).resolve().parents[2]
 STEPS = 2
@@ -64,7 +64,7 @@ def generator(models, offline, tmp_path_factory) -> HunyuanGenerator:
         patch.setenv("HY3DGEN_MODELS", str(models))
         patch.setenv("HF_HUB_CACHE", str(tmp_path_factory.mktemp("empty-hub")))
         # float32: a batch equals its images one by one to 1e-5 (bfloat16, the CPU default, is tested apart)
-        built = create_generator("hunyuan3d", Settings(device="cpu", hunyuan_dtype="float32"))
+        built = create_generator("hunyuan3d", PipelineSettings(device="cpu", hunyuan_dtype="float32"))
         built.pipeline  # noqa: B018 - load now, inside the patched environment
     return built
 
@@ -80,7 +80,7 @@ IMAGES = [disc(24, (220, 40, 40)), disc(14, (40, 200, 40)), disc(28, (40, 40, 22
 
 
 def test_registry_lists_hunyuan3d_only_where_installed():
-    settings = Settings()
+    settings = PipelineSettings()
     if missing_modules():
         assert "hunyuan3d" not in available_generators(settings)
         with pytest.raises(GeneratorUnavailable, match=r"pip install 'orfeas\[hunyuan\]'"):
@@ -106,33 +106,33 @@ def test_registry_lists_hunyuan3d_only_where_installed():
 )
 def test_bad_options_are_refused_before_queueing(options):
     with pytest.raises(InvalidOptions):
-        HunyuanGenerator(Settings()).check_options(options)
+        HunyuanGenerator(PipelineSettings()).check_options(options)
 
 
 def test_good_options_are_accepted_and_kept(models, monkeypatch):
     monkeypatch.setenv("HY3DGEN_MODELS", str(models))
     options = {"steps": 12, "guidance_scale": 7.5, "decoder": "flashvdm"}
-    assert HunyuanGenerator(Settings()).check_options(options) is None
-    read = read_options(options, Settings())
+    assert HunyuanGenerator(PipelineSettings()).check_options(options) is None
+    read = read_options(options, PipelineSettings())
     assert (read["steps"], read["guidance_scale"], read["decoder"]) == (12, 7.5, "flashvdm")
-    assert read["model"] == Settings().hunyuan_model
+    assert read["model"] == PipelineSettings().hunyuan_model
 
 
 def test_missing_weights_say_where_they_must_go(tmp_path, monkeypatch):
     monkeypatch.setenv("HY3DGEN_MODELS", str(tmp_path / "models"))
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
     with pytest.raises(GeneratorUnavailable) as default_places:
-        find_weights(Settings())
+        find_weights(PipelineSettings())
     message = str(default_places.value)
     assert str(tmp_path / "models" / "tencent" / "Hunyuan3D-2" / "hunyuan3d-dit-v2-0") in message
     assert "model.fp16.safetensors" in message and "ORFEAS_HUNYUAN_MODEL_PATH" in message
     with pytest.raises(GeneratorUnavailable, match="never downloads"):
-        find_weights(Settings(hunyuan_model_path=tmp_path / "elsewhere"))
+        find_weights(PipelineSettings(hunyuan_model_path=tmp_path / "elsewhere"))
 
 
 @needs_hy3dgen
 def test_missing_weights_fail_the_generation_without_a_download(tmp_path, offline):
-    generator = create_generator("hunyuan3d", Settings(device="cpu", hunyuan_model_path=tmp_path))
+    generator = create_generator("hunyuan3d", PipelineSettings(device="cpu", hunyuan_model_path=tmp_path))
     with pytest.raises(GeneratorUnavailable, match=str(tmp_path)):
         generator.generate_batch(IMAGES[:1], GenerationParams(resolution=32, options={"steps": STEPS}))
     assert offline == []
@@ -154,7 +154,7 @@ def test_an_image_encoder_named_by_hub_id_is_not_fetched(models, offline, tmp_pa
     encoder["version"] = "facebook/dinov2-giant"
     (folder / "config.yaml").write_text(yaml.safe_dump(config))
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-hub"))
-    generator = create_generator("hunyuan3d", Settings(device="cpu", hunyuan_model_path=folder))
+    generator = create_generator("hunyuan3d", PipelineSettings(device="cpu", hunyuan_model_path=folder))
     with pytest.raises(GeneratorUnavailable, match="cannot build hunyuan3d-dit-v2-0"):
         generator.pipeline  # noqa: B018
     assert offline == []
@@ -163,7 +163,7 @@ def test_an_image_encoder_named_by_hub_id_is_not_fetched(models, offline, tmp_pa
 @needs_hy3dgen
 def test_weights_in_a_named_folder_load(models, offline):
     folder = models / "tencent" / "Hunyuan3D-2"  # the repository folder: <subfolder>/ is found inside
-    settings = Settings(device="cpu", hunyuan_model_path=folder)
+    settings = PipelineSettings(device="cpu", hunyuan_model_path=folder)
     assert find_weights(settings).checkpoint == folder / "hunyuan3d-dit-v2-0" / "model.fp16.safetensors"
     generator = create_generator("hunyuan3d", settings)
     assert generator.pipeline.vae.latent_shape == (64, 8)
@@ -221,8 +221,8 @@ def test_every_decoder_gives_a_closed_outward_mesh(generator, decoder):
 
 
 def test_memory_estimate_counts_guidance_copies_and_precision():
-    gpu = HunyuanGenerator(Settings(device="cuda:0")).memory_per_image(GenerationParams())
-    cpu = HunyuanGenerator(Settings(device="cpu", hunyuan_dtype="float32")).memory_per_image(GenerationParams())
+    gpu = HunyuanGenerator(PipelineSettings(device="cuda:0")).memory_per_image(GenerationParams())
+    cpu = HunyuanGenerator(PipelineSettings(device="cpu", hunyuan_dtype="float32")).memory_per_image(GenerationParams())
     # full size, float16: 2 sequences of 3072 + 1370 tokens x 1024 x 10 values x 2 bytes, plus the conditioner
     assert 150 * 2**20 < gpu < 400 * 2**20
     assert cpu > 2 * gpu  # float32 and the attention score matrices
@@ -267,7 +267,7 @@ def test_flashvdm_leaves_the_decoder_as_it_found_it(generator):
 def test_half_precision_gives_nearly_the_float32_shape(generator, models, monkeypatch):
     """bfloat16 weights and activations (float16's path on a GPU, runnable here) with float32 query points."""
     monkeypatch.setenv("HY3DGEN_MODELS", str(models))
-    half = create_generator("hunyuan3d", Settings(device="cpu", hunyuan_dtype="bfloat16"))
+    half = create_generator("hunyuan3d", PipelineSettings(device="cpu", hunyuan_dtype="bfloat16"))
     params = GenerationParams(resolution=RESOLUTION, seed=1, options={"steps": STEPS})
     reference = generator.generate_batch(IMAGES[:1], params)[0]
     mesh = half.generate_batch(IMAGES[:1], params)[0]
@@ -278,21 +278,22 @@ def test_half_precision_gives_nearly_the_float32_shape(generator, models, monkey
 @needs_hy3dgen
 def test_the_worker_runs_queued_hunyuan3d_jobs_as_one_batch(generator, models, tmp_path, monkeypatch):
     """Three queued jobs: one claim, one generator call, one DiT pass per step for all of them, three results."""
+    from orfeas.config import Settings
     from orfeas.pipeline.options import GenerateOptions
     from orfeas.service.auth import LOCAL_USER
     from orfeas.service.batch_sizing import BatchSizer, MemoryProbe
     from orfeas.service.jobs import JobService, Upload
     from orfeas.service.worker import Worker
-    from orfeas.store.artifacts import ArtifactStore
+    from orfeas.store.artifacts import LocalArtifactStore
     from orfeas.store.db import create_db_engine, sqlite_url
     from orfeas.store.jobs import JobStore
     from orfeas.store.migrate import init_db
 
     monkeypatch.setenv("HY3DGEN_MODELS", str(models))  # the submission checks that the model's weights are there
-    settings = generator.settings.model_copy(update={"data_dir": tmp_path})
+    settings = Settings(data_dir=tmp_path, device="cpu", hunyuan_dtype="float32")
     engine = create_db_engine(sqlite_url(tmp_path))
     init_db(engine)
-    store, artifacts = JobStore(engine), ArtifactStore(tmp_path)
+    store, artifacts = JobStore(engine), LocalArtifactStore(tmp_path)
     worker = Worker(store, artifacts, settings, BatchSizer(MemoryProbe("cpu"), max_batch=8), worker_id="w")
     worker.generators["hunyuan3d"] = generator  # the loaded one, as the worker keeps it after its first job
     chair = Upload("chair.png", (REPO / "examples" / "chair.png").read_bytes())

@@ -29,6 +29,7 @@ from orfeas.pipeline.generators.hunyuan_variants import (
     find_weights,
     variant_status,
 )
+from orfeas.pipeline.settings import PipelineSettings
 from tests.pipeline.test_hunyuan import UNAVAILABLE, needs_hy3dgen
 
 REPO = Path(__file__).resolve().parents[2]
@@ -60,7 +61,7 @@ def generator(models, offline, tmp_path_factory) -> HunyuanGenerator:
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("HY3DGEN_MODELS", str(models))
         patch.setenv("HF_HUB_CACHE", str(tmp_path_factory.mktemp("empty-hub")))
-        yield create_generator("hunyuan3d", Settings(device="cpu", hunyuan_dtype="float32"))
+        yield create_generator("hunyuan3d", PipelineSettings(device="cpu", hunyuan_dtype="float32"))
 
 
 def disc(radius: int, colour: tuple[int, int, int], size: int = 64) -> Cutout:
@@ -104,11 +105,14 @@ def test_the_registry_has_every_published_variant_with_its_defaults():
 def test_steps_and_guidance_default_to_the_variant_unless_set(monkeypatch):
     from orfeas.pipeline.generators.hunyuan import read_options
 
-    assert read_options({"model": "hunyuan3d-dit-v2-mini-turbo"}, Settings())["steps"] == 5
-    assert read_options({}, Settings())["steps"] == 30
+    monkeypatch.delenv("ORFEAS_HUNYUAN_STEPS", raising=False)
+    assert read_options({"model": "hunyuan3d-dit-v2-mini-turbo"}, Settings().pipeline())["steps"] == 5
+    assert read_options({}, Settings().pipeline())["steps"] == 30
     monkeypatch.setenv("ORFEAS_HUNYUAN_STEPS", "12")
-    assert read_options({"model": "hunyuan3d-dit-v2-mini-turbo"}, Settings())["steps"] == 12
-    assert read_options({"model": "hunyuan3d-dit-v2-mini-turbo", "steps": 3}, Settings())["steps"] == 3
+    assert read_options({"model": "hunyuan3d-dit-v2-mini-turbo"}, Settings().pipeline())["steps"] == 12
+    assert read_options({"model": "hunyuan3d-dit-v2-mini-turbo", "steps": 3}, Settings().pipeline())["steps"] == 3
+    assert read_options({"model": "hunyuan3d-dit-v2-mini-turbo"}, PipelineSettings())["steps"] == 5  # no env read
+    assert read_options({}, PipelineSettings(hunyuan_steps=12))["steps"] == 12
 
 
 def test_status_and_submission_check_name_the_missing_files_and_their_folder(tmp_path, monkeypatch):
@@ -119,7 +123,7 @@ def test_status_and_submission_check_name_the_missing_files_and_their_folder(tmp
     dit.mkdir(parents=True)
     (dit / "config.yaml").write_text("model: {}\n")
     (dit / "model.fp16.safetensors").write_bytes(b"")
-    settings = Settings()
+    settings = PipelineSettings()
     status = {s.model: s for s in variant_status(settings)}
     assert set(status) == set(VARIANTS) and not any(s.usable for s in status.values())
     turbo = status["hunyuan3d-dit-v2-0-turbo"]
@@ -238,7 +242,7 @@ def test_a_model_folder_named_directly_finds_its_turbo_vae_beside_it(models, tmp
     repo = tmp_path / "Hunyuan3D-2mini"
     for folder in ("hunyuan3d-dit-v2-mini-turbo", "hunyuan3d-vae-v2-mini-turbo"):
         shutil.copytree(models / "tencent" / "Hunyuan3D-2mini" / folder, repo / folder)
-    settings = Settings(
+    settings = PipelineSettings(
         hunyuan_model="hunyuan3d-dit-v2-mini-turbo", hunyuan_model_path=repo / "hunyuan3d-dit-v2-mini-turbo"
     )
     weights = find_weights(settings)
@@ -249,7 +253,7 @@ def test_a_model_folder_named_directly_finds_its_turbo_vae_beside_it(models, tmp
 
 
 def test_memory_estimate_follows_the_variant():
-    generator = HunyuanGenerator(Settings(device="cuda:0"))
+    generator = HunyuanGenerator(PipelineSettings(device="cuda:0"))
 
     def estimate(model: str) -> int:
         return generator.memory_per_image(GenerationParams(options={"model": model}))
@@ -281,7 +285,7 @@ def test_the_cpu_runs_bfloat16_where_it_has_it_on_the_workers_cores():
 @needs_hy3dgen
 def test_bfloat16_on_the_cpu_gives_nearly_the_float32_shape(generator, models, monkeypatch):
     monkeypatch.setenv("HY3DGEN_MODELS", str(models))
-    half = create_generator("hunyuan3d", Settings(device="cpu", hunyuan_dtype="bfloat16"))
+    half = create_generator("hunyuan3d", PipelineSettings(device="cpu", hunyuan_dtype="bfloat16"))
     params = GenerationParams(resolution=32, seed=1, options={"model": "hunyuan3d-dit-v2-mini-turbo", "steps": 2})
     reference = generator.generate_batch(IMAGES[:1], params)[0]
     mesh = half.generate_batch(IMAGES[:1], params)[0]

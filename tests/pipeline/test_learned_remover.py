@@ -9,7 +9,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from orfeas import GenerateOptions, Settings, generate
+from orfeas import GenerateOptions, PipelineSettings, generate
 from orfeas.errors import GeneratorUnavailable
 from orfeas.pipeline.background import remove_background
 from orfeas.pipeline.learned_remover import (
@@ -102,34 +102,34 @@ def test_a_real_alpha_mask_still_wins(tmp_path):
 
 def test_the_model_is_found_in_u2net_home_and_named(tmp_path):
     environ = {"U2NET_HOME": str(tmp_path)}
-    assert find_background_model(Settings(), environ) is None
-    assert remover_name(Settings(), environ) == "grabcut (weight-free)"
-    assert create_remover(Settings(), environ) is None
+    assert find_background_model(PipelineSettings(), environ) is None
+    assert remover_name(PipelineSettings(), environ) == "grabcut (weight-free)"
+    assert create_remover(PipelineSettings(), environ) is None
     darkness_model(tmp_path / "u2netp.onnx", 320)
-    assert find_background_model(Settings(), environ) == tmp_path / "u2netp.onnx"
+    assert find_background_model(PipelineSettings(), environ) == tmp_path / "u2netp.onnx"
     darkness_model(tmp_path / "u2net.onnx", 320)
-    assert find_background_model(Settings(), environ) == tmp_path / "u2net.onnx"  # rembg's default first
-    assert remover_name(Settings(), environ) == "onnx:u2net (u2net.onnx)"
-    assert create_remover(Settings(), environ).name == "onnx:u2net"
+    assert find_background_model(PipelineSettings(), environ) == tmp_path / "u2net.onnx"  # rembg's default first
+    assert remover_name(PipelineSettings(), environ) == "onnx:u2net (u2net.onnx)"
+    assert create_remover(PipelineSettings(), environ).name == "onnx:u2net"
     # 'none' turns the learned remover off even when one is on disk
-    assert find_background_model(Settings(background_model="none"), environ) is None
+    assert find_background_model(PipelineSettings(background_model="none"), environ) is None
 
 
 def test_a_configured_model_that_is_missing_or_unreadable_is_a_clear_error(tmp_path):
     with pytest.raises(GeneratorUnavailable, match="not a file"):
-        find_background_model(Settings(background_model=tmp_path / "u2net.onnx"))
+        find_background_model(PipelineSettings(background_model=tmp_path / "u2net.onnx"))
     (tmp_path / "u2net.onnx").write_bytes(b"not a model")
     with pytest.raises(GeneratorUnavailable, match="cannot be loaded"):
-        create_remover(Settings(background_model=tmp_path / "u2net.onnx"))
+        create_remover(PipelineSettings(background_model=tmp_path / "u2net.onnx"))
     darkness_model(tmp_path / "segmenter.onnx", 320)
     with pytest.raises(GeneratorUnavailable, match="family"):
-        create_remover(Settings(background_model=tmp_path / "segmenter.onnx"))
+        create_remover(PipelineSettings(background_model=tmp_path / "segmenter.onnx"))
 
 
 def test_the_pipeline_uses_the_configured_model(tmp_path):
     model = darkness_model(tmp_path / "u2netp.onnx", 320)
     rgb, _ = dark_disc()
-    result = generate(rgb, GenerateOptions(faces=2_000, texture=False), Settings(background_model=model))
+    result = generate(rgb, GenerateOptions(faces=2_000, texture=False), PipelineSettings(background_model=model))
     assert result.cutout.method == "onnx:u2netp"
     assert result.report()["background"] == "onnx:u2netp"
     assert result.mesh.is_watertight

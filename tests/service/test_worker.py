@@ -15,7 +15,7 @@ from orfeas.service.auth import LOCAL_USER
 from orfeas.service.batch_sizing import BatchSizer, MemoryProbe
 from orfeas.service.jobs import JobService, Upload
 from orfeas.service.worker import ORPHAN_GRACE_SECONDS, ProgressBuffer, Worker, is_out_of_memory
-from orfeas.store.artifacts import ArtifactStore
+from orfeas.store.artifacts import LocalArtifactStore
 from orfeas.store.db import create_db_engine, sqlite_url
 from orfeas.store.jobs import JobNotFound, JobStore, new_job_id
 from orfeas.store.migrate import init_db
@@ -30,7 +30,7 @@ def parts(tmp_path):
     engine = create_db_engine(sqlite_url(tmp_path))
     init_db(engine)
     store = JobStore(engine)
-    artifacts = ArtifactStore(tmp_path)
+    artifacts = LocalArtifactStore(tmp_path)
     service = JobService(store, artifacts, settings)
     worker = Worker(store, artifacts, settings, BatchSizer(MemoryProbe("cpu"), max_batch=8), worker_id="w1")
     return store, artifacts, service, worker
@@ -83,7 +83,7 @@ def test_maintenance_deletes_old_files_without_a_job_row_and_keeps_the_rest(tmp_
     settings = Settings(data_dir=tmp_path)  # default retention: nothing finished is old
     engine = create_db_engine(sqlite_url(tmp_path))
     init_db(engine)
-    store, artifacts = JobStore(engine), ArtifactStore(tmp_path)
+    store, artifacts = JobStore(engine), LocalArtifactStore(tmp_path)
     service = JobService(store, artifacts, settings)
     worker = Worker(store, artifacts, settings, BatchSizer(MemoryProbe("cpu"), max_batch=8), worker_id="w1")
     (done,), _ = service.submit([CHAIR], GenerateOptions(resolution=64, faces=2000), LOCAL_USER)
@@ -117,7 +117,7 @@ def test_a_database_error_deletes_no_file(tmp_path):
     settings = Settings(data_dir=tmp_path)
     engine = create_db_engine(sqlite_url(tmp_path))
     init_db(engine)
-    artifacts = ArtifactStore(tmp_path)
+    artifacts = LocalArtifactStore(tmp_path)
     worker = Worker(JobStore(engine), artifacts, settings, BatchSizer(MemoryProbe("cpu")), worker_id="w1")
     orphan = new_job_id()
     artifacts.save_input(orphan, CHAIR.data)

@@ -5,6 +5,7 @@ load → remove background → generate shape (batched) → extract mesh → cle
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -16,7 +17,6 @@ from typing import Any
 import numpy as np
 import trimesh
 
-from orfeas.config import Settings
 from orfeas.errors import InvalidOptions, Stopped
 from orfeas.files import write_atomically
 from orfeas.pipeline.background import BackgroundRemover, Cutout, prepare_image
@@ -28,6 +28,7 @@ from orfeas.pipeline.image import load_image
 from orfeas.pipeline.learned_remover import create_remover
 from orfeas.pipeline.options import GenerateOptions
 from orfeas.pipeline.profile import Profile
+from orfeas.pipeline.settings import PipelineSettings
 from orfeas.pipeline.texture import apply_texture, apply_vertex_colors
 from orfeas.pipeline.views import batch_views, ordered_views
 
@@ -66,7 +67,7 @@ class GenerationResult:
 def generate(
     image: ImageSource | Mapping[str, ImageSource],
     options: GenerateOptions | None = None,
-    settings: Settings | None = None,
+    settings: PipelineSettings | None = None,
     generator: Generator | None = None,
     remover: BackgroundRemover | None = None,
     on_stage: StageCallback | None = None,
@@ -78,7 +79,7 @@ def generate(
 def generate_batch(
     images: Sequence[ImageSource | Mapping[str, ImageSource]],
     options: GenerateOptions | Sequence[GenerateOptions] | None = None,
-    settings: Settings | None = None,
+    settings: PipelineSettings | None = None,
     generator: Generator | None = None,
     remover: BackgroundRemover | None = None,
     on_stage: StageCallback | None = None,
@@ -98,7 +99,7 @@ def generate_batch(
     and the front one is the cut-out the texture and the result come from. Items of a batch are all single images
     or all views with the same names; InvalidOptions otherwise, or when the model does not take that kind of input.
     """
-    settings = settings or Settings()
+    settings = settings or PipelineSettings()
     per_image = _options_per_image(options, len(images))
     generator = generator or create_generator(per_image[0].backend, settings)
     per_image = [_with_resolution(o, generator.default_resolution) for o in per_image]
@@ -125,7 +126,7 @@ def generate_batch(
     results = []
     for index, (cutout, shape, profile, opts) in enumerate(zip(cutouts, shapes, profiles, per_image, strict=True)):
         front = _front(cutout)
-        mesh = _finish_mesh(shape, front, opts, profile, lambda stage, index=index: notify(index, stage))
+        mesh = _finish_mesh(shape, front, opts, profile, functools.partial(notify, index))
         results.append(GenerationResult(mesh, front, profile, opts, generator.name, batch_size=len(images)))
     return results
 
@@ -133,7 +134,7 @@ def generate_batch(
 def batch_key(options: GenerateOptions, views: Sequence[str] = ()) -> str:
     """Jobs with equal keys can share one generator call; `views` are a multi-view job's view names (() for one
     image), so multi-view jobs travel only with jobs of the same views (and variant, in generator_options)."""
-    shared = {
+    shared: dict[str, Any] = {
         "backend": options.backend,
         "resolution": options.resolution,
         "generator_options": options.generator_options,
@@ -162,7 +163,9 @@ def _with_resolution(options: GenerateOptions, default: int) -> GenerateOptions:
     return options.model_copy(update={"resolution": default})
 
 
-def _prepare(image: ImageSource, profile: Profile, settings: Settings, remover: BackgroundRemover | None) -> Cutout:
+def _prepare(
+    image: ImageSource, profile: Profile, settings: PipelineSettings, remover: BackgroundRemover | None
+) -> Cutout:
     with profile.stage("image_loading"):
         rgba = image if isinstance(image, np.ndarray) else load_image(image, max_pixels=settings.max_image_pixels)
     with profile.stage("background_removal"):
@@ -182,7 +185,7 @@ def check_input_views(generator: Generator, options: GenerateOptions, views: Seq
 def _prepare_item(
     item: ImageSource | Mapping[str, ImageSource],
     profile: Profile,
-    settings: Settings,
+    settings: PipelineSettings,
     remover: BackgroundRemover | None,
 ) -> Cutout | dict[str, Cutout]:
     if isinstance(item, Mapping):
@@ -203,7 +206,7 @@ def _generate_shapes(
 ) -> list:
     first = options[0]
     params = GenerationParams(
-        resolution=first.resolution,
+        resolution=generator.default_resolution if first.resolution is None else first.resolution,
         seed=first.seed,
         options=dict(first.generator_options),
         seeds=tuple(o.seed for o in options),

@@ -16,9 +16,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from orfeas.config import Settings
 from orfeas.errors import GeneratorUnavailable
 from orfeas.pipeline.background import BackgroundRemover
+from orfeas.pipeline.settings import PipelineSettings
 
 
 @dataclass(frozen=True)
@@ -57,7 +57,7 @@ def model_family(path: Path) -> Family:
     )
 
 
-def find_background_model(settings: Settings, environ: Mapping[str, str] = os.environ) -> Path | None:
+def find_background_model(settings: PipelineSettings, environ: Mapping[str, str] = os.environ) -> Path | None:
     """The ONNX model to use: `settings.background_model`, else the first of rembg's files in $U2NET_HOME
     (default ~/.u2net), else none. `background_model = none` always means the weight-free remover."""
     configured = settings.background_model
@@ -110,7 +110,8 @@ class OnnxRemover:
         side = self.family.side
         rgb = cv2.resize(rgba[..., :3], (side, side), interpolation=cv2.INTER_AREA).astype(np.float32)
         rgb /= max(float(rgb.max()), 1e-6)
-        rgb = (rgb - np.float32(self.family.mean)) / np.float32(self.family.std)
+        mean, std = (np.asarray(values, dtype=np.float32) for values in (self.family.mean, self.family.std))
+        rgb = (rgb - mean) / std
         return np.ascontiguousarray(rgb.transpose(2, 0, 1)[None])
 
     def postprocess(self, prediction: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -123,13 +124,13 @@ class OnnxRemover:
         return cv2.resize(saliency, (shape[1], shape[0]), interpolation=cv2.INTER_LINEAR).clip(0.0, 1.0)
 
 
-def create_remover(settings: Settings, environ: Mapping[str, str] = os.environ) -> BackgroundRemover | None:
+def create_remover(settings: PipelineSettings, environ: Mapping[str, str] = os.environ) -> BackgroundRemover | None:
     """The learned remover the settings point at, or None for the weight-free one; build it once and reuse it."""
     path = find_background_model(settings, environ)
     return None if path is None else OnnxRemover(path)
 
 
-def remover_name(settings: Settings, environ: Mapping[str, str] = os.environ) -> str:
+def remover_name(settings: PipelineSettings, environ: Mapping[str, str] = os.environ) -> str:
     """Which remover images without an alpha mask go through, without loading it (for /api/generators)."""
     path = find_background_model(settings, environ)
     if path is None:

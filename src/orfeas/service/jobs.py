@@ -84,6 +84,7 @@ class JobService:
         self.store = store
         self.artifacts = artifacts
         self.settings = settings
+        self.pipeline_settings = settings.pipeline()
         self._generators: dict[str, Generator] = {}  # built once, only to check options
         self._validation_budget = MemoryBudget(settings.validation_memory_bytes)
 
@@ -105,8 +106,8 @@ class JobService:
                 f"{len(uploads)} images in one request; the limit is {self.settings.max_images_per_request}"
             )
         idempotency_key = check_idempotency_key(idempotency_key)
-        if options.backend not in available_generators(self.settings):
-            known = ", ".join(available_generators(self.settings))
+        if options.backend not in available_generators(self.pipeline_settings):
+            known = ", ".join(available_generators(self.pipeline_settings))
             raise InvalidOptions(f"unknown backend {options.backend!r}; available: {known}")
         views = batch_views([upload.views for upload in uploads if upload.views is not None] or [None])
         if any(upload.views is None for upload in uploads) and views:
@@ -194,7 +195,7 @@ class JobService:
     def generator(self, name: str) -> Generator:
         """The named generator, built once (building is cheap; weights load on first use)."""
         if name not in self._generators:
-            self._generators[name] = create_generator(name, self.settings)
+            self._generators[name] = create_generator(name, self.pipeline_settings)
         return self._generators[name]
 
     def preview_path(self, job: JobRecord) -> Path:

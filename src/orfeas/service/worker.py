@@ -24,6 +24,7 @@ import zipfile
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from orfeas.config import Settings
 from orfeas.errors import OrfeasError, Stopped
@@ -58,7 +59,7 @@ def backoff_seconds(failures: int, rng: random.Random | None = None) -> float:
     return step * (rng or random).uniform(0.5, 1.0)
 
 
-def log_database_error(message: str, exc: BaseException, **context) -> None:
+def log_database_error(message: str, exc: BaseException, **context: object) -> None:
     """One warning line for a database outage (they come in bursts), a full traceback for anything else."""
     if is_database_outage(exc):
         logger.warning("%s: database unavailable: %s", message, error_summary(exc), extra=context)
@@ -143,6 +144,7 @@ class Worker:
         self.store = store
         self.artifacts = artifacts
         self.settings = settings
+        self.pipeline_settings = settings.pipeline()
         self.batch_sizer = batch_sizer
         self.metrics = metrics
         # host and pid tell an operator which process holds a lease; the suffix keeps restarted pids apart
@@ -231,7 +233,7 @@ class Worker:
 
     def generator(self, name: str) -> Generator:
         if name not in self.generators:
-            self.generators[name] = create_generator(name, self.settings)
+            self.generators[name] = create_generator(name, self.pipeline_settings)
         return self.generators[name]
 
     def run_batch(self, jobs: list[JobRecord]) -> None:
@@ -308,7 +310,7 @@ class Worker:
     def remover(self) -> BackgroundRemover | None:
         """The learned background remover the settings name (built once), or None for the weight-free one."""
         if not self._remover_loaded:
-            self._remover = create_remover(self.settings)
+            self._remover = create_remover(self.pipeline_settings)
             self._remover_loaded = True
         return self._remover
 
@@ -320,7 +322,7 @@ class Worker:
         results = generate_batch(
             images,
             options,
-            self.settings,
+            self.pipeline_settings,
             self.generator(options[0].backend),
             remover=self.remover(),
             on_stage=lambda index, stage: progress.record(jobs[index].id, stage),
@@ -353,7 +355,7 @@ class Worker:
                     self.metrics.observe_profile(profile)
                     self.metrics.job_finished("succeeded")
 
-    def _complete_with_retries(self, outcomes: list[tuple[str, dict, dict]]) -> set[str]:
+    def _complete_with_retries(self, outcomes: list[tuple[str, dict[str, Any], dict[str, Any]]]) -> set[str]:
         """`complete_many`, retried with backoff while the database is unreachable, for up to one lease time: the
         results are on disk, and a completion that lands within the lease saves running the batch again. Safe to
         repeat: a job completes only while it runs under our lease, so a retry after a lost reply finds it done."""

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import importlib
 
-from orfeas.config import Settings
 from orfeas.errors import GeneratorUnavailable
 from orfeas.pipeline.generators.base import GenerationParams, Generator, GridField, Shape
 from orfeas.pipeline.generators.inflate import InflateGenerator
+from orfeas.pipeline.settings import PipelineSettings
 
 __all__ = [
     "GenerationParams",
@@ -24,14 +24,14 @@ BUILT_IN = {"inflate": lambda settings: InflateGenerator()}
 OPTIONAL = {"hunyuan3d": "orfeas.pipeline.generators.hunyuan"}
 
 
-def available_generators(settings: Settings) -> list[str]:
+def available_generators(settings: PipelineSettings) -> list[str]:
     """Names of the generators this installation can build: the built-in ones, the optional ones whose packages
     are installed, and those named in settings."""
     optional = [name for name, module in OPTIONAL.items() if not importlib.import_module(module).missing_modules()]
     return [*BUILT_IN, *optional, *settings.generators]
 
 
-def create_generator(name: str, settings: Settings) -> Generator:
+def create_generator(name: str, settings: PipelineSettings) -> Generator:
     """Build the generator called `name`; raise GeneratorUnavailable with the reason when it cannot run.
 
     Extra generators come from `settings.generators` ({"name": "module:factory"}), where `factory(settings)`

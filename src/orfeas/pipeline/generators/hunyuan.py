@@ -32,12 +32,12 @@ from typing import TYPE_CHECKING, Any
 
 import trimesh
 
-from orfeas.config import Settings
 from orfeas.errors import GeneratorUnavailable, InvalidOptions, WeightsMissing
 from orfeas.pipeline.background import Cutout
 from orfeas.pipeline.extract import extract_neural_field, torch_field
 from orfeas.pipeline.generators.base import GenerationParams
 from orfeas.pipeline.generators.hunyuan_variants import VARIANTS, Variant, find_weights, get_variant
+from orfeas.pipeline.settings import PipelineSettings
 from orfeas.pipeline.views import batch_views, check_view_names, ordered_views
 
 if TYPE_CHECKING:
@@ -72,7 +72,7 @@ def check_installed() -> None:
         raise GeneratorUnavailable(f"hunyuan3d needs {', '.join(missing)}: install the optional extra with {INSTALL}")
 
 
-def build(settings: Settings) -> HunyuanGenerator:
+def build(settings: PipelineSettings) -> HunyuanGenerator:
     """The generator, if its packages are installed and the default model is a known variant (the weights load on
     first use)."""
     check_installed()
@@ -158,7 +158,7 @@ def use_worker_cores() -> int:
 
 
 def load_pipeline(
-    settings: Settings, device: str | None = None, dtype: torch.dtype | None = None, model: str | None = None
+    settings: PipelineSettings, device: str | None = None, dtype: torch.dtype | None = None, model: str | None = None
 ) -> Any:
     """Build hy3dgen's `Hunyuan3DDiTFlowMatchingPipeline` for `model` (default: settings.hunyuan_model) from the
     weights `find_weights` finds, offline; a -turbo variant's turbo VAE replaces the one in its checkpoint."""
@@ -218,11 +218,12 @@ def load_pipeline(
     return pipeline
 
 
-def read_options(options: dict[str, Any], settings: Settings) -> dict[str, Any]:
+def read_options(options: dict[str, Any], settings: PipelineSettings) -> dict[str, Any]:
     """Per-request options over the defaults: model, steps, guidance_scale, decoder; InvalidOptions if bad.
 
     Steps and guidance default to the chosen variant's published values (5 steps for a -turbo variant, 30
-    otherwise), unless ORFEAS_HUNYUAN_STEPS or ORFEAS_HUNYUAN_GUIDANCE_SCALE are set, which then apply to all.
+    otherwise), unless the settings' hunyuan_steps or hunyuan_guidance_scale (ORFEAS_HUNYUAN_STEPS,
+    ORFEAS_HUNYUAN_GUIDANCE_SCALE) are set, which then apply to all.
     """
     unknown = sorted(set(options) - {"model", "steps", "guidance_scale", "decoder"})
     if unknown:
@@ -233,13 +234,11 @@ def read_options(options: dict[str, Any], settings: Settings) -> dict[str, Any]:
     if not isinstance(model, str) or model not in VARIANTS:
         raise InvalidOptions(f"model must be one of {', '.join(VARIANTS)}, got {model!r}")
     variant = VARIANTS[model]
-    explicit = settings.model_fields_set
+    steps, guidance = settings.hunyuan_steps, settings.hunyuan_guidance_scale
     defaults = {
         "model": model,
-        "steps": settings.hunyuan_steps if "hunyuan_steps" in explicit else variant.steps,
-        "guidance_scale": (
-            settings.hunyuan_guidance_scale if "hunyuan_guidance_scale" in explicit else variant.guidance_scale
-        ),
+        "steps": variant.steps if steps is None else steps,
+        "guidance_scale": variant.guidance_scale if guidance is None else guidance,
         "decoder": settings.hunyuan_decoder,
     }
     merged = {**defaults, **options}
@@ -278,7 +277,7 @@ class HunyuanGenerator:
 
     name = "hunyuan3d"
 
-    def __init__(self, settings: Settings, pipeline: Any = None) -> None:
+    def __init__(self, settings: PipelineSettings, pipeline: Any = None) -> None:
         self.settings = settings
         self.default_resolution = settings.hunyuan_octree_resolution
         self._loaded: tuple[str, Any] | None = (settings.hunyuan_model, pipeline) if pipeline is not None else None

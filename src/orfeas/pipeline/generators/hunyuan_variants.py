@@ -17,8 +17,8 @@ import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from orfeas.config import Settings
 from orfeas.errors import GeneratorUnavailable
+from orfeas.pipeline.settings import PipelineSettings
 
 SCHEDULERS = "hy3dgen.shapegen.schedulers"
 FLOW_MATCHING = "FlowMatchEulerDiscreteScheduler"
@@ -174,7 +174,7 @@ def checkpoint_names(file_variant: str | None) -> list[str]:
     return [f"{stem}.safetensors", f"{stem}.ckpt"]
 
 
-def search_dirs(settings: Settings, repo: str, folder: str, direct: bool = False) -> list[Path]:
+def search_dirs(settings: PipelineSettings, repo: str, folder: str, direct: bool = False) -> list[Path]:
     """Where a weights folder (`folder` of hub repository `repo`) is looked for, in order.
 
     With `hunyuan_model_path` set, only under it: `<path>/<folder>`, `<path>/<repo>/<folder>` and, for a VAE,
@@ -194,7 +194,7 @@ def search_dirs(settings: Settings, repo: str, folder: str, direct: bool = False
     return [base / repo / folder, cached] if cached else [base / repo / folder]
 
 
-def find_component(settings: Settings, repo: str, folder: str, direct: bool = False) -> Component:
+def find_component(settings: PipelineSettings, repo: str, folder: str, direct: bool = False) -> Component:
     """The first searched folder holding config.yaml and a checkpoint, or where they must go."""
     names = checkpoint_names(settings.hunyuan_variant)
     searched = search_dirs(settings, repo, folder, direct)
@@ -207,7 +207,7 @@ def find_component(settings: Settings, repo: str, folder: str, direct: bool = Fa
     return Component(repo, folder, None, place, tuple(searched), missing)
 
 
-def components(settings: Settings, variant: Variant) -> list[Component]:
+def components(settings: PipelineSettings, variant: Variant) -> list[Component]:
     """The variant's DiT folder and, where it pairs with one, its VAE's folder."""
     direct = variant.name == settings.hunyuan_model
     found = [find_component(settings, variant.repo, variant.name, direct)]
@@ -216,7 +216,7 @@ def components(settings: Settings, variant: Variant) -> list[Component]:
     return found
 
 
-def missing_message(settings: Settings, variant: Variant, parts: list[Component]) -> str:
+def missing_message(settings: PipelineSettings, variant: Variant, parts: list[Component]) -> str:
     """What is missing for `variant` and where it must go."""
     names = checkpoint_names(settings.hunyuan_variant)
     lines = []
@@ -236,7 +236,7 @@ def missing_message(settings: Settings, variant: Variant, parts: list[Component]
     )
 
 
-def find_weights(settings: Settings, model: str | None = None) -> Weights:
+def find_weights(settings: PipelineSettings, model: str | None = None) -> Weights:
     """The files to load `model` (default: settings.hunyuan_model) from; GeneratorUnavailable naming each missing
     file and the folder it must go in."""
     variant = get_variant(model or settings.hunyuan_model)
@@ -258,7 +258,7 @@ def find_weights(settings: Settings, model: str | None = None) -> Weights:
     )
 
 
-def variant_status(settings: Settings) -> list[VariantStatus]:
+def variant_status(settings: PipelineSettings) -> list[VariantStatus]:
     """Every variant, usable (weights found) or not (with the files missing and the folders they must go in).
 
     Reads the file system and the Hugging Face cache's index only; imports neither torch nor hy3dgen.
