@@ -1,10 +1,13 @@
 """Service benchmarks: overhead of the job service over the bare pipeline, scheduler cost, status polling.
 
-    .venv/bin/python bench/service_bench.py [--jobs 12] [--write docs/BENCHMARKS.md]
+    .venv/bin/python bench/service_bench.py [--jobs 12] [--rounds 3] [--write docs/BENCHMARKS.md]
 
 1. Throughput: the same `inflate` jobs (default options, textured GLB) run by calling the pipeline in a loop, then
-   through a real `orfeas serve` subprocess (submit all, wait for the last); the difference is the service's cost
-   (upload, validation, queue, progress updates, preview rendering, result files).
+   through a real `orfeas serve` subprocess (submit all, poll the job list until all are done), in interleaved
+   rounds; the difference is the service's cost (upload, validation, queue, progress updates, result files). Beside
+   the wall time: the CPU seconds of the process doing the work (the loop's own, the server's), and the seconds the
+   jobs' profiles give to the pipeline's stages, which separate "the pipeline ran slower in the server" from "the
+   server did other work".
 2. Scheduler overhead per batch: what the worker does around a generator call for a batch of 4 (claim, progress
    updates for every stage, completion), on SQLite, without the generator; median of 200 batches.
 3. Status polling: GET /api/jobs/{id} from a second process with 8 concurrent connections for 5 s.
@@ -13,6 +16,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import subprocess
@@ -20,12 +24,17 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+
+import httpx
+import psutil
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tests.e2e.server import Server, wait_for  # noqa: E402
+from tests.e2e.server import Server  # noqa: E402
 
 from orfeas import GenerateOptions, generate, save_result  # noqa: E402
 from orfeas.pipeline.generate import batch_key  # noqa: E402
@@ -38,29 +47,92 @@ from report import write_section  # noqa: E402
 IMAGE = REPO / "examples" / "chair.png"
 HEADING = "Job service"
 MARKER = "service-bench"
+FINISHED = {"succeeded", "failed", "canceled"}
 
 
-def direct_seconds(count: int) -> float:
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a process and its children (API processes, the worker) have used so far."""
+    root = psutil.Process(pid)
+    total = 0.0
+    for process in [root, *root.children(recursive=True)]:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            times = process.cpu_times()
+            total += times.user + times.system
+    return total
+
+
+@dataclass
+class Run:
+    """One way of running `count` jobs: wall seconds, CPU seconds of the process doing the work, and the seconds
+    the jobs' own profiles account for (the pipeline's stages, export included)."""
+
+    wall: float
+    cpu: float
+    pipeline: float
+    stages: dict[str, float]
+
+
+def direct_run(count: int) -> Run:
+    """The pipeline called in a loop, each result saved as the service saves it (GLB and the report)."""
     with tempfile.TemporaryDirectory() as tmp:
         generate(IMAGE)  # warm-up, as the server's worker is warm after its first job
-        start = time.perf_counter()
+        cpu, start = time.process_time(), time.perf_counter()
+        profiles = []
         for index in range(count):
-            save_result(generate(IMAGE, GenerateOptions()), Path(tmp), f"m{index}")
-        return time.perf_counter() - start
+            result = generate(IMAGE, GenerateOptions())
+            save_result(result, Path(tmp), f"m{index}")
+            profiles.append(result.profile.stages)
+        return Run(time.perf_counter() - start, time.process_time() - cpu, *stage_sums(profiles))
 
 
-def service_seconds(server: Server, count: int) -> float:
+def stage_sums(profiles: list[dict[str, float]]) -> tuple[float, dict[str, float]]:
+    stages: dict[str, float] = {}
+    for profile in profiles:
+        for name, seconds in profile.items():
+            stages[name] = stages.get(name, 0.0) + seconds
+    return sum(stages.values()), stages
+
+
+def wait_all(client: httpx.Client, count: int, timeout: float = 600) -> list[dict]:
+    """Poll the job list (one request every 0.25 s, as a page would) until the newest `count` jobs have finished."""
+    deadline = time.monotonic() + timeout
+    while True:
+        jobs = client.get("/api/jobs", params={"limit": count}).json()["jobs"]
+        if all(job["status"] in FINISHED for job in jobs):
+            return jobs
+        if time.monotonic() > deadline:
+            raise AssertionError(f"jobs not finished in {timeout} s")
+        time.sleep(0.25)
+
+
+def service_run(server: Server, count: int) -> Run:
+    """The same jobs submitted to a running `orfeas serve` (all at once, as a batch client would), waited for."""
+    assert server.process is not None
     with server.client() as client:
         files = [("image", ("chair.png", IMAGE.read_bytes(), "image/png"))]
-        wait_for(client, [client.post("/api/jobs", files=files).json()["jobs"][0]["id"]])  # warm-up
-        start = time.perf_counter()
-        ids = []
+        cpu, start = process_cpu_seconds(server.process.pid), time.perf_counter()
         for _ in range(count):
-            ids += [job["id"] for job in client.post("/api/jobs", files=files).json()["jobs"]]
-        final = wait_for(client, ids, timeout=600)
-        elapsed = time.perf_counter() - start
-        assert all(job["status"] == "succeeded" for job in final)
-        return elapsed
+            client.post("/api/jobs", files=files).raise_for_status()
+        final = wait_all(client, count)
+        wall = time.perf_counter() - start
+        cpu = process_cpu_seconds(server.process.pid) - cpu
+    assert len(final) == count and all(job["status"] == "succeeded" for job in final)
+    return Run(wall, cpu, *stage_sums([job["profile"]["stages"] for job in final]))
+
+
+SERVERS = {"`orfeas serve`": (), "`orfeas serve --workers 2`": ("--workers", "2")}
+
+
+def throughput(servers: dict[str, Server], count: int, rounds: int) -> dict[str, list[Run]]:
+    """`rounds` of the loop and of each server, interleaved so all see the same machine, on warm servers."""
+    for server in servers.values():
+        service_run(server, 1)  # warm-up: the worker builds its generator on the first job
+    runs: dict[str, list[Run]] = {"loop": [], **{name: [] for name in servers}}
+    for _ in range(rounds):
+        runs["loop"].append(direct_run(count))
+        for name, server in servers.items():
+            runs[name].append(service_run(server, count))
+    return runs
 
 
 def scheduler_overhead_ms(batches: int = 200, batch: int = 4) -> tuple[float, float]:
@@ -134,22 +206,55 @@ def polling(server: Server, seconds: float = 5.0, concurrency: int = 8) -> dict:
     return result
 
 
-def render(count: int, direct: float, service: float, scheduler_ms: tuple[float, float], poll: dict) -> str:
-    overhead = (service - direct) / direct
+def median_of(runs: list[Run], value: Callable[[Run], float]) -> float:
+    return statistics.median(value(run) for run in runs)
+
+
+def overhead(direct: list[Run], served: list[Run], value: Callable[[Run], float]) -> float:
+    """Median over rounds of the served run's `value` over the loop's in the same round."""
+    return statistics.median(value(s) / value(d) - 1 for d, s in zip(direct, served, strict=True))
+
+
+def row(label: str, runs: dict[str, list[Run]], value: Callable[[Run], float]) -> str:
+    direct = runs["loop"]
+    cells = [f"{median_of(direct, value):.2f}"]
+    for name, served in runs.items():
+        if name != "loop":
+            cells.append(f"{median_of(served, value):.2f} ({overhead(direct, served, value):+.0%})")
+    return f"| {label} | {' | '.join(cells)} |"
+
+
+def render(count: int, rounds: int, runs: dict[str, list[Run]], scheduler_ms: tuple[float, float], poll: dict) -> str:
+    names = [name for name in runs if name != "loop"]
+    rounds_text = "; ".join(
+        f"{name}: " + ", ".join(f"{s.wall / d.wall - 1:+.0%}" for d, s in zip(runs["loop"], runs[name], strict=True))
+        for name in names
+    )
+    stage_names = list(runs["loop"][0].stages)
     return "\n".join(
         [
-            f"Command: `make bench` (`.venv/bin/python bench/service_bench.py --jobs {count}`), 2-core machine, "
-            f"run {time.strftime('%Y-%m-%d')}.",
+            f"Command: `make bench` (`.venv/bin/python bench/service_bench.py --jobs {count} --rounds {rounds}`), "
+            f"2-core machine, run {time.strftime('%Y-%m-%d')}; medians of {rounds} interleaved rounds (the loop, then "
+            "each server, warm), each server's figure with its median overhead over the loop in the same round.",
+            "",
+            f"| {count} inflate jobs | pipeline called in a loop | {' | '.join(names)} |",
+            "|---|" + "---:|" * (1 + len(names)),
+            row("wall seconds", runs, lambda run: run.wall),
+            row("CPU seconds (the loop's process; the server's processes)", runs, lambda run: run.cpu),
+            row("seconds in the pipeline's own stages (the jobs' profiles)", runs, lambda run: run.pipeline),
+            *(
+                row(f"of which {stage}", runs, lambda run, stage=stage: run.stages.get(stage, 0.0))
+                for stage in stage_names
+            ),
+            "",
+            f"Wall-time overhead of each round: {rounds_text}.",
             "",
             "| measure | value |",
             "|---|---|",
-            f"| {count} inflate jobs, pipeline called in a loop | {direct:.2f} s ({count / direct:.2f} jobs/s) |",
-            f"| {count} inflate jobs through `orfeas serve` | {service:.2f} s ({count / service:.2f} jobs/s) |",
-            f"| service overhead | {overhead:+.0%} |",
             f"| scheduler overhead per batch of 4 (claim + completion), median | {scheduler_ms[0]:.2f} ms |",
             f"| one progress flush of a running batch of 4 (at most one per 0.1 s), median "
             f"| {scheduler_ms[1]:.2f} ms |",
-            f"| status polling, 8 connections from a second process | {poll['rps']:.0f} requests/s, "
+            f"| status polling (`orfeas serve`), 8 connections from a second process | {poll['rps']:.0f} requests/s, "
             f"p50 {poll['p50_ms']:.1f} ms, p99 {poll['p99_ms']:.1f} ms |",
         ]
     )
@@ -158,18 +263,22 @@ def render(count: int, direct: float, service: float, scheduler_ms: tuple[float,
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--jobs", type=int, default=12)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--write", type=Path)
     args = parser.parse_args()
-    direct = direct_seconds(args.jobs)
     scheduler_ms = scheduler_overhead_ms()
     with tempfile.TemporaryDirectory() as tmp:
-        server = Server(Path(tmp) / "data").start()
+        servers = {name: Server(Path(tmp) / f"data{i}", args=extra) for i, (name, extra) in enumerate(SERVERS.items())}
         try:
-            service = service_seconds(server, args.jobs)
-            poll = polling(server)
+            for server in servers.values():
+                server.start()
+            runs = throughput(servers, args.jobs, args.rounds)
+            poll = polling(servers["`orfeas serve`"])
         finally:
-            server.stop()
-    report = render(args.jobs, direct, service, scheduler_ms, poll)
+            for server in servers.values():
+                if server.process is not None:
+                    server.stop()
+    report = render(args.jobs, args.rounds, runs, scheduler_ms, poll)
     print(report)
     if args.write:
         write_section(args.write, MARKER, HEADING, report)
