@@ -68,10 +68,15 @@ _BACKDROP_ROUNDS = 3
 # ... on a copy with this longest side (the backdrop varies slowly).
 _BACKDROP_SIDE = 80
 # A shadow darkens the backdrop without changing its hue: chromaticity (r, g, b over r + g + b) within this of the
-# backdrop's, lightness between these shares of the backdrop's, and a smooth neighbourhood (a soft edge).
+# backdrop's, lightness between these shares of the backdrop's, and no sharp step nearby. A step is sharp where the
+# lightness gradient at the fine scale exceeds this (Lab L per pixel) and this multiple of the gradient at the
+# coarse scale (a blurred shadow edge keeps its gradient when blurred further; an outline loses it). The scales are
+# Gaussian sigmas in working-image pixels.
 _SHADOW_CHROMA = 0.03
 _SHADOW_LIGHTNESS = (0.2, 0.97)
-_SHADOW_MAX_GRADIENT = 6.0
+_SHARP_MIN_GRADIENT = 3.0
+_SHARP_RATIO = 1.6
+_SHARP_SCALES = (0.7, 2.0)
 # ... and at least this share of its surroundings is backdrop (a region the object surrounds is part of it).
 _SHADOW_MIN_OPEN = 0.6
 # A region darker than this share of the backdrop's lightness needs only this share of backdrop round it.
@@ -124,9 +129,9 @@ def segment_studio_background(rgb: np.ndarray) -> np.ndarray:
     far = distance >= threshold
     if not far.any():
         return np.zeros(rgb.shape[:2], dtype=bool)
-    shadow_like, ratio = _shadow_like(small, lab, backdrop)
+    shadow_like, tinted, ratio = _shadow_like(small, lab, backdrop)
     shadow = _cast_shadows(far & shadow_like, far, ratio)
-    trimap = _grabcut_trimap(distance, threshold, border, shadow)
+    trimap = _grabcut_trimap(distance, threshold, border, shadow, tinted)
     fg = _run_grabcut(small, trimap)
     fg = _drop_small_components(fg)
     fg = _fill_object_holes(fg, far & ~shadow)
@@ -297,10 +302,10 @@ def _powers(count: int) -> np.ndarray:
     return t[:, None] ** np.arange(_BACKDROP_DEGREE + 1)[None, :]
 
 
-def _shadow_like(rgb: np.ndarray, lab: np.ndarray, backdrop: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Pixels that look like the backdrop in shadow (its chromaticity, darker, no sharp edge nearby), and every
-    pixel's lightness as a share of the backdrop's. Colours are smoothed first: a shadow is smooth, and the
-    chromaticity of dark pixels is noisy."""
+def _shadow_like(rgb: np.ndarray, lab: np.ndarray, backdrop: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pixels that look like the backdrop in shadow (its chromaticity, darker, no sharp step nearby); pixels of the
+    backdrop's chromaticity and darker, steps or not; and every pixel's lightness as a share of the backdrop's.
+    Colours are smoothed first: a shadow is smooth, and the chromaticity of dark pixels is noisy."""
     backdrop_rgb = cv2.cvtColor(backdrop, cv2.COLOR_Lab2RGB)
     image = cv2.GaussianBlur(rgb.astype(np.float32) / 255.0, (0, 0), 1.5)
     chroma = image / np.maximum(image.sum(axis=2, keepdims=True), 1e-3)
@@ -309,12 +314,19 @@ def _shadow_like(rgb: np.ndarray, lab: np.ndarray, backdrop: np.ndarray) -> tupl
     lightness = cv2.GaussianBlur(lab[..., 0], (0, 0), 1.0)
     ratio = (lightness + 1.0) / (backdrop[..., 0] + 1.0)
     darker = (ratio > _SHADOW_LIGHTNESS[0]) & (ratio < _SHADOW_LIGHTNESS[1])
-    gradient = np.hypot(
-        cv2.Sobel(lightness, cv2.CV_32F, 1, 0, ksize=3), cv2.Sobel(lightness, cv2.CV_32F, 0, 1, ksize=3)
-    )
-    soft = cv2.dilate(gradient, np.ones((3, 3), np.uint8)) / 8.0 < _SHADOW_MAX_GRADIENT
-    shadow = cv2.morphologyEx((same_hue & darker & soft).astype(np.uint8), cv2.MORPH_CLOSE, np.ones((3, 3), np.uint8))
-    return shadow.astype(bool), ratio
+    fine, coarse = (_gradient(cv2.GaussianBlur(lab[..., 0], (0, 0), sigma)) for sigma in _SHARP_SCALES)
+    sharp = (fine > _SHARP_MIN_GRADIENT) & (fine > _SHARP_RATIO * coarse)
+    soft = cv2.dilate(sharp.astype(np.uint8), np.ones((3, 3), np.uint8)) == 0
+    tinted = same_hue & darker
+    shadow = cv2.morphologyEx((tinted & soft).astype(np.uint8), cv2.MORPH_CLOSE, np.ones((3, 3), np.uint8))
+    return shadow.astype(bool), tinted, ratio
+
+
+def _gradient(channel: np.ndarray) -> np.ndarray:
+    """Gradient magnitude per pixel (Sobel, scaled to units per pixel)."""
+    dx = cv2.Sobel(channel, cv2.CV_32F, 1, 0, ksize=3)
+    dy = cv2.Sobel(channel, cv2.CV_32F, 0, 1, ksize=3)
+    return np.hypot(dx, dy) / 8.0
 
 
 def _cast_shadows(shadow: np.ndarray, far: np.ndarray, ratio: np.ndarray) -> np.ndarray:
@@ -342,12 +354,16 @@ def _nearest_label(labels: np.ndarray, where: np.ndarray) -> np.ndarray:
     return np.where(where, dilated, 0).astype(np.int64)
 
 
-def _grabcut_trimap(distance: np.ndarray, threshold: float, border: np.ndarray, shadow: np.ndarray) -> np.ndarray:
+def _grabcut_trimap(
+    distance: np.ndarray, threshold: float, border: np.ndarray, shadow: np.ndarray, tinted: np.ndarray
+) -> np.ndarray:
     """GrabCut seeds: backdrop-coloured border is certain background, colours far from it probable object.
 
-    Pixels almost exactly the backdrop colour are certain background too (that keeps see-through holes open), and
-    the eroded core of the far region is certain object (that keeps grey parts of the object in). Shadow-like
-    pixels start as probable background.
+    Pixels almost exactly the backdrop colour are certain background too (that keeps see-through holes open). Certain
+    object: the eroded core of the far region (that keeps grey parts of the object in) and, however thin, every far
+    pixel that is not the backdrop's hue darkened, short of its outermost pixel (that keeps thin parts GrabCut's
+    edge term would cut, and leaves mixed outline pixels to GrabCut and the outline refinement). Shadow-like pixels
+    start as probable background.
     """
     far = (distance >= threshold) & ~shadow
     trimap = np.where(far, cv2.GC_PR_FGD, cv2.GC_PR_BGD).astype(np.uint8)
@@ -355,6 +371,8 @@ def _grabcut_trimap(distance: np.ndarray, threshold: float, border: np.ndarray, 
     trimap[border & ~far] = cv2.GC_BGD
     core = cv2.erode(far.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)
     trimap[core] = cv2.GC_FGD
+    cross = cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3))
+    trimap[cv2.erode((far & ~tinted).astype(np.uint8), cross).astype(bool)] = cv2.GC_FGD
     return trimap
 
 
