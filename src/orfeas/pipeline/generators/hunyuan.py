@@ -176,7 +176,11 @@ def load_pipeline(
         except (ImportError, RuntimeError) as exc:  # torchvision built for another torch fails with RuntimeError
             raise GeneratorUnavailable(f"hunyuan3d cannot import hy3dgen ({exc}); reinstall with {INSTALL}") from None
         try:
-            pipeline = Hunyuan3DDiTFlowMatchingPipeline.from_single_file(
+            # hy3dgen's from_single_file without its float32 random initialisation (hunyuan_loading)
+            from orfeas.pipeline.generators.hunyuan_loading import pipeline_from_file, vae_from_file
+
+            pipeline = pipeline_from_file(
+                Hunyuan3DDiTFlowMatchingPipeline,
                 str(weights.checkpoint),
                 str(weights.config),
                 device=device,
@@ -184,7 +188,8 @@ def load_pipeline(
                 use_safetensors=weights.checkpoint.suffix == ".safetensors",
             )
             if weights.vae_config is not None:
-                pipeline.vae = ShapeVAE.from_single_file(
+                pipeline.vae = vae_from_file(
+                    ShapeVAE,
                     str(weights.vae_checkpoint),
                     str(weights.vae_config),
                     device=device,
