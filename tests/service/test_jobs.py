@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import errno
 import io
+import json
 
 import pytest
 from PIL import Image
 
 from orfeas.config import Settings
 from orfeas.errors import IdempotencyConflict, InvalidImage, InvalidOptions, StorageUnavailable
+from orfeas.pipeline.generate import generate, save_result
 from orfeas.pipeline.options import GenerateOptions
+from orfeas.pipeline.stages import Stage
 from orfeas.service.auth import LOCAL_USER, Principal
-from orfeas.service.jobs import JobService, Upload, read_input
+from orfeas.service.jobs import STAGE_PROGRESS, JobService, Upload, read_input
 from orfeas.store import JobStore, create_db_engine, init_db
 from orfeas.store.artifacts import LocalArtifactStore
 from orfeas.store.db import sqlite_url
@@ -98,3 +101,17 @@ def test_names_are_cleaned_and_images_over_the_pixel_budget_refused(service):
     service.settings = Settings(data_dir=service.settings.data_dir, max_image_pixels=1_000_000)
     with pytest.raises(InvalidImage, match="too large"):
         service.submit([Upload("big.png", big.getvalue())], GenerateOptions(), BOB)
+
+
+def test_every_stage_the_pipeline_reports_has_its_progress_and_every_timed_stage_is_a_stage(tmp_path):
+    reported: list[Stage] = []
+    result = generate(CHAIR, GenerateOptions(resolution=64), on_stage=lambda _index, stage: reported.append(stage))
+    save_result(result, tmp_path, "chair")
+    reported.append(Stage.EXPORT)  # the worker's own stage, after the pipeline's
+    assert all(isinstance(stage, Stage) for stage in reported)
+    assert set(STAGE_PROGRESS) == set(reported)  # no progress for a stage that is never reported
+    progress = [STAGE_PROGRESS[stage] for stage in reported]
+    assert progress == sorted(progress) and progress[-1] < 100
+    stored = json.loads((tmp_path / "chair.json").read_text())["profile"]["stages"]
+    assert set(stored) == set(Stage) and all(Stage(name) in result.profile.stages for name in stored)
+    assert Stage.BACKGROUND_REMOVAL in stored and Stage.BACKGROUND_REMOVAL not in STAGE_PROGRESS

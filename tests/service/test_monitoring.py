@@ -7,8 +7,10 @@ import time
 
 import pytest
 
+from orfeas.pipeline.stages import Stage
 from orfeas.service.batch_sizing import MemoryProbe, MemoryReading, plan_batch
 from orfeas.service.monitoring import (
+    STAGE_ADVICE,
     UtilizationSampler,
     bottleneck_severity,
     device_status,
@@ -160,6 +162,13 @@ def test_dominant_stage_gets_its_advice_for_the_page_and_for_the_cli(stage: str,
     assert result[0]["cli"].startswith(f"{label} is 99% of the time: ") and cli in result[0]["cli"]
     assert result[0]["severity"] == "high"
     assert result[0]["reason"] == f"{stage.replace('_', ' ')} averages 99.00 s of 100.00 s per job over 1 job"
+
+
+def test_every_stage_has_advice_and_a_stage_name_from_elsewhere_gets_none() -> None:
+    assert set(STAGE_ADVICE) == set(Stage)
+    summary = performance_summary([profile(legacy_stage=99.0, image_loading=1.0)])
+    assert summary["bottlenecks"][0]["stage"] == "legacy_stage"
+    assert not any("Legacy stage" in advice["message"] for advice in recommendations(summary, None, None, None))
 
 
 def test_reasons_count_jobs_in_the_plural() -> None:

@@ -12,7 +12,7 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import trimesh
@@ -23,18 +23,19 @@ from orfeas.pipeline.background import BackgroundRemover, Cutout, prepare_image
 from orfeas.pipeline.cleanup import clean_mesh
 from orfeas.pipeline.export import export_mesh, safe_stem, to_export_frame
 from orfeas.pipeline.extract import extract_mesh
-from orfeas.pipeline.generators import GenerationParams, Generator, GridField, create_generator
+from orfeas.pipeline.generators import GenerationParams, Generator, GridField, Shape, create_generator
 from orfeas.pipeline.image import load_image
 from orfeas.pipeline.learned_remover import create_remover
 from orfeas.pipeline.options import GenerateOptions
 from orfeas.pipeline.profile import Profile
 from orfeas.pipeline.settings import PipelineSettings
+from orfeas.pipeline.stages import Stage
 from orfeas.pipeline.texture import apply_texture, apply_vertex_colors
 from orfeas.pipeline.views import batch_views, ordered_views
 
-ImageSource = str | os.PathLike | bytes | np.ndarray
+ImageSource = str | os.PathLike[str] | bytes | np.ndarray
 # Called as on_stage(image_index, stage_name) when a stage starts for an image (the service turns it into progress).
-StageCallback = Callable[[int, str], None]
+StageCallback = Callable[[int, Stage], None]
 
 
 @dataclass
@@ -106,7 +107,7 @@ def generate_batch(
     check_input_views(generator, per_image[0], batch_views(images))
     report = on_stage or (lambda _index, _stage: None)
 
-    def notify(index: int, stage: str) -> None:
+    def notify(index: int, stage: Stage) -> None:
         if should_stop is not None and should_stop():
             raise Stopped(f"generation stopped before {stage}: every job of the batch was canceled")
         report(index, stage)
@@ -117,10 +118,10 @@ def generate_batch(
 
     cutouts = []
     for index, (image, profile) in enumerate(zip(images, profiles, strict=True)):
-        notify(index, "image_loading")
+        notify(index, Stage.IMAGE_LOADING)
         cutouts.append(_prepare_item(image, profile, settings, remover))
     for index in range(len(images)):
-        notify(index, "shape_generation")
+        notify(index, Stage.SHAPE_GENERATION)
     shapes = _generate_shapes(generator, cutouts, per_image, profiles, should_stop)
 
     results = []
@@ -166,9 +167,9 @@ def _with_resolution(options: GenerateOptions, default: int) -> GenerateOptions:
 def _prepare(
     image: ImageSource, profile: Profile, settings: PipelineSettings, remover: BackgroundRemover | None
 ) -> Cutout:
-    with profile.stage("image_loading"):
+    with profile.stage(Stage.IMAGE_LOADING):
         rgba = image if isinstance(image, np.ndarray) else load_image(image, max_pixels=settings.max_image_pixels)
-    with profile.stage("background_removal"):
+    with profile.stage(Stage.BACKGROUND_REMOVAL):
         return prepare_image(rgba, size=settings.image_size, margin=settings.crop_margin, remover=remover)
 
 
@@ -199,11 +200,11 @@ def _front(item: Cutout | Mapping[str, Cutout]) -> Cutout:
 
 def _generate_shapes(
     generator: Generator,
-    cutouts: list,
+    cutouts: list[Cutout | dict[str, Cutout]],
     options: list[GenerateOptions],
     profiles: list[Profile],
     should_stop: Callable[[], bool] | None = None,
-) -> list:
+) -> list[Shape]:
     first = options[0]
     params = GenerationParams(
         resolution=generator.default_resolution if first.resolution is None else first.resolution,
@@ -213,26 +214,27 @@ def _generate_shapes(
         should_stop=should_stop,
     )
     batch = Profile()
-    with batch.stage("shape_generation"):
-        shapes = generator.generate_batch(cutouts, params)
+    with batch.stage(Stage.SHAPE_GENERATION):
+        # items are views only for a generator whose check_views admitted them, and its generate_batch takes them
+        shapes = generator.generate_batch(cast(list[Cutout], cutouts), params)
     # one forward pass served the whole batch: each job is charged its share
     for profile in profiles:
-        profile.add("shape_generation", batch.total / len(cutouts))
+        profile.add(Stage.SHAPE_GENERATION, batch.total / len(cutouts))
     return shapes
 
 
 def _finish_mesh(
-    shape, cutout: Cutout, options: GenerateOptions, profile: Profile, notify: Callable[[str], None]
+    shape: Shape, cutout: Cutout, options: GenerateOptions, profile: Profile, notify: Callable[[Stage], None]
 ) -> trimesh.Trimesh:
     if isinstance(shape, GridField):
-        notify("mesh_extraction")
-        with profile.stage("mesh_extraction"):
+        notify(Stage.MESH_EXTRACTION)
+        with profile.stage(Stage.MESH_EXTRACTION):
             shape = extract_mesh(shape)
-    notify("mesh_cleanup")
-    with profile.stage("mesh_cleanup"):
+    notify(Stage.MESH_CLEANUP)
+    with profile.stage(Stage.MESH_CLEANUP):
         mesh = clean_mesh(shape, options.faces)
-    notify("texturing")
-    with profile.stage("texturing"):
+    notify(Stage.TEXTURING)
+    with profile.stage(Stage.TEXTURING):
         mesh = apply_texture(mesh, cutout) if options.texture else apply_vertex_colors(mesh, cutout)
     return to_export_frame(mesh)
 
@@ -244,7 +246,7 @@ def save_result(result: GenerationResult, out_dir: Path, stem: str) -> list[Path
     """
     stem = safe_stem(stem)
     out_dir.mkdir(parents=True, exist_ok=True)
-    with result.profile.stage("export"):
+    with result.profile.stage(Stage.EXPORT):
         for fmt in result.options.formats:
             result.files.extend(export_mesh(result.mesh, out_dir, stem, fmt))
     report_path = out_dir / f"{stem}.json"

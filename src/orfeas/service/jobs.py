@@ -23,6 +23,7 @@ from orfeas.pipeline.generators import Generator, available_generators, create_g
 from orfeas.pipeline.image import decoded_bytes, inspect_image, read_header
 from orfeas.pipeline.options import GenerateOptions
 from orfeas.pipeline.preview import render_preview
+from orfeas.pipeline.stages import Stage
 from orfeas.pipeline.views import batch_views, check_view_names
 from orfeas.service.auth import Principal
 from orfeas.service.budget import MemoryBudget
@@ -32,18 +33,16 @@ from orfeas.store.jobs import JobNotFound, JobRecord, JobStore, NewJob
 logger = logging.getLogger(__name__)
 PREVIEW_NAME = "preview.png"
 STORAGE_FULL_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}
-# The stage a job is in, and the progress it has reached when that stage starts.
-STAGE_PROGRESS = {
-    "queued": 0,
-    "starting": 2,
-    "image_loading": 5,
-    "background_removal": 10,
-    "shape_generation": 20,
-    "mesh_extraction": 60,
-    "mesh_cleanup": 70,
-    "texturing": 85,
-    "export": 92,
-    "done": 100,
+# The progress a job has reached when a pipeline stage starts: the stages the pipeline reports (`on_stage`) and the
+# export the worker does after it. Background removal is timed but not reported (it runs with image loading); the
+# store writes the lifecycle stages itself ("starting" at 0, "done" at 100).
+STAGE_PROGRESS: dict[Stage, int] = {
+    Stage.IMAGE_LOADING: 5,
+    Stage.SHAPE_GENERATION: 20,
+    Stage.MESH_EXTRACTION: 60,
+    Stage.MESH_CLEANUP: 70,
+    Stage.TEXTURING: 85,
+    Stage.EXPORT: 92,
 }
 
 
@@ -208,11 +207,14 @@ class JobService:
         source = self.artifacts.result_file(job.id, files[fmt]) if fmt else None
         if job.status != "succeeded" or source is None:
             raise JobNotFound(f"job {job.id} has no preview (status {job.status})")
-        image = render_preview(trimesh.load(source, force="mesh"), size=256)
+        image = render_preview(trimesh.load_mesh(source), size=256)
         png = io.BytesIO()
         Image.fromarray(image).save(png, format="PNG")
         self.artifacts.save_result(job.id, PREVIEW_NAME, png.getvalue())
-        return self.artifacts.result_file(job.id, PREVIEW_NAME)
+        saved = self.artifacts.result_file(job.id, PREVIEW_NAME)
+        if saved is None:  # the job's results were deleted while its preview was drawn
+            raise JobNotFound(f"job {job.id} has no preview (its results were deleted)")
+        return saved
 
     def get(self, job_id: str, principal: Principal) -> JobRecord:
         """The job if `principal` may see it; another owner's job is indistinguishable from a missing one."""

@@ -16,6 +16,7 @@ from typing import Any, Literal, TypedDict
 
 import numpy as np
 
+from orfeas.pipeline.stages import Stage
 from orfeas.service.batch_sizing import BatchPlan, MemoryReading, MemorySource, format_bytes
 
 logger = logging.getLogger(__name__)
@@ -40,28 +41,28 @@ MIN_TREND_SAMPLES = 10
 TREND_CHANGE = 0.05
 
 # What to do when a stage dominates, worded for the studio's form ("page") and for `orfeas generate` ("cli");
-# the key is the stage name the pipeline's profile uses.
-STAGE_ADVICE = {
-    "image_loading": {
+# every stage the pipeline times has an entry.
+STAGE_ADVICE: dict[Stage, dict[str, str]] = {
+    Stage.IMAGE_LOADING: {
         "page": "send smaller images (fewer pixels to decode and resize)",
         "cli": "send smaller images (fewer pixels to decode and resize)",
     },
-    "background_removal": {
+    Stage.BACKGROUND_REMOVAL: {
         "page": "send images with a transparent background: their alpha is used instead of segmentation",
         "cli": "send images with a transparent background: their alpha is used instead of segmentation",
     },
-    "shape_generation": {
+    Stage.SHAPE_GENERATION: {
         "page": "lower Resolution, or the generator's steps; on the server, hierarchical or FlashVDM decoding"
         " (ORFEAS_HUNYUAN_DECODER)",
         "cli": "lower --resolution or -O steps=N; hierarchical or FlashVDM decoding with ORFEAS_HUNYUAN_DECODER",
     },
-    "mesh_extraction": {"page": "lower Resolution", "cli": "lower --resolution"},
-    "mesh_cleanup": {"page": "lower Faces or Resolution", "cli": "lower --faces or --resolution"},
-    "texturing": {
+    Stage.MESH_EXTRACTION: {"page": "lower Resolution", "cli": "lower --resolution"},
+    Stage.MESH_CLEANUP: {"page": "lower Faces or Resolution", "cli": "lower --faces or --resolution"},
+    Stage.TEXTURING: {
         "page": "untick Texture to get vertex colours instead",
         "cli": "pass --no-texture to get vertex colours instead",
     },
-    "export": {"page": "tick fewer Formats", "cli": "ask for fewer formats (--format)"},
+    Stage.EXPORT: {"page": "tick fewer Formats", "cli": "ask for fewer formats (--format)"},
 }
 Severity = Literal["high", "medium", "low", "info"]
 SEVERITY_ORDER: dict[Severity, int] = {"high": 0, "medium": 1, "low": 2, "info": 3}
@@ -249,20 +250,29 @@ def stage_bottlenecks(summary: PerformanceSummary) -> list[Advice]:
     advice = []
     for bottleneck in summary.get("bottlenecks", []):
         stage = bottleneck["stage"]
-        if stage not in STAGE_ADVICE:
+        remedy = stage_advice(stage)
+        if remedy is None:
             continue
         stats = summary["stage_breakdown"][stage]
         share = f"{stage_label(stage).capitalize()} is {bottleneck['share']:.0%} of the time"
         advice.append(
             _advice(
-                f"{share}: {STAGE_ADVICE[stage]['page']}",
+                f"{share}: {remedy['page']}",
                 f"{stage_label(stage)} averages {stats['avg_seconds']:.2f} s of {summary['avg_duration']:.2f} s per"
                 f" job over {plural(summary['total_pipelines'], 'job')}",
                 bottleneck["severity"],
-                cli=f"{share}: {STAGE_ADVICE[stage]['cli']}",
+                cli=f"{share}: {remedy['cli']}",
             )
         )
     return advice
+
+
+def stage_advice(stage: str) -> dict[str, str] | None:
+    """STAGE_ADVICE for a stored profile's stage name; None for a name that is no Stage (an older profile's)."""
+    try:
+        return STAGE_ADVICE[Stage(stage)]
+    except ValueError:
+        return None
 
 
 def memory_nearly_full(reading: MemoryReading | None) -> list[Advice]:

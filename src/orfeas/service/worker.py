@@ -33,6 +33,7 @@ from orfeas.pipeline.generate import GenerationResult, generate_batch, save_resu
 from orfeas.pipeline.generators import GenerationParams, Generator, create_generator
 from orfeas.pipeline.learned_remover import create_remover
 from orfeas.pipeline.options import GenerateOptions
+from orfeas.pipeline.stages import Stage
 from orfeas.service.batch_sizing import BatchPlan, BatchSizer
 from orfeas.service.jobs import STAGE_PROGRESS, read_input
 from orfeas.service.metrics import ServiceMetrics
@@ -89,7 +90,7 @@ class ProgressBuffer:
         self._lock = threading.Lock()
         self._timer: threading.Timer | None = None
 
-    def record(self, job_id: str, stage: str) -> None:
+    def record(self, job_id: str, stage: Stage) -> None:
         with self._lock:
             self.pending[job_id] = (STAGE_PROGRESS.get(stage, 0), stage)
             wait = self.interval - (time.monotonic() - self.last_flush)
@@ -329,7 +330,7 @@ class Worker:
             should_stop=self._unwanted_check([job.id for job in jobs]),
         )
         for job in jobs:
-            progress.pending[job.id] = (STAGE_PROGRESS["export"], "export")
+            progress.pending[job.id] = (STAGE_PROGRESS[Stage.EXPORT], Stage.EXPORT)
         still_ours = progress.flush_quietly()
         if still_ours is None:  # cannot ask now: export them all, `complete_many` decides which are still ours
             still_ours = {job.id for job in jobs}
