@@ -7,8 +7,11 @@ friends); they are skipped, with the reason, where it is missing. Everything run
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +24,7 @@ from orfeas.pipeline.generators.hunyuan import (
     INSTALL,
     HunyuanGenerator,
     find_weights,
+    load_pipeline,
     missing_modules,
     read_options,
 )
@@ -167,6 +171,36 @@ def test_weights_in_a_named_folder_load(models, offline):
     assert find_weights(settings).checkpoint == folder / "hunyuan3d-dit-v2-0" / "model.fp16.safetensors"
     generator = create_generator("hunyuan3d", settings)
     assert generator.pipeline.vae.latent_shape == (64, 8)
+    assert offline == []
+
+
+@needs_hy3dgen
+def test_loading_leaves_the_process_environment_alone(models, offline):
+    """The hub is held offline through huggingface_hub's own flag: os.environ, which other threads (the API's)
+    read meanwhile, is the same while the model loads and after, and the flag is put back."""
+    from huggingface_hub import constants
+
+    before = dict(os.environ)
+    flag_before = constants.HF_HUB_OFFLINE
+    seen: list[tuple[dict[str, str], bool]] = []
+    loaded = threading.Event()
+
+    def watch() -> None:
+        while not loaded.is_set():
+            seen.append((dict(os.environ), constants.HF_HUB_OFFLINE))
+            time.sleep(0.001)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        load_pipeline(PipelineSettings(device="cpu", hunyuan_model_path=models / "tencent" / "Hunyuan3D-2"))
+    finally:
+        loaded.set()
+        watcher.join()
+    assert any(flag for _, flag in seen)  # the watcher looked while the load held the hub offline
+    assert all(environment == before for environment, _ in seen)
+    flag_after = constants.HF_HUB_OFFLINE
+    assert dict(os.environ) == before and flag_after == flag_before
     assert offline == []
 
 

@@ -26,9 +26,10 @@ import contextlib
 import importlib.util
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, Protocol, get_args
 
 import trimesh
 
@@ -47,7 +48,8 @@ logger = logging.getLogger(__name__)
 
 INSTALL = "pip install 'orfeas[hunyuan]' && pip install --no-deps hy3dgen==2.0.2"
 REQUIRED_MODULES = ("hy3dgen", "torch", "torchvision", "diffusers", "transformers", "einops", "pymeshlab")
-DECODERS = ("dense", "hierarchical", "flashvdm")
+Decoder = Literal["dense", "hierarchical", "flashvdm"]
+DECODERS: tuple[Decoder, ...] = get_args(Decoder)
 BOX = 1.01
 """Half side of the decoded cube: hy3dgen's default `box_v`; shapes are normalised to [-1, 1]^3 in training."""
 # guidance 1 is the conditional prediction alone; at 0 only the unconditional one is left and the image is ignored
@@ -84,31 +86,63 @@ def build(settings: PipelineSettings) -> HunyuanGenerator:
     return HunyuanGenerator(settings)
 
 
+class _HubConstants(Protocol):
+    """What hub_offline uses of `huggingface_hub.constants`."""
+
+    HF_HUB_OFFLINE: bool
+
+
+class _HubOffline:
+    """huggingface_hub's offline switch, on while any model load runs: the first load to start turns it on, the
+    last to end puts back what it was (loads in several threads overlap safely)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._holders = 0
+        self._before = False
+
+    def hold(self, constants: _HubConstants) -> None:
+        with self._lock:
+            if self._holders == 0:
+                self._before = constants.HF_HUB_OFFLINE
+                constants.HF_HUB_OFFLINE = True
+            self._holders += 1
+
+    def release(self, constants: _HubConstants) -> None:
+        with self._lock:
+            self._holders -= 1
+            if self._holders == 0:
+                constants.HF_HUB_OFFLINE = self._before
+
+
+_HUB_OFFLINE = _HubOffline()
+
+
 @contextlib.contextmanager
 def hub_offline() -> Iterator[None]:
     """Keep huggingface_hub and transformers off the network while the model is built.
 
-    Both read HF_HUB_OFFLINE when first imported, so the flag is set in the environment (for a first import) and in
-    huggingface_hub's constants (for an earlier one), and put back afterwards.
+    Both ask `huggingface_hub.constants.HF_HUB_OFFLINE` when they would fetch (transformers through
+    `huggingface_hub.is_offline_mode`), so the flag is set there and never in os.environ, which other threads
+    read and which is not safe to change while they run. Without huggingface_hub nothing can reach the hub.
     """
-    saved = {key: os.environ.get(key) for key in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
-    os.environ.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
-    constants = None
-    with contextlib.suppress(ImportError):
-        from huggingface_hub import constants
-    previous = getattr(constants, "HF_HUB_OFFLINE", None)
-    if constants is not None:
-        constants.HF_HUB_OFFLINE = True
+    constants = _hub_constants()
+    if constants is None:
+        yield
+        return
+    _HUB_OFFLINE.hold(constants)
     try:
         yield
     finally:
-        if constants is not None:
-            constants.HF_HUB_OFFLINE = previous
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+        _HUB_OFFLINE.release(constants)
+
+
+def _hub_constants() -> _HubConstants | None:
+    try:
+        from huggingface_hub import constants
+    except ImportError:
+        return None
+    return constants
 
 
 def resolve_device(device: str) -> str:
@@ -187,7 +221,7 @@ def load_pipeline(
                 dtype=dtype,
                 use_safetensors=weights.checkpoint.suffix == ".safetensors",
             )
-            if weights.vae_config is not None:
+            if weights.vae_config is not None and weights.vae_checkpoint is not None:
                 pipeline.vae = vae_from_file(
                     ShapeVAE,
                     str(weights.vae_checkpoint),
@@ -435,7 +469,7 @@ def sample_latents(
 
 
 def decode_latents(
-    pipeline: Any, latents: torch.Tensor, resolution: int, decoder: str, chunk_size: int
+    pipeline: Any, latents: torch.Tensor, resolution: int, decoder: Decoder, chunk_size: int
 ) -> trimesh.Trimesh:
     """The mesh of one image's latents (1, latents, channels) on a resolution^3 grid over [-BOX, BOX]^3."""
     import torch
