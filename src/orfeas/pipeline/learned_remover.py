@@ -87,7 +87,8 @@ class OnnxRemover:
 
         self.path = Path(path)
         self.family = family or model_family(self.path)
-        providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in _available(onnxruntime)]
+        available = onnxruntime.get_available_providers()
+        providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
         try:
             self.session = onnxruntime.InferenceSession(str(self.path), providers=providers)
         except Exception as exc:  # onnxruntime raises its own exception types for unreadable models
@@ -136,7 +137,3 @@ def remover_name(settings: PipelineSettings, environ: Mapping[str, str] = os.env
     if path is None:
         return "grabcut (weight-free)"
     return f"onnx:{model_family(path).name} ({path.name})"
-
-
-def _available(onnxruntime) -> list[str]:
-    return list(onnxruntime.get_available_providers())

@@ -13,9 +13,11 @@ with and whether it takes several views. Weights are located on disk only, never
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from orfeas.errors import GeneratorUnavailable
 from orfeas.pipeline.settings import PipelineSettings
@@ -47,41 +49,37 @@ class Variant:
         return self.views > 1
 
 
-def _family(family: str, repo: str, base: str, turbo_vae: tuple[str, str], latents: int, views: int) -> list:
+def _family(family: str, repo: str, base: str, turbo_vae: tuple[str, str], latents: int, views: int) -> list[Variant]:
     """The three members of a family: base (flow matching, guided), -fast (guidance distilled), -turbo."""
     vae_repo, vae = turbo_vae
-    common = {"repo": repo, "family": family, "guidance_scale": 5.0, "vae_repo": vae_repo, "latents": latents}
+    member = functools.partial(
+        Variant, repo=repo, family=family, guidance_scale=5.0, vae_repo=vae_repo, latents=latents, views=views
+    )
     what = {"standard": "one image", "mini": "one image, the 0.6 B model", "mv": "front/left/back/right views"}[family]
     return [
-        Variant(
+        member(
             name=base,
             purpose=f"{what}: the reference quality, classifier-free guidance (two DiT sequences per image)",
             steps=30,
             scheduler=FLOW_MATCHING,
             guidance_distilled=False,
             vae=None,
-            views=views,
-            **common,
         ),
-        Variant(
+        member(
             name=f"{base}-fast",
             purpose=f"{what}: guidance distilled, half the DiT work of the base model per step",
             steps=30,
             scheduler=FLOW_MATCHING,
             guidance_distilled=True,
             vae=None,
-            views=views,
-            **common,
         ),
-        Variant(
+        member(
             name=f"{base}-turbo",
             purpose=f"{what}: step distilled, a few steps, paired with the turbo VAE",
             steps=5,
             scheduler=CONSISTENCY,
             guidance_distilled=True,
             vae=vae,
-            views=views,
-            **common,
         ),
     ]
 
@@ -164,7 +162,7 @@ class VariantStatus:
     missing: tuple[str, ...]  # "<folder>/<file>" for each missing file
     message: str | None  # why it is not usable, naming the files and folders
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
@@ -241,15 +239,16 @@ def find_weights(settings: PipelineSettings, model: str | None = None) -> Weight
     file and the folder it must go in."""
     variant = get_variant(model or settings.hunyuan_model)
     parts = components(settings, variant)
-    if any(part.found is None for part in parts):
+    folders = [part.found for part in parts if part.found is not None]
+    if len(folders) < len(parts):
         raise GeneratorUnavailable(missing_message(settings, variant, parts))
     names = checkpoint_names(settings.hunyuan_variant)
 
     def checkpoint(folder: Path) -> Path:
         return next(folder / n for n in names if (folder / n).is_file())
 
-    model_dir = parts[0].found
-    vae_dir = parts[1].found if len(parts) > 1 else None
+    model_dir = folders[0]
+    vae_dir = folders[1] if len(folders) > 1 else None
     return Weights(
         config=model_dir / "config.yaml",
         checkpoint=checkpoint(model_dir),
