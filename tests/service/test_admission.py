@@ -3,6 +3,7 @@ a sliding 60 s window per agent, nonces remembered for twice the timestamp windo
 more than the rate together."""
 
 import multiprocessing
+import random
 import uuid
 from collections.abc import Iterator
 
@@ -122,6 +123,36 @@ def test_old_requests_are_purged_after_twice_the_window(
     assert store.purge_requests(older_than_seconds=600) == 1
     assert store.count_recent_requests(idle.id, seconds=3600) == 0
     assert store.count_recent_requests(agent.id) == 1
+
+
+def test_an_agent_idle_past_the_purge_starts_with_an_empty_window(
+    accounts: AgentAccounts, store: AgentStore, clock: Clock
+) -> None:
+    agent, _ = accounts.create("builder", ["generate"], rate_per_minute=2)
+    assert [a.allowed for a in admit_many(store, agent.id, 3)] == [True, True, False]
+
+    clock.advance(700)
+    assert store.purge_requests(older_than_seconds=600) == 2  # the rows the running count still started from
+    assert [a.remaining for a in admit_many(store, agent.id, 2)] == [1, 0]
+    assert admit(store, agent.id, uuid.uuid4().hex).reason == "rate"
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_the_running_count_matches_the_rows_in_the_window(
+    accounts: AgentAccounts, store: AgentStore, clock: Clock, seed: int
+) -> None:
+    """Requests at uneven intervals (bursts, pauses longer than the window, purges in between): every admission's
+    remaining and reset agree with the rows in the last 60 s."""
+    rng = random.Random(seed)
+    agent, _ = accounts.create("builder", ["generate"], rate_per_minute=20)
+    for _ in range(300):
+        clock.advance(rng.choice([0.0, 0.25, 1.5, 7.0, 30.0, 59.75, 60.0, 130.0]))
+        if rng.random() < 0.05:
+            store.purge_requests(older_than_seconds=rng.choice([60, 600]))
+        in_window = store.count_recent_requests(agent.id)
+        admission = admit(store, agent.id, uuid.uuid4().hex)
+        assert admission.allowed == (in_window < 20)
+        assert admission.remaining == max(0, 20 - in_window - admission.allowed)
 
 
 def test_admit_refuses_an_unknown_agent(store: AgentStore) -> None:

@@ -136,6 +136,11 @@ def test_a_pre_migration_database_is_upgraded_in_place_and_keeps_its_rows(db_url
         job["owner"] = f"agent:{job['owner']}" if job["owner"] else "user:local"
         # Revision 0003: no batch size or limit yet, no crashes charged.
         job |= {"batch_size": None, "batch_limit": None, "solo_crashes": 0}
+    # Revision 0005: each agent's running count starts from all its request rows, the oldest first.
+    for agent in before["agents"]:
+        mine = [row["at"] for row in before["agent_requests"] if row["agent_id"] == agent["id"]]
+        agent |= {"window_count": len(mine), "window_tail": min(mine, default=None)}
+    assert sorted(agent["window_count"] for agent in before["agents"]) == [0, 2]  # the fixture's two requests
     assert after == before
 
     store = JobStore(engine)

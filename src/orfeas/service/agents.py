@@ -8,6 +8,9 @@ is known, the agent.
 `admit` is the rate limiter: an agent's requests of the last 60 s are its sliding window, and a nonce is remembered
 for twice the timestamp window. It decides and records inside one transaction that holds the agent's row locked
 (`AgentStore.locked_requests`), so several API processes sharing one database never exceed an agent's rate together.
+That transaction is short and its cost does not grow with the rate: the window is a running count on the agent's
+row, the nonce is checked by its unique constraint as it is inserted, and old rows are left to the housekeeping
+(`AgentStore.purge_requests`), nonces older than the retention counting as forgotten until it deletes them.
 """
 
 from __future__ import annotations
@@ -57,12 +60,11 @@ def admit(store: AgentStore, agent_id: str, nonce: str, window_seconds: int = 30
 
     Refused requests record nothing, so they spend no quota. `window_seconds` is the authenticator's timestamp
     window: a nonce must be remembered for twice that (a request may be signed up to that far in the past or
-    future), so this agent's rows older than that are deleted here as well.
+    future); an older recording of it is forgotten.
     """
     retention = timedelta(seconds=max(2 * window_seconds, RATE_WINDOW_SECONDS))
     with store.locked_requests(agent_id) as requests:
         now = requests.now
-        requests.forget_before(now - retention)
         count, oldest = requests.count_since(now - timedelta(seconds=RATE_WINDOW_SECONDS))
         limit = requests.rate_per_minute
         reset = _seconds_until((oldest or now) + timedelta(seconds=RATE_WINDOW_SECONDS), now)
@@ -70,11 +72,11 @@ def admit(store: AgentStore, agent_id: str, nonce: str, window_seconds: int = 30
         if requests.revoked:
             return Admission(allowed=False, limit=limit, remaining=left, reset=reset, reason="revoked")
         replay = Admission(allowed=False, limit=limit, remaining=left, reset=reset, reason="replay")
-        if requests.nonce_used(nonce):
-            return replay
         if count >= limit:
+            if requests.nonce_used(nonce, since=now - retention):
+                return replay
             return Admission(allowed=False, limit=limit, remaining=0, reset=reset, reason="rate", retry_after=reset)
-        if not requests.record(nonce):
+        if not requests.record(nonce, forgotten_before=now - retention):
             return replay
     return Admission(allowed=True, limit=limit, remaining=limit - count - 1, reset=reset)
 

@@ -5,6 +5,10 @@ The rules (key derivation, what a valid name, rate or operation is, which reques
 request; its unique (agent_id, nonce) makes a nonce recordable only once. `locked_requests` reads and writes one
 agent's rows in a transaction that holds the agent's row locked, so several API processes sharing one database admit
 each agent's requests one at a time.
+
+The agent's row keeps a running count of its requests (`window_count` rows at or after `window_tail`), so that the
+admission transaction reads only the rows that left the rate window since the previous admission, each row once,
+instead of counting the whole window every time.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
 from orfeas.errors import OrfeasError
@@ -62,19 +67,24 @@ class AgentRecord:
 
     @classmethod
     def from_row(cls, row: sa.Row[Any]) -> AgentRecord:
-        """Build a record from an `agents` row, normalising what the database returns."""
-        values = dict(row._mapping)
+        """Build a record from an `agents` row, normalising what the database returns (the rate window's columns
+        are the store's own bookkeeping, left out)."""
+        values = {name: row._mapping[name] for name in _RECORD_FIELDS}
         values["operations"] = tuple(values["operations"])
         for field in ("created_at", "revoked_at", "rotated_at"):
             values[field] = as_utc(values[field])
         return cls(**values)
 
 
-@dataclass(frozen=True)
+_RECORD_FIELDS = tuple(field.name for field in dataclasses.fields(AgentRecord))
+
+
+@dataclass
 class RecentRequests:
     """One agent's accepted requests, read and written inside the transaction of `AgentStore.locked_requests`.
 
-    `now` is the store's clock, read once when the transaction began; `record` stamps the request with it.
+    `now` is the store's clock, read once when the transaction began; `record` stamps the request with it. `count`
+    and `tail` are the agent's running count as its row held it: `count` rows at or after `tail`.
     """
 
     conn: sa.Connection
@@ -82,33 +92,67 @@ class RecentRequests:
     rate_per_minute: int
     revoked: bool
     now: datetime
-
-    def forget_before(self, cutoff: datetime) -> None:
-        """Delete this agent's request rows older than `cutoff`."""
-        self.conn.execute(sa.delete(agent_requests).where(self._mine, agent_requests.c.at < cutoff))
+    count: int
+    tail: datetime | None
 
     def count_since(self, since: datetime) -> tuple[int, datetime | None]:
-        """How many of this agent's requests are later than `since`, and the oldest of them (UTC), if any."""
-        query = sa.select(sa.func.count(), sa.func.min(agent_requests.c.at)).where(
-            self._mine, agent_requests.c.at > since
+        """How many of this agent's requests are later than `since`, and the oldest of them (UTC), if any.
+
+        The running count drops the rows from its tail up to `since` (those that left since the last admission), and
+        the tail moves to the oldest row after `since`. Should the clock be behind the tail (another process's clock,
+        or a step back), the window is counted afresh, so a row is never stamped before the tail.
+        """
+        if self.tail is not None and self.now < self.tail:
+            self.count, self.tail = self._rows(agent_requests.c.at > since)
+        elif self.tail is not None and self.tail <= since:
+            left, _ = self._rows(agent_requests.c.at >= self.tail, agent_requests.c.at <= since)
+            self.count -= left
+            self.tail = self._oldest_after(since) if self.count else None
+        return self.count, self.tail
+
+    def nonce_used(self, nonce: str, since: datetime) -> bool:
+        """True if this agent has a request recorded with this nonce at or after `since` (older rows are forgotten,
+        whether or not the housekeeping has deleted them yet)."""
+        query = sa.select(agent_requests.c.id).where(
+            self._mine, agent_requests.c.nonce == nonce, agent_requests.c.at >= since
         )
+        return self.conn.execute(query).first() is not None
+
+    def record(self, nonce: str, forgotten_before: datetime) -> bool:
+        """Record one request at `now` and count it; False (and nothing recorded) if the nonce was recorded at or
+        after `forgotten_before`. An older row of the same nonce is taken over (stamped `now`).
+
+        Call `count_since` first: the rows it has not passed yet stay counted.
+        """
+        dialect = postgresql if self.conn.dialect.name == "postgresql" else sqlite
+        insert = dialect.insert(agent_requests).values(agent_id=self.agent_id, nonce=nonce, at=self.now)
+        upsert = insert.on_conflict_do_update(
+            index_elements=[agent_requests.c.agent_id, agent_requests.c.nonce],
+            set_={"at": insert.excluded.at},
+            where=agent_requests.c.at < forgotten_before,
+        ).returning(agent_requests.c.id)
+        if self.conn.execute(upsert).first() is None:  # a conflict with a nonce still remembered
+            return False
+        self.count += 1
+        self.tail = min(self.tail, self.now) if self.tail else self.now
+        window = {"window_count": self.count, "window_tail": self.tail}
+        self.conn.execute(sa.update(agents).where(agents.c.id == self.agent_id).values(window))
+        return True
+
+    def _rows(self, *conditions: sa.ColumnElement[bool]) -> tuple[int, datetime | None]:
+        """How many of this agent's rows meet the conditions, and the oldest of them."""
+        query = sa.select(sa.func.count(), sa.func.min(agent_requests.c.at)).where(self._mine, *conditions)
         count, oldest = self.conn.execute(query).one()
         return count, as_utc(oldest)
 
-    def nonce_used(self, nonce: str) -> bool:
-        """True if this agent already has a request recorded with this nonce."""
-        query = sa.select(agent_requests.c.id).where(self._mine, agent_requests.c.nonce == nonce)
-        return self.conn.execute(query).first() is not None
-
-    def record(self, nonce: str) -> bool:
-        """Record one request at `now`; False (and nothing recorded) if the nonce is already there."""
-        try:
-            # Not expected to fail while the agent's row is locked; a savepoint keeps a replay from becoming an error.
-            with self.conn.begin_nested():
-                self.conn.execute(sa.insert(agent_requests).values(agent_id=self.agent_id, nonce=nonce, at=self.now))
-        except IntegrityError:
-            return False
-        return True
+    def _oldest_after(self, since: datetime) -> datetime | None:
+        query = (
+            sa.select(agent_requests.c.at)
+            .where(self._mine, agent_requests.c.at > since)
+            .order_by(agent_requests.c.at)
+            .limit(1)
+        )
+        return as_utc(self.conn.scalar(query))
 
     @property
     def _mine(self) -> sa.ColumnElement[bool]:
@@ -208,11 +252,14 @@ class AgentStore:
         with self._engine.begin() as conn:
             now = self._now()
             # Locks the agent's row on PostgreSQL; SQLite's BEGIN IMMEDIATE (see store.db) already serialises.
-            lock = sa.select(agents.c.rate_per_minute, agents.c.revoked_at).where(agents.c.id == agent_id)
+            columns = (agents.c.rate_per_minute, agents.c.revoked_at, agents.c.window_count, agents.c.window_tail)
+            lock = sa.select(*columns).where(agents.c.id == agent_id)
             agent = conn.execute(lock.with_for_update()).first()
             if agent is None:
                 raise AgentNotFound(f"no agent with id {agent_id!r}")
-            yield RecentRequests(conn, agent_id, agent.rate_per_minute, agent.revoked_at is not None, now)
+            revoked = agent.revoked_at is not None
+            tail = as_utc(agent.window_tail)
+            yield RecentRequests(conn, agent_id, agent.rate_per_minute, revoked, now, agent.window_count, tail)
 
     def count_recent_requests(self, agent_id: str, seconds: float = 60) -> int:
         """How many of the agent's requests were admitted in the last `seconds`."""
@@ -222,9 +269,23 @@ class AgentStore:
             return conn.scalar(query) or 0
 
     def purge_requests(self, older_than_seconds: float = 600) -> int:
-        """Delete every agent's request rows older than this (keep it at least twice the timestamp window)."""
+        """Delete every agent's request rows older than this (keep it at least twice the timestamp window).
+
+        An agent whose running count still reaches back past the cutoff (no admission since its rows left the rate
+        window) is counted afresh from the rows that stay, first: its row is locked before any of its request rows.
+        """
         cutoff = self._now() - timedelta(seconds=older_than_seconds)
+        kept = (agent_requests.c.agent_id == agents.c.id, agent_requests.c.at >= cutoff)
+        recount = (
+            sa.update(agents)
+            .where(agents.c.window_tail < cutoff)
+            .values(
+                window_count=sa.select(sa.func.count()).where(*kept).scalar_subquery(),
+                window_tail=sa.select(sa.func.min(agent_requests.c.at)).where(*kept).scalar_subquery(),
+            )
+        )
         with self._engine.begin() as conn:
+            conn.execute(recount)
             return conn.execute(sa.delete(agent_requests).where(agent_requests.c.at < cutoff)).rowcount
 
     def audit(

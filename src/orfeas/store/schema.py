@@ -114,6 +114,10 @@ agents = sa.Table(
     sa.Column("created_at", _Timestamp, nullable=False),
     sa.Column("revoked_at", _Timestamp),
     sa.Column("rotated_at", _Timestamp),
+    # The rate window's running count (see store/agents.py, AgentWindow): `window_count` is how many of the agent's
+    # agent_requests rows are at or after `window_tail`, the oldest still counted (NULL when none is).
+    sa.Column("window_count", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("window_tail", _Timestamp),
     sa.CheckConstraint("rate_per_minute > 0", name="ck_agents_rate_per_minute"),
 )
 
