@@ -33,7 +33,7 @@ def render_silhouette(mesh: trimesh.Trimesh, size: int, margin: float = 0.0) -> 
     rows = centre - (xy[:, 1] - (low[1] + high[1]) / 2.0) * scale
     pixels = np.round(np.column_stack([columns, rows]) * (1 << _SHIFT)).astype(np.int32)
     # One fillPoly call over all triangles would use the even-odd rule and cancel where front and back faces
-    # overlap, so each triangle is filled on its own (about 1 s per million triangles).
+    # overlap, so each triangle is filled on its own.
     for triangle in pixels[mesh.faces]:
         cv2.fillConvexPoly(image, triangle, 1, lineType=cv2.LINE_8, shift=_SHIFT)
     return image.astype(bool)

@@ -336,8 +336,7 @@ def _default_coarse_resolution(resolution: int) -> int:
 
     Below 16 a coarser grid has too few samples to be worth it; where the halving ends outside [16, 48] (an odd
     resolution, say), the coarse grid is the full one and the extraction is dense: hierarchical extraction takes
-    16-48 times a power of two. On the 384 benchmark the coarse grid of 24 needs 6% fewer queries than one of 48
-    (25^3 points instead of 49^3, for the same mesh).
+    16-48 times a power of two. A coarser start samples fewer points for the same mesh (25^3 instead of 49^3 at 384).
     """
     coarse = resolution
     while coarse > 32 and coarse % 2 == 0 and coarse // 2 >= 16:

@@ -61,7 +61,7 @@ LOCAL_RADIUS_LEVELS = 16
 # Shape from shading runs on this many cells across: the relief is smooth, and the solve's cost grows with the area.
 SHADING_GRID = 48
 # Below this share of the intensity variance explained by the fitted shading the relief is dropped, above the second
-# it is kept whole (the renders of ../shared/gt score 0.77 to 0.99; ../shared/images 0.11 (poly_fox) to 0.84).
+# it is kept whole: texture, print or several lights fit badly, one matte light well (docs/BENCHMARKS.md).
 SHADING_FIT_NONE = 0.4
 SHADING_FIT_FULL = 0.6
 # Steepest tilt taken from the outline (about 56 degrees): it keeps the grid within the memory estimate.
@@ -70,8 +70,7 @@ MAX_TILT_SLOPE = 1.5
 # its near side hides) for a round outline to count as a ring or a dish seen obliquely; a ball or an egg has none.
 MIN_BOWL = 0.01
 # Share of the relief kept on a leaned ring: its light, fitted with a prior that is right only in the large, is the
-# less sure (leaning tori rendered by the tests: F@0.05 0.91 / 0.92 / 0.87 with 1 / 0.5 / 0; ../shared/gt's torus
-# 0.62 / 0.72 / 0.73).
+# less sure (the trade-off between synthetic and real tori is in docs/BENCHMARKS.md).
 TILTED_RELIEF = 0.5
 # A fitted albedo under this many grey levels means the object is evenly lit or evenly coloured.
 MIN_ALBEDO = 4.0
@@ -291,8 +290,7 @@ class InflateGenerator:
     """Silhouette inflation on the CPU; no weights, well under a second per image."""
 
     name = "inflate"
-    # The outline comes from the 2-D distance field at sub-cell precision, so a coarser grid loses little: on the
-    # example images silhouette IoU is the same at 192 as at 256 and meshing is about a third faster.
+    # The outline comes from the 2-D distance field at sub-cell precision, so a coarser grid loses little.
     default_resolution = 192
 
     def check_options(self, options: dict[str, Any]) -> None:
@@ -303,7 +301,6 @@ class InflateGenerator:
         return [inflate_field(image, params.resolution, options) for image in images]
 
     def memory_per_image(self, params: GenerationParams) -> int:
-        # the float32 grid plus marching-cubes output of similar size; the relief from shading makes the grid deeper
-        # (on ../shared/gt and ../shared/images at most 0.63 of the cube, the potato), so allow 0.8 of it. A leaning
-        # ring is deeper still (up to about 1.3 of the side) but then covers at most 0.56 of the square: under 0.75.
+        # the float32 grid plus marching-cubes output of similar size, on the 0.8 of the cube that a shaded relief
+        # or a leaning ring fills at most (the depths seen are in docs/BENCHMARKS.md)
         return int(4 * params.resolution**3 * 0.8 * 2) + 64 * 2**20
