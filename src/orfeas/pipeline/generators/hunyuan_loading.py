@@ -7,7 +7,8 @@ from the same config keys, but the modules' parameters are created on the meta d
 initialisation) while their buffers and the plain tensors some modules compute in `__init__` (the VAE's Fourier
 frequencies, the multi-view encoder's view embeddings) are computed as usual; the checkpoint is then read tensor by
 tensor (a safetensors file with plain reads, a .ckpt memory-mapped), each cast to the target dtype and assigned in
-place of its meta parameter. Loading peaks near the final model's size and takes about as long as reading the file.
+place of its meta parameter. Loading peaks near the final model's size, and what it costs beyond reading the file
+is the dtype conversion.
 
 Semantics kept from hy3dgen: the checkpoint's keys are split on their first dot into model, vae and conditioner;
 every module loads strictly (a mismatch raises `CheckpointMismatch`, naming the file and the component); a
@@ -31,7 +32,9 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import torch
 
-LazyStateDict = Mapping[str, Callable[[], "torch.Tensor"]]
+TensorReader = Callable[["torch.dtype"], "torch.Tensor"]
+"""Reads one checkpoint tensor when called, converted to the dtype it is given."""
+LazyStateDict = Mapping[str, TensorReader]
 """A state dict whose tensors are read from the file only when called."""
 
 COMPONENTS = ("model", "vae", "conditioner")
@@ -106,16 +109,15 @@ def checkpoint_path(ckpt_path: str, use_safetensors: bool | None) -> str:
 
 
 @contextlib.contextmanager
-def open_checkpoint(path: str, use_safetensors: bool | None) -> Iterator[dict[str, Callable[[], torch.Tensor]]]:
+def open_checkpoint(path: str, use_safetensors: bool | None) -> Iterator[dict[str, TensorReader]]:
     """The checkpoint's tensors by key, each read when called: safetensors with plain reads, a .ckpt through
     `torch.load(weights_only=True, mmap=True)`, whose values are nested state dicts (flattened to "name.key")."""
     import torch
 
     if use_safetensors:
         with open(path, "rb") as file:
-            yield {
-                key: functools.partial(_read_tensor, file, *entry) for key, entry in _safetensors_index(file).items()
-            }
+            reader = SafetensorsReader(file)
+            yield {key: functools.partial(reader.read, key) for key in reader.index}
         return
 
     try:
@@ -124,7 +126,11 @@ def open_checkpoint(path: str, use_safetensors: bool | None) -> Iterator[dict[st
         if "mmap" not in str(exc):
             raise
         state = torch.load(path, map_location="cpu", weights_only=True)
-    yield {key: functools.partial(lambda value: value, value) for key, value in _flatten(state).items()}
+    yield {key: functools.partial(_converted, value) for key, value in _flatten(state).items()}
+
+
+def _converted(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return tensor.to(dtype)
 
 
 _SAFETENSORS_DTYPES = {
@@ -159,17 +165,41 @@ def _safetensors_index(file: io.BufferedReader) -> dict[str, tuple[int, int, tor
     return index
 
 
-def _read_tensor(
-    file: io.BufferedReader, offset: int, size: int, dtype: torch.dtype, shape: tuple[int, ...]
-) -> torch.Tensor:
-    """One tensor of a safetensors file (little-endian, as the format stores it), read into fresh memory."""
-    import torch
+class SafetensorsReader:
+    """A safetensors file's tensors, each read on demand into memory of its own in the dtype asked for.
 
-    data = torch.empty(size, dtype=torch.uint8)
-    file.seek(offset)
-    if file.readinto(data.numpy().data) != size:
-        raise CheckpointMismatch(f"{file.name} ends inside a tensor")
-    return data.view(dtype).reshape(shape)
+    A tensor stored in another dtype is read into one scratch buffer, reused from tensor to tensor, and converted
+    from there: short-lived buffers of every size would otherwise be left between the kept tensors, and the
+    allocator would keep that memory after loading.
+    """
+
+    def __init__(self, file: io.BufferedReader) -> None:
+        import torch
+
+        self.file = file
+        self.index = _safetensors_index(file)
+        self.scratch = torch.empty(0, dtype=torch.uint8)
+
+    def read(self, key: str, dtype: torch.dtype) -> torch.Tensor:
+        """The tensor `key` (little-endian in the file, as the format stores it) as a new `dtype` tensor."""
+        import torch
+
+        offset, size, stored, shape = self.index[key]
+        if stored == dtype:
+            tensor = torch.empty(shape, dtype=dtype)
+            self._read_into(tensor.view(-1).view(torch.uint8), offset, size)
+            return tensor
+        if self.scratch.numel() < size:
+            self.scratch = torch.empty(0, dtype=torch.uint8)  # release the smaller one first
+            self.scratch = torch.empty(size, dtype=torch.uint8)
+        raw = self.scratch[:size]
+        self._read_into(raw, offset, size)
+        return raw.view(stored).reshape(shape).to(dtype)
+
+    def _read_into(self, target: torch.Tensor, offset: int, size: int) -> None:
+        self.file.seek(offset)
+        if size and self.file.readinto(target.numpy().data) != size:
+            raise CheckpointMismatch(f"{self.file.name} ends inside a tensor")
 
 
 def _flatten(state: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -183,9 +213,9 @@ def _flatten(state: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def split_components(tensors: Mapping[str, Callable[[], torch.Tensor]]) -> dict[str, dict[str, Any]]:
+def split_components(tensors: LazyStateDict) -> dict[str, dict[str, TensorReader]]:
     """The checkpoint's keys grouped by their first dotted part, without it (hy3dgen's split)."""
-    groups: dict[str, dict[str, Any]] = {}
+    groups: dict[str, dict[str, TensorReader]] = {}
     for key, read in tensors.items():
         name = key.split(".")[0]
         groups.setdefault(name, {})[key[len(name) + 1 :]] = read
@@ -217,12 +247,12 @@ def load_weights(
         )
     loaded = {}
     for key, target in expected.items():
-        tensor = tensors[key]()
+        tensor = tensors[key](dtype if target.is_floating_point() else target.dtype)
         if tensor.shape != target.shape:
             raise CheckpointMismatch(
                 f"{source}: {key} has shape {tuple(tensor.shape)} in the file, {tuple(target.shape)} in the config"
             )
-        loaded[key] = tensor.to(device=device, dtype=dtype if target.is_floating_point() else target.dtype)
+        loaded[key] = tensor.to(device)
         del tensor
     module.load_state_dict(loaded, strict=True, assign=True)
     left = [name for name, value in (*module.named_parameters(), *module.named_buffers()) if value.is_meta]
