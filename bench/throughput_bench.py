@@ -1,6 +1,7 @@
 """Request throughput against the ceiling this machine allows: ours as a ratio of a bare FastAPI + SQLite endpoint.
 
-    .venv/bin/python bench/throughput_bench.py [--seconds 5] [--repeats 3] [--write docs/BENCHMARKS.md]
+    .venv/bin/python bench/throughput_bench.py [--seconds 5] [--repeats 3] [--targets ceiling,agent]
+        [--baseline OLD_TREE] [--write docs/BENCHMARKS.md]
 
 Needs `wrk` (Debian's package) as the load generator, a second process on loopback. In one run, alternating and
 repeated, it measures GET /api/jobs/{id} on:
@@ -10,11 +11,15 @@ repeated, it measures GET /api/jobs/{id} on:
 - the signed agent status route, with requests signed ahead of time (a unique nonce each) and replayed by wrk, so
   the load generator costs the same for every target.
 Medians of the repeats are reported; the ratio to the ceiling is what the targets in docs/BENCHMARKS.md speak of.
+`--targets` measures only some of them (the ceiling always). `--baseline` adds the signed status route of another
+tree (an older commit, e.g. `git archive <commit> src | tar -x -C OLD_TREE`), served from its own data directory
+by its own code and measured in the same turns, so a change is compared side by side on the same machine load.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import os
 import re
 import shutil
@@ -39,6 +44,7 @@ CHAIR = (REPO / "examples" / "chair.png").read_bytes()
 MARKER = "throughput-bench"
 HEADING = "Request throughput against the ceiling (bench/throughput_bench.py)"
 CONNECTIONS = 8
+TARGETS = ("orfeas", "orfeas_2", "orfeas_key", "agent")
 REPLAY_LUA = """
 local requests = {}
 init = function(args)
@@ -112,10 +118,12 @@ def signed_requests(path: str, key_id: str, secret: str, count: int, file: Path)
     file.write_text("\n".join(lines) + "\n")
 
 
-def orfeas_env(data: Path, auth: str) -> dict[str, str]:
+def orfeas_env(data: Path, auth: str, source: Path = REPO) -> dict[str, str]:
+    """The environment of `orfeas` commands and servers on `data`, importing orfeas from `source`'s tree."""
+    path = str(source) if source == REPO else str(source / "src")
     return {
         **os.environ,
-        "PYTHONPATH": str(REPO),
+        "PYTHONPATH": path,
         "ORFEAS_AUTH": auth,
         "ORFEAS_AGENT_MASTER_KEY": "44" * 32,
         "ORFEAS_DATA_DIR": str(data),
@@ -128,75 +136,113 @@ def cli(env: dict[str, str], *args: str) -> str:
     ).stdout
 
 
-def measure(seconds: float, repeats: int) -> dict[str, list[dict[str, float]]]:
-    results: dict[str, list[dict[str, float]]] = {
-        "ceiling": [],
-        "orfeas": [],
-        "orfeas_2": [],
-        "orfeas_key": [],
-        "agent": [],
-    }
+def create_agent(env: dict[str, str], name: str) -> tuple[str, str]:
+    """A new agent with a rate no run reaches; its key id and secret."""
+    agent = cli(env, "agents", "create", name, "--rate", "10000000")
+    return re.search(r"key_id: (\S+)", agent).group(1), re.search(r"secret: (\S+)", agent).group(1)
+
+
+def submit_job(port: int, key_id: str, secret: str) -> str:
+    """The id of a job the agent submits (it stays queued: the servers run no worker)."""
+    body = b'{"image": "' + base64.b64encode(CHAIR) + b'"}'
+    response = httpx.post(
+        f"http://127.0.0.1:{port}/api/agent/generate-3d",
+        content=body,
+        headers={
+            **signed_headers(key_id, secret, "POST", "/api/agent/generate-3d", "", body),
+            "Content-Type": "application/json",
+        },
+    )
+    return response.json()["job"]["id"]
+
+
+def signed_status(port: int, job: str, key_id: str, secret: str, seconds: float, tmp: Path) -> dict[str, float]:
+    """wrk replaying freshly signed status requests (a unique nonce each) for `seconds`."""
+    requests = tmp / "signed.txt"
+    signed_requests(f"/api/agent/status/{job}", key_id, secret, int(seconds * 4000), requests)
+    script = tmp / "replay.lua"
+    script.write_text(REPLAY_LUA)
+    return wrk(f"http://127.0.0.1:{port}/api/agent/status/{job}", seconds, script, str(requests))
+
+
+def measure(
+    seconds: float, repeats: int, targets: tuple[str, ...] = TARGETS, baseline: Path | None = None
+) -> dict[str, list[dict[str, float]]]:
+    results: dict[str, list[dict[str, float]]] = {name: [] for name in ("ceiling", *targets)}
+    if baseline is not None:
+        results["agent_baseline"] = []
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "data"
         env = orfeas_env(data, "on")
         orfeas = str(Path(sys.executable).with_name("orfeas"))
         cli(env, "users", "create", "bench", "--admin", "--no-password")
         key = re.search(r"key: (\S+)", cli(env, "keys", "create", "--user", "bench")).group(1)
-        agent = cli(env, "agents", "create", "bench-agent", "--rate", "10000000")
-        key_id = re.search(r"key_id: (\S+)", agent).group(1)
-        secret = re.search(r"secret: (\S+)", agent).group(1)
+        key_id, secret = create_agent(env, "bench-agent")
 
         port_on, port_off, port_bare, port_two = free_port(), free_port(), free_port(), free_port()
-        serve = [orfeas, "serve", "--no-worker", "--data-dir", str(data), "--log-level", "warning"]
+        serve = [orfeas, "serve", "--no-worker", "--log-level", "warning"]
         servers = [
-            start([*serve, "--port", str(port_on)], env, f"http://127.0.0.1:{port_on}/healthz"),
+            start(
+                [*serve, "--data-dir", str(data), "--port", str(port_on)], env, f"http://127.0.0.1:{port_on}/healthz"
+            ),
         ]
         try:
-            job = httpx.post(
-                f"http://127.0.0.1:{port_on}/api/agent/generate-3d",
-                content=(body := b'{"image": "' + __import__("base64").b64encode(CHAIR) + b'"}'),
-                headers={
-                    **signed_headers(key_id, secret, "POST", "/api/agent/generate-3d", "", body),
-                    "Content-Type": "application/json",
-                },
-            ).json()["job"]["id"]
-            servers.append(
-                start(
-                    [*serve, "--port", str(port_off)],
-                    orfeas_env(data, "off"),
-                    f"http://127.0.0.1:{port_off}/healthz",
+            job = submit_job(port_on, key_id, secret)
+            if "orfeas" in targets:
+                servers.append(
+                    start(
+                        [*serve, "--data-dir", str(data), "--port", str(port_off)],
+                        orfeas_env(data, "off"),
+                        f"http://127.0.0.1:{port_off}/healthz",
+                    )
                 )
-            )
-            servers.append(
-                start(
-                    [*serve, "--port", str(port_two), "--workers", "2"],
-                    orfeas_env(data, "off"),
-                    f"http://127.0.0.1:{port_two}/healthz",
+            if "orfeas_2" in targets:
+                servers.append(
+                    start(
+                        [*serve, "--data-dir", str(data), "--port", str(port_two), "--workers", "2"],
+                        orfeas_env(data, "off"),
+                        f"http://127.0.0.1:{port_two}/healthz",
+                    )
                 )
-            )
+            if baseline is not None:
+                old_data = Path(tmp) / "baseline"
+                old_env = orfeas_env(old_data, "on", baseline)
+                old_key_id, old_secret = create_agent(old_env, "bench-agent")
+                port_old = free_port()
+                old_serve = [*serve, "--data-dir", str(old_data), "--port", str(port_old)]
+                servers.append(start(old_serve, old_env, f"http://127.0.0.1:{port_old}/healthz"))
+                old_job = submit_job(port_old, old_key_id, old_secret)
             bare_env = {**os.environ, "BARE_DATABASE": str(data / "orfeas.db"), "PYTHONPATH": str(REPO / "bench")}
             bare = [sys.executable, "-m", "uvicorn", "bare_app:app", "--port", str(port_bare), "--log-level", "warning"]
             bare += ["--http", "httptools", "--loop", "uvloop"]
             servers.append(start(bare, bare_env, f"http://127.0.0.1:{port_bare}/api/jobs/{job}"))
 
-            script = Path(tmp) / "replay.lua"
-            script.write_text(REPLAY_LUA)
             lua_key = Path(tmp) / "key.lua"
             lua_key.write_text(f'wrk.headers["Authorization"] = "Bearer {key}"\n')
             path = f"/api/jobs/{job}"
-            for port in (port_bare, port_off, port_two, port_on):  # threads, pooled connections, lazy imports
-                wrk(f"http://127.0.0.1:{port}{path}", 2, lua_key)
+            ports = {"ceiling": port_bare, "orfeas": port_off, "orfeas_2": port_two, "orfeas_key": port_on}
+            for name, port in ports.items():  # threads, pooled connections, lazy imports
+                if name in results:
+                    wrk(f"http://127.0.0.1:{port}{path}", 2, lua_key)
+            if baseline is not None:
+                signed_status(port_old, old_job, old_key_id, old_secret, 2, Path(tmp))
+            if "agent" in targets:
+                signed_status(port_on, job, key_id, secret, 2, Path(tmp))
             time.sleep(3)
             for _ in range(repeats):
                 results["ceiling"].append(wrk(f"http://127.0.0.1:{port_bare}{path}", seconds))
-                results["orfeas"].append(wrk(f"http://127.0.0.1:{port_off}{path}", seconds))
-                results["orfeas_2"].append(wrk(f"http://127.0.0.1:{port_two}{path}", seconds))
-                results["orfeas_key"].append(wrk(f"http://127.0.0.1:{port_on}{path}", seconds, lua_key))
-                requests = Path(tmp) / "signed.txt"
-                signed_requests(f"/api/agent/status/{job}", key_id, secret, int(seconds * 4000), requests)
-                results["agent"].append(
-                    wrk(f"http://127.0.0.1:{port_on}/api/agent/status/{job}", seconds, script, str(requests))
-                )
+                if "orfeas" in targets:
+                    results["orfeas"].append(wrk(f"http://127.0.0.1:{port_off}{path}", seconds))
+                if "orfeas_2" in targets:
+                    results["orfeas_2"].append(wrk(f"http://127.0.0.1:{port_two}{path}", seconds))
+                if "orfeas_key" in targets:
+                    results["orfeas_key"].append(wrk(f"http://127.0.0.1:{port_on}{path}", seconds, lua_key))
+                if baseline is not None:
+                    results["agent_baseline"].append(
+                        signed_status(port_old, old_job, old_key_id, old_secret, seconds, Path(tmp))
+                    )
+                if "agent" in targets:
+                    results["agent"].append(signed_status(port_on, job, key_id, secret, seconds, Path(tmp)))
         finally:
             for process in servers:
                 process.terminate()
@@ -208,24 +254,28 @@ def median(runs: list[dict[str, float]], key: str) -> float:
     return statistics.median(run[key] for run in runs)
 
 
-def render(results: dict[str, list[dict[str, float]]], seconds: float, repeats: int) -> str:
+def render(
+    results: dict[str, list[dict[str, float]]], seconds: float, repeats: int, command: str, baseline: str = ""
+) -> str:
     ceiling_rps, ceiling_p99 = median(results["ceiling"], "rps"), median(results["ceiling"], "p99_ms")
     labels = {
         "ceiling": "bare FastAPI + SQLite (the ceiling)",
         "orfeas": "`orfeas serve`, GET /api/jobs/{id}, authentication off",
         "orfeas_2": "`orfeas serve --workers 2`, the same",
         "orfeas_key": "`orfeas serve`, GET /api/jobs/{id}, API key",
+        "agent_baseline": f"`orfeas serve` of {baseline or 'the baseline tree'}, signed GET /api/agent/status/{{id}}",
         "agent": "`orfeas serve`, signed GET /api/agent/status/{id}",
     }
     lines = [
-        f"Command: `.venv/bin/python bench/throughput_bench.py --seconds {seconds:g} --repeats {repeats}` "
-        f"(wrk, 1 thread, {CONNECTIONS} connections, loopback), 2-core machine, run {time.strftime('%Y-%m-%d')}; "
-        "medians of the repeats, taken in turn.",
+        f"Command: `{command}` (wrk, 1 thread, {CONNECTIONS} connections, loopback), 2-core machine, run "
+        f"{time.strftime('%Y-%m-%d')}; medians of the repeats, taken in turn.",
         "",
         "| target | requests/s | p99 | share of the ceiling's requests/s | p99 / ceiling's | non-2xx |",
         "|---|---|---|---|---|---|",
     ]
     for name, label in labels.items():
+        if name not in results:
+            continue
         rps, p99 = median(results[name], "rps"), median(results[name], "p99_ms")
         errors = sum(run["errors"] for run in results[name])
         lines.append(
@@ -238,11 +288,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--targets", default=",".join(TARGETS), help=f"a comma-separated subset of {TARGETS}")
+    parser.add_argument("--baseline", type=Path, help="another tree whose signed status route to measure alongside")
+    parser.add_argument("--baseline-label", default="", help="what to call the baseline tree in the table")
     parser.add_argument("--write", type=Path)
     args = parser.parse_args()
+    targets = tuple(name for name in args.targets.split(",") if name and name != "ceiling")
+    if unknown := set(targets).difference(TARGETS):
+        raise SystemExit(f"unknown targets {sorted(unknown)}; choose from {TARGETS}")
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed: apt-get install wrk")
-    text = render(measure(args.seconds, args.repeats), args.seconds, args.repeats)
+    command = " ".join(["bench/throughput_bench.py", *sys.argv[1:]]).replace(f" --write {args.write}", "")
+    results = measure(args.seconds, args.repeats, targets, args.baseline)
+    text = render(results, args.seconds, args.repeats, f".venv/bin/python {command}", args.baseline_label)
     print(text)
     if args.write:
         write_section(args.write, MARKER, HEADING, text)

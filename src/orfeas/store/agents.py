@@ -105,9 +105,9 @@ class RecentRequests:
         if self.tail is not None and self.now < self.tail:
             self.count, self.tail = self._rows(agent_requests.c.at > since)
         elif self.tail is not None and self.tail <= since:
-            left, _ = self._rows(agent_requests.c.at >= self.tail, agent_requests.c.at <= since)
+            left, oldest = self._left_and_oldest(self.tail, since)
             self.count -= left
-            self.tail = self._oldest_after(since) if self.count else None
+            self.tail = oldest if self.count else None
         return self.count, self.tail
 
     def nonce_used(self, nonce: str, since: datetime) -> bool:
@@ -145,14 +145,13 @@ class RecentRequests:
         count, oldest = self.conn.execute(query).one()
         return count, as_utc(oldest)
 
-    def _oldest_after(self, since: datetime) -> datetime | None:
-        query = (
-            sa.select(agent_requests.c.at)
-            .where(self._mine, agent_requests.c.at > since)
-            .order_by(agent_requests.c.at)
-            .limit(1)
-        )
-        return as_utc(self.conn.scalar(query))
+    def _left_and_oldest(self, tail: datetime, since: datetime) -> tuple[int, datetime | None]:
+        """In one statement: how many of this agent's rows are from `tail` up to `since`, and the oldest after it."""
+        at = agent_requests.c.at
+        left = sa.select(sa.func.count()).where(self._mine, at >= tail, at <= since)
+        oldest = sa.select(at).where(self._mine, at > since).order_by(at).limit(1)
+        count, first = self.conn.execute(sa.select(left.scalar_subquery(), oldest.scalar_subquery())).one()
+        return count, as_utc(first)
 
     @property
     def _mine(self) -> sa.ColumnElement[bool]:
