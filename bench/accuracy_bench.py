@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from orfeas import GenerateOptions, Settings, generate, save_result
-from orfeas.cli import parse_generator_options
+from orfeas.cli.generate import parse_generator_options
 from orfeas.pipeline.generators import create_generator
 from report import write_section
 

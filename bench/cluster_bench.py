@@ -43,7 +43,7 @@ from tests.e2e.test_cluster_pg import submit  # noqa: E402
 
 from orfeas.store.db import create_db_engine  # noqa: E402
 from orfeas.store.jobs import JobStore, NewJob  # noqa: E402
-from orfeas.store.startup import open_database  # noqa: E402
+from orfeas.store.opening import open_database  # noqa: E402
 from report import write_section  # noqa: E402
 
 HEADING = "Cluster on PostgreSQL"

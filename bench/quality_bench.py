@@ -34,7 +34,7 @@ import baseline_remover
 from accuracy_bench import load_scorer
 from corpus import BACKGROUNDS, DEFAULT_OUT, LIGHTINGS, RENDER_MARGIN, VIEWS, Case, build_corpus
 from orfeas import GenerateOptions, Settings, generate
-from orfeas.cli import parse_generator_options
+from orfeas.cli.generate import parse_generator_options
 from orfeas.errors import InvalidImage
 from orfeas.pipeline.background import remove_background
 from orfeas.pipeline.generators import create_generator

@@ -374,7 +374,7 @@ def test_the_dockerfile_copies_files_that_exist_and_the_build_context_keeps():
     for source in copied:
         assert (REPO / source).exists(), source
         assert dockerignore_includes(source), source
-    for inside in ("src/orfeas/cli.py", "src/orfeas/web/static/app.js", "src/orfeas/web/index.html"):
+    for inside in ("src/orfeas/cli/__init__.py", "src/orfeas/web/static/app.js", "src/orfeas/web/index.html"):
         assert (REPO / inside).exists() and dockerignore_includes(inside), inside
     for kept_out in (".venv/bin/python", ".git/HEAD", "deploy/.env", "orfeas-data/jobs.db", "src/orfeas/__pycache__"):
         assert not dockerignore_includes(kept_out), kept_out

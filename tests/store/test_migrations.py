@@ -26,8 +26,8 @@ from orfeas.store.agents import AgentStore
 from orfeas.store.db import as_utc, create_db_engine, sqlite_url
 from orfeas.store.jobs import JobStore, NewJob
 from orfeas.store.migrate import alembic_config, autogenerate_diff, current_revision, head_revision, init_db, upgrade
+from orfeas.store.opening import DatabaseUnavailable, open_database
 from orfeas.store.schema import agent_audit, agent_requests, agents, job_events, jobs
-from orfeas.store.startup import DatabaseUnavailable, open_database
 
 FIXTURES = Path(__file__).with_name("fixtures")
 TABLES = (jobs, job_events, agents, agent_requests, agent_audit)  # foreign keys point backwards in this order

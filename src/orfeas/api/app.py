@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -12,7 +11,6 @@ from datetime import UTC, datetime, timedelta
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.staticfiles import StaticFiles
-from prometheus_client import CollectorRegistry
 
 from orfeas import __version__
 from orfeas.api.deps import Services
@@ -21,22 +19,8 @@ from orfeas.api.progress import ProgressHub
 from orfeas.api.routes import agent, auth, docs, jobs, monitoring, studio
 from orfeas.api.security import HostOriginGuard, allowed_hosts, check_auth_binding
 from orfeas.config import Settings
-from orfeas.service.agent_accounts import AgentAccounts
-from orfeas.service.agent_keys import check_master_key, load_master_key
-from orfeas.service.agents import AgentAuthenticator
-from orfeas.service.audit import AuditLog
-from orfeas.service.auth import AccountService
-from orfeas.service.batch_sizing import BatchSizer, MemoryProbe
-from orfeas.service.jobs import JobService
-from orfeas.service.metrics import ServiceMetrics
 from orfeas.service.monitoring import UtilizationSampler
-from orfeas.service.worker import Worker
-from orfeas.store.agents import AgentStore
-from orfeas.store.artifacts import LocalArtifactStore
-from orfeas.store.db import sqlite_url
-from orfeas.store.jobs import JobStore
-from orfeas.store.startup import open_database
-from orfeas.store.users import UserStore
+from orfeas.service.wiring import account_service, build_agent_parts, build_job_parts, open_job_database
 
 logger = logging.getLogger(__name__)
 SAMPLE_SECONDS = 2.0  # utilization sampling period for the trend
@@ -46,30 +30,25 @@ HOUSEKEEPING_SECONDS = 60.0
 def build_services(settings: Settings) -> Services:
     """Open the database and the result folder and build the objects the routes and the worker share."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    engine = open_database(settings.database_url or sqlite_url(settings.data_dir), f"orfeas-api-{os.getpid()}")
-    store = JobStore(engine)
-    artifacts = LocalArtifactStore(settings.data_dir)
-    probe = MemoryProbe(settings.device)
-    batch_sizer = BatchSizer(probe, settings.target_utilization, settings.max_batch)
-    sampler = UtilizationSampler(probe)  # owns the CPU counter: requests and scrapes read its last sample
-    metrics = ServiceMetrics(CollectorRegistry(), store.count_by_status, sampler)
-    master_key = load_master_key(settings.agent_master_key, settings.data_dir)
-    users = UserStore(engine)
-    check_master_key(users, master_key)
-    agents = AgentStore(engine)
+    engine = open_job_database(settings, "api")
+    parts = build_job_parts(settings, engine)
+    agents = build_agent_parts(settings, engine)
+    sampler = UtilizationSampler(parts.probe)  # owns the CPU counter: requests and scrapes read its last sample
+    metrics = parts.metrics(sampler)
     return Services(
         settings=settings,
-        store=store,
-        artifacts=artifacts,
-        jobs=JobService(store, artifacts, settings),
-        probe=probe,
-        batch_sizer=batch_sizer,
+        job_store=parts.job_store,
+        artifacts=parts.artifacts,
+        job_service=parts.job_service(),
+        probe=parts.probe,
+        batch_sizer=parts.batch_sizer,
         sampler=sampler,
         metrics=metrics,
-        agents=agents,
-        authenticator=AgentAuthenticator(AgentAccounts(agents, master_key), settings.agent_window_seconds),
-        accounts=AccountService(users, settings.session_hours),
-        audit=AuditLog(agents),
+        agent_store=agents.agent_store,
+        authenticator=agents.authenticator,
+        accounts=account_service(settings, engine),
+        audit=agents.audit,
+        new_worker=lambda: parts.worker(metrics),
     )
 
 
@@ -77,9 +56,9 @@ def _keep_agent_tables_small(services: Services, stop: threading.Event) -> None:
     """Drop request rows past the replay window and audit entries past retention, once a minute."""
     while not stop.wait(HOUSEKEEPING_SECONDS):
         try:
-            services.agents.purge_requests(2 * services.settings.agent_window_seconds)
+            services.agent_store.purge_requests(2 * services.settings.agent_window_seconds)
             cutoff = datetime.now(UTC) - timedelta(hours=services.settings.retention_hours)
-            services.agents.delete_audit_before(cutoff)
+            services.agent_store.delete_audit_before(cutoff)
             services.accounts.purge_sessions()
         except Exception:  # a database hiccup must not end the loop
             logger.exception("agent housekeeping failed")
@@ -90,7 +69,7 @@ def _return_running_jobs(services: Services) -> None:
     for a long batch (or its lease) and another worker can take them; the interrupted attempt does not count."""
     for worker in services.workers:
         try:
-            services.store.requeue_owned(worker.worker_id)
+            services.job_store.requeue_owned(worker.worker_id)
         except Exception:  # the leases then run out and another worker's heartbeat requeues the jobs
             logger.exception("could not requeue the running jobs of worker %s", worker.worker_id)
 
@@ -108,7 +87,7 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = True) -> 
         services.audit.start()
         threads = []
         if run_worker:
-            worker = Worker(services.store, services.artifacts, settings, services.batch_sizer, services.metrics)
+            worker = services.new_worker()
             services.workers.append(worker)
             thread = threading.Thread(target=worker.run, args=(stop,), name="orfeas-worker", daemon=True)
             thread.start()
@@ -138,11 +117,11 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = True) -> 
     )
     app.state.services = services
     app.state.progress = ProgressHub(
-        services.store.get_many,
+        services.job_store.get_many,
         poll_seconds=settings.poll_seconds / 2,
         max_sockets=settings.max_websockets,
         max_per_client=settings.max_websockets_per_client,
-        changes=services.store.change_notifications(),
+        changes=services.job_store.change_notifications(),
     )
     app.add_middleware(BodySizeLimit, limit=settings.max_upload_bytes)
     cors = frozenset(origin.strip().rstrip("/") for origin in settings.cors_origins.split(",") if origin.strip())

@@ -27,18 +27,21 @@ T = TypeVar("T")
 
 @dataclass
 class Services:
+    """The API's objects, built by `orfeas.api.app.build_services` from the parts in `orfeas.service.wiring`."""
+
     settings: Settings
-    store: JobStore
+    job_store: JobStore
     artifacts: ArtifactStorage
-    jobs: JobService
+    job_service: JobService
     probe: MemoryProbe
     batch_sizer: BatchSizer
     sampler: UtilizationSampler
     metrics: ServiceMetrics
-    agents: AgentStore
+    agent_store: AgentStore
     authenticator: AgentAuthenticator
     accounts: AccountService
     audit: AuditLog
+    new_worker: Callable[[], Worker]  # a worker on the job store, reporting to `metrics`
     refusals: RefusalLimiter = field(default_factory=RefusalLimiter)
     workers: list[Worker] = field(default_factory=list)
 
@@ -50,6 +53,6 @@ def get_services(request: Request) -> Services:
 async def quick_read(services: Services, read: Callable[..., T], *args: Any) -> T:
     """Run a short primary-key read: inline on SQLite, where it is a local page read that never waits for
     writers (WAL) and costs less than the hop to a thread; in a thread on PostgreSQL, where it is a round trip."""
-    if services.store.local_reads:
+    if services.job_store.local_reads:
         return read(*args)
     return await asyncio.to_thread(read, *args)

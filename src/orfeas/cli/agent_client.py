@@ -11,8 +11,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
-from orfeas.cli import parse_generator_options
-from orfeas.cli_help import CleanHelpTyper
+from orfeas.cli.generate import parse_generator_options
+from orfeas.cli.help import CleanHelpTyper
 from orfeas.client import AgentClient, ApiError, JobFailed, MissingCredentials, ServerUnreachable
 from orfeas.client.agent import result_filename
 

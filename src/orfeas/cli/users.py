@@ -11,11 +11,12 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from orfeas.cli import DatabaseOption, DataDirOption, _fail, _open_engine, _settings, stderr
-from orfeas.cli_help import CleanHelpTyper
+from orfeas.cli.console import fail, stderr
+from orfeas.cli.help import CleanHelpTyper
+from orfeas.cli.settings import DatabaseOption, DataDirOption, command_settings, open_engine
 from orfeas.errors import OrfeasError
 from orfeas.service.auth import AccountService
-from orfeas.store.users import UserStore
+from orfeas.service.wiring import account_service
 
 users_app = CleanHelpTyper(help="Manage the users of the studio and the API (operator commands).", no_args_is_help=True)
 keys_app = CleanHelpTyper(help="Manage users' API keys for programs (operator commands).", no_args_is_help=True)
@@ -26,17 +27,17 @@ PasswordStdin = Annotated[
 
 
 def _accounts(data_dir: Path | None, database: str | None) -> AccountService:
-    settings = _settings(data_dir, database)
-    engine = _open_engine(settings)
+    settings = command_settings(data_dir, database)
+    engine = open_engine(settings)
     stderr.print(f"database: {engine.url.render_as_string(hide_password=True)}")
-    return AccountService(UserStore(engine), settings.session_hours)
+    return account_service(settings, engine)
 
 
 def _read_password(from_stdin: bool) -> str:
     if from_stdin:
         return sys.stdin.readline().rstrip("\r\n")
     if not sys.stdin.isatty():
-        raise _fail("no terminal to ask for the password: pass --password-stdin and pipe it in", code=2)
+        raise fail("no terminal to ask for the password: pass --password-stdin and pipe it in", code=2)
     return typer.prompt("Password", hide_input=True, confirmation_prompt=True)
 
 
@@ -55,7 +56,7 @@ def users_create(
     try:
         user = accounts.create_user(name, password, is_admin=admin)
     except OrfeasError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     print(f"created {'admin' if user.is_admin else 'user'} {user.name}")
 
 
@@ -98,7 +99,7 @@ def users_passwd(
     try:
         accounts.set_password(name, _read_password(password_stdin))
     except OrfeasError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     print(f"password of {name} changed")
 
 
@@ -108,7 +109,7 @@ def users_disable(name: str, data_dir: DataDirOption = None, database: DatabaseO
     try:
         _accounts(data_dir, database).disable_user(name)
     except OrfeasError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     print(f"disabled {name}")
 
 
@@ -123,7 +124,7 @@ def keys_create(
     try:
         record, key = _accounts(data_dir, database).create_key(user, label)
     except OrfeasError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     print(f"key: {key}")
     stderr.print(f"key id {record.id} for {record.user_name}" + (f" ({record.label})" if record.label else ""))
 
@@ -139,7 +140,7 @@ def keys_list(
     try:
         keys = _accounts(data_dir, database).list_keys(user)
     except OrfeasError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     rows = [
         {
             "id": key.id,
@@ -172,5 +173,5 @@ def keys_revoke(
     try:
         record = _accounts(data_dir, database).revoke_key(key_id)
     except OrfeasError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     print(f"revoked key {record.id} of {record.user_name}")

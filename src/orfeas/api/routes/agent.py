@@ -158,7 +158,7 @@ def _own_job(services: Services, call: AgentRequest, job_id: str) -> JobRecord:
     """The job if this agent owns it; another agent's job is indistinguishable from a missing one (404)."""
     if JOB_ID_PATTERN.fullmatch(job_id):
         call.job_ids.append(job_id)
-    return services.jobs.get(checked_id(job_id), call.principal)
+    return services.job_service.get(checked_id(job_id), call.principal)
 
 
 async def _submit(
@@ -166,7 +166,9 @@ async def _submit(
 ) -> tuple[list[JobRecord], int]:
     """The jobs and the status to answer with (and to audit): 202, or 200 for a repeat of an earlier request."""
     idempotency_key = call.request.headers.get("idempotency-key")
-    jobs, created = await asyncio.to_thread(services.jobs.submit, uploads, options, call.principal, idempotency_key)
+    jobs, created = await asyncio.to_thread(
+        services.job_service.submit, uploads, options, call.principal, idempotency_key
+    )
     call.job_ids = [job.id for job in jobs]
     call.status = 202 if created else 200  # as on /api/jobs
     return jobs, call.status

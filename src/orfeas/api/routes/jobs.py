@@ -109,7 +109,7 @@ async def submit_jobs(
         uploads = [multi_view]
     else:
         uploads = [Upload(name=file.filename or "image", data=await file.read()) for file in image or []]
-    jobs, created = await asyncio.to_thread(services.jobs.submit, uploads, options, principal, idempotency_key)
+    jobs, created = await asyncio.to_thread(services.job_service.submit, uploads, options, principal, idempotency_key)
     names = owner_names(services, principal, jobs)
     body = {"jobs": [job_json(job, principal, names) for job in jobs]}
     return JSONResponse(body, status_code=202 if created else 200)
@@ -124,7 +124,7 @@ def list_jobs(
     status: Annotated[JobStatus | None, Query()] = None,
 ) -> JSONResponse:
     """Your jobs (an admin: everyone's), newest first."""
-    jobs, total = services.jobs.list(principal, limit=limit, offset=offset, status=status)
+    jobs, total = services.job_service.list(principal, limit=limit, offset=offset, status=status)
     names = owner_names(services, principal, jobs)
     views = [job_json(job, principal, names) for job in jobs]
     return JSONResponse({"jobs": views, "total": total, "limit": limit, "offset": offset})
@@ -133,14 +133,14 @@ def list_jobs(
 @router.get("/{job_id}", response_model=JobView)
 async def get_job(job_id: str, services: Annotated[Services, Depends(get_services)], principal: Caller) -> Response:
     """Status, progress, stage, timings, error and result URLs of one job (the route clients poll)."""
-    job = await quick_read(services, services.jobs.get, checked_id(job_id), principal)
+    job = await quick_read(services, services.job_service.get, checked_id(job_id), principal)
     return job_response(job, principal, owner_names(services, principal, [job]))
 
 
 @router.delete("/{job_id}", response_model=JobView)
 def cancel_job(job_id: str, services: Annotated[Services, Depends(get_services)], principal: Caller) -> Response:
     """Cancel a queued or running job; a finished job is returned unchanged."""
-    job = services.jobs.cancel(checked_id(job_id), principal)
+    job = services.job_service.cancel(checked_id(job_id), principal)
     return job_response(job, principal, owner_names(services, principal, [job]))
 
 
@@ -149,7 +149,7 @@ def download_result(
     job_id: str, fmt: str, services: Annotated[Services, Depends(get_services)], principal: Caller
 ) -> FileResponse:
     """The model in one of the formats the job asked for (OBJ as a zip with its MTL and texture)."""
-    return result_file_response(services, services.jobs.get(checked_id(job_id), principal), fmt)
+    return result_file_response(services, services.job_service.get(checked_id(job_id), principal), fmt)
 
 
 def result_file_response(services: Services, job: JobRecord, fmt: str) -> FileResponse:
@@ -173,8 +173,8 @@ def result_file_response(services: Services, job: JobRecord, fmt: str) -> FileRe
 )
 def preview(job_id: str, services: Annotated[Services, Depends(get_services)], principal: Caller) -> FileResponse:
     """A small rendering of the finished model (the studio's history thumbnails)."""
-    job = services.jobs.get(checked_id(job_id), principal)
-    return FileResponse(services.jobs.preview_path(job), media_type="image/png")
+    job = services.job_service.get(checked_id(job_id), principal)
+    return FileResponse(services.job_service.preview_path(job), media_type="image/png")
 
 
 @router.websocket("/{job_id}/events")
@@ -211,7 +211,7 @@ async def _send_progress(
     websocket: WebSocket, services: Services, hub: ProgressHub, principal: Principal, job_id: str
 ) -> None:
     try:
-        job = await asyncio.to_thread(services.jobs.get, checked_id(job_id), principal)
+        job = await asyncio.to_thread(services.job_service.get, checked_id(job_id), principal)
     except JobNotFound as exc:
         await websocket.send_json({"type": "error", "error": {"type": "JobNotFound", "message": str(exc)}})
         await websocket.close(code=4404)

@@ -21,14 +21,14 @@ PROFILE_WINDOW = 1000  # the summary covers this many most recent finished jobs
 @router.get("/api/performance/summary", dependencies=[Depends(caller)])
 def summary(services: Annotated[Services, Depends(get_services)]) -> PerformanceSummary:
     """Totals, average/p50/p95 duration, per-stage breakdown and bottlenecks of recent finished jobs."""
-    return PerformanceSummary.model_validate(performance_summary(services.store.recent_profiles(PROFILE_WINDOW)))
+    return PerformanceSummary.model_validate(performance_summary(services.job_store.recent_profiles(PROFILE_WINDOW)))
 
 
 @router.get("/api/performance/recommendations", dependencies=[Depends(caller)])
 def advice(services: Annotated[Services, Depends(get_services)]) -> Recommendations:
     """Advice from the profiles and the device's memory and utilization: `message` names the studio's form fields,
     `cli` the `orfeas generate` options."""
-    data = performance_summary(services.store.recent_profiles(PROFILE_WINDOW))
+    data = performance_summary(services.job_store.recent_profiles(PROFILE_WINDOW))
     reading = services.sampler.latest()  # not the probe: the sampler thread owns the utilization counter
     items = recommendations(data, reading, services.batch_sizer.last_plan, services.sampler.trend())
     return Recommendations.model_validate({"recommendations": items})
@@ -40,7 +40,7 @@ def gpu_status(services: Annotated[Services, Depends(get_services)]) -> DeviceSt
     plan = _current_plan(services)
     reading, trend = services.sampler.latest(), services.sampler.trend()
     status = device_status(reading, plan, trend)
-    data = performance_summary(services.store.recent_profiles(PROFILE_WINDOW))
+    data = performance_summary(services.job_store.recent_profiles(PROFILE_WINDOW))
     return DeviceStatus.model_validate(status | {"recommendations": recommendations(data, reading, plan, trend)})
 
 
@@ -65,7 +65,7 @@ def healthz() -> Health:
 def readyz(services: Annotated[Services, Depends(get_services)]) -> Response:
     """Ready when the database answers, every worker this process runs has looped recently and the data
     directory has at least ORFEAS_MIN_FREE_DISK_BYTES free."""
-    services.store.queue_depth()  # raises OperationalError (503) when the database is down
+    services.job_store.queue_depth()  # raises OperationalError (503) when the database is down
     stale = sum(not worker.is_alive() for worker in services.workers)
     low_disk = shutil.disk_usage(services.settings.data_dir).free < services.settings.min_free_disk_bytes
     if stale or low_disk:
@@ -78,7 +78,7 @@ def _current_plan(services: Services) -> BatchPlan | None:
     """What the batch sizer would choose for the next queued job (or the default generator) right now."""
     if services.workers:
         worker = services.workers[0]
-        upcoming = services.store.next_queued()
+        upcoming = services.job_store.next_queued()
         if upcoming is not None:
             return worker.plan_for(upcoming)
         return worker.plan_default()

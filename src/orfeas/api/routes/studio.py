@@ -72,10 +72,10 @@ def generators(
 ) -> StudioGenerators:
     """Generators this server offers, whether each (and each hunyuan3d model) can run now, and the options' bounds.
     Where weights must go (server paths) is shown to admins only."""
-    settings = services.jobs.pipeline_settings
+    settings = services.job_service.pipeline_settings
     listing = []
     for name in available_generators(settings):
-        generator = services.jobs.generator(name)
+        generator = services.job_service.generator(name)
         variants = model_variants(settings, principal.is_admin) if name == "hunyuan3d" else None
         usable = [v for v in variants or [] if v.usable]
         reason = missing_weights(name, settings) if variants is None or not usable else None
