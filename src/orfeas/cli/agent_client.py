@@ -154,10 +154,12 @@ def generate_command(
                 return
             finished = wait_with_progress(client, jobs, names)
             out.mkdir(parents=True, exist_ok=True)
-            for image, job in zip(images, finished, strict=True):
-                for fmt in job["result_urls"] if job else ():
-                    path = client.download(job["id"], fmt, out / result_filename(image.stem, fmt))
-                    print(f"{job['id']}  {path}")
+            for image, final in zip(images, finished, strict=True):
+                if final is None:
+                    continue  # failed: reported by wait_with_progress
+                for fmt in final["result_urls"]:
+                    path = client.download(final["id"], fmt, out / result_filename(image.stem, fmt))
+                    print(f"{final['id']}  {path}")
     except AGENT_ERRORS as exc:
         fail(str(exc))
     if None in finished:

@@ -11,11 +11,12 @@ import functools
 from typing import Any
 
 import typer
-from typer.core import TyperArgument, TyperCommand
+from typer.core import TyperArgument, TyperCommand, TyperOption
 
 
-def _placeholder(param: Any, ctx: Any) -> str:
-    if isinstance(param, TyperArgument) or getattr(param, "is_flag", False):
+# `ctx` and the parameter lists are typer's own copy of click's types (typer._click, a private module): Any here.
+def _placeholder(param: TyperArgument | TyperOption, ctx: Any) -> str:
+    if isinstance(param, TyperArgument) or param.is_flag:
         return ""
     return param.metavar or param.display_type(ctx).strip("<>").upper()
 
@@ -26,7 +27,9 @@ class CleanHelpCommand(TyperCommand):
     def get_params(self, ctx: Any) -> list[Any]:
         params = super().get_params(ctx)
         for param in params:
-            param.display_type_rich = functools.partial(_placeholder, param)
+            if isinstance(param, TyperArgument | TyperOption):
+                # an instance attribute: it shadows the method that typer's rich help calls, for this parameter only
+                vars(param)["display_type_rich"] = functools.partial(_placeholder, param)
         return params
 
 

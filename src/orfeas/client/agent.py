@@ -10,7 +10,7 @@ import base64
 import json
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any, Self
@@ -203,8 +203,10 @@ class AgentClient:
         """A client configured by ORFEAS_AGENT_URL (default http://127.0.0.1:8000), ORFEAS_AGENT_KEY and _SECRET."""
         env = os.environ if env is None else env
         key_id, secret = env.get("ORFEAS_AGENT_KEY"), env.get("ORFEAS_AGENT_SECRET")
-        missing = [name for name, value in (("ORFEAS_AGENT_KEY", key_id), ("ORFEAS_AGENT_SECRET", secret)) if not value]
-        if missing:
+        if not key_id or not secret:
+            missing = [
+                name for name, value in (("ORFEAS_AGENT_KEY", key_id), ("ORFEAS_AGENT_SECRET", secret)) if not value
+            ]
             raise MissingCredentials(
                 f"{' and '.join(missing)} not set: export the agent key id and secret issued by the ORFEAS server"
             )
@@ -224,22 +226,22 @@ class AgentClient:
         image: ImageInput | None = None,
         filename: str | None = None,
         *,
-        views: dict[str, ImageInput] | None = None,
+        views: Mapping[str, ImageInput] | None = None,
         **options: Any,
     ) -> dict[str, Any]:
         """Submit one image (a path, or raw bytes), or the views of one object (`views={"front": ..., "back": ...}`,
         for a multi-view model such as hunyuan3d-dit-v2-mv), with generation options; returns the queued job."""
-        if (image is None) == (views is None):
-            raise ValueError("give either one image or views")
-        if views is not None:
+        if views is not None and image is None:
             body: dict[str, Any] = {"views": {name: read_image(view)["image"] for name, view in views.items()}}
-        else:
+        elif image is not None and views is None:
             body = read_image(image, filename)
+        else:
+            raise ValueError("give either one image or views")
         if options:
             body["options"] = options
         return self._request("POST", "/api/agent/generate-3d", json_body=body).json()["job"]
 
-    def batch(self, images: list[ImageInput], **options: Any) -> list[dict[str, Any]]:
+    def batch(self, images: Sequence[ImageInput], **options: Any) -> list[dict[str, Any]]:
         """Submit several images sharing the same options; returns one job per image, in order."""
         body: dict[str, Any] = {"images": [read_image(image) for image in images]}
         if options:

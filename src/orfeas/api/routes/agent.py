@@ -6,7 +6,7 @@ import asyncio
 import base64
 import binascii
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
@@ -54,7 +54,7 @@ class AgentRequest:
         self.status: int | None = None  # set by a route whose success status varies (a repeat is 200)
 
 
-def authenticated(operation: str, success: int = 200):
+def authenticated(operation: str, success: int = 200) -> Callable[[Request, Services], AsyncIterator[AgentRequest]]:
     """A dependency that verifies the signature for `operation` and writes exactly one audit row per request:
     the refusal, or once the route has answered, its real status (`success` or the error's)."""
 

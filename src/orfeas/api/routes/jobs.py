@@ -248,7 +248,7 @@ async def _until_disconnect(websocket: WebSocket) -> None:
         pass
 
 
-async def _racing(updates: AsyncGenerator[JobRecord, None], stop: asyncio.Task) -> AsyncIterator[JobRecord]:
+async def _racing(updates: AsyncGenerator[JobRecord, None], stop: asyncio.Task[None]) -> AsyncIterator[JobRecord]:
     """The items of `updates` until `stop` finishes (the client left), whichever comes first."""
     try:
         while True:
