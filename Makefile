@@ -88,6 +88,7 @@ test: setup $(HUNYUAN_STAMP)
 	$(BIN)/ruff check src tests bench deploy
 	$(BIN)/ruff format --check src tests bench deploy
 	$(BIN)/lint-imports
+	$(BIN)/mypy src
 	$(BIN)/pytest
 
 bench: setup
