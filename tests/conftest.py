@@ -8,8 +8,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import pytest
+import sqlalchemy as sa
 
 from orfeas.pipeline.background import Cutout
+from orfeas.store.db import create_db_engine
+from orfeas.store.migrate import init_db
+from tests.fakes import Clock
 from tests.synthetic import cutout_from_mask, disc_mask
 
 
@@ -81,3 +85,18 @@ def db_url(request: pytest.FixtureRequest, tmp_path) -> Iterator[str]:
     finally:
         with psycopg.connect(POSTGRES_ADMIN, autocommit=True) as admin:
             admin.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+
+
+@pytest.fixture
+def engine(db_url: str) -> Iterator[sa.Engine]:
+    """`db_url`'s database (SQLite, then PostgreSQL) with the schema migrated in."""
+    engine = create_db_engine(db_url)
+    init_db(engine)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def clock() -> Clock:
+    """A clock the test moves by hand."""
+    return Clock()

@@ -5,7 +5,6 @@ more than the rate together."""
 import multiprocessing
 import random
 import uuid
-from collections.abc import Iterator
 
 import pytest
 import sqlalchemy as sa
@@ -14,22 +13,8 @@ from orfeas.service.agent_accounts import AgentAccounts
 from orfeas.service.agents import Admission, admit
 from orfeas.store.agents import AgentNotFound, AgentStore
 from orfeas.store.db import create_db_engine
-from orfeas.store.migrate import init_db
 from tests.fakes import Clock
 from tests.service.test_agent_accounts import MASTER_KEY
-
-
-@pytest.fixture
-def engine(db_url: str) -> Iterator[sa.Engine]:
-    engine = create_db_engine(db_url)
-    init_db(engine)
-    yield engine
-    engine.dispose()
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
 
 
 @pytest.fixture

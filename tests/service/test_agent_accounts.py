@@ -2,7 +2,6 @@
 PostgreSQL server: the checks on names, operations and rates, and the secrets derived from the master key."""
 
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -18,19 +17,6 @@ from orfeas.store.migrate import init_db
 from tests.fakes import Clock
 
 MASTER_KEY = bytes(range(32))
-
-
-@pytest.fixture
-def engine(db_url: str) -> Iterator[sa.Engine]:
-    engine = create_db_engine(db_url)
-    init_db(engine)
-    yield engine
-    engine.dispose()
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
 
 
 @pytest.fixture

@@ -2,28 +2,11 @@
 
 The rules (checked settings, derived secrets, admission) are tested in tests/service/."""
 
-from collections.abc import Iterator
-
 import pytest
 import sqlalchemy as sa
 
 from orfeas.store.agents import AgentExists, AgentNotFound, AgentStore
-from orfeas.store.db import create_db_engine
-from orfeas.store.migrate import init_db
 from tests.fakes import Clock
-
-
-@pytest.fixture
-def engine(db_url: str) -> Iterator[sa.Engine]:
-    engine = create_db_engine(db_url)
-    init_db(engine)
-    yield engine
-    engine.dispose()
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
 
 
 @pytest.fixture

@@ -4,13 +4,13 @@ import json
 import multiprocessing
 import threading
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import pytest
 import sqlalchemy as sa
 
-from orfeas.store import JobNotFound, JobRecord, JobStatus, JobStore, NewJob, create_db_engine, init_db, new_job_id
+from orfeas.store import JobNotFound, JobRecord, JobStatus, JobStore, NewJob, create_db_engine, new_job_id
 from orfeas.store.db import sqlite_url
 from orfeas.store.schema import job_events, jobs
 
@@ -29,14 +29,6 @@ class StepClock:
 
     def advance(self, seconds: float) -> None:
         self.now += timedelta(seconds=seconds)
-
-
-@pytest.fixture
-def engine(db_url: str) -> Iterator[sa.Engine]:
-    engine = create_db_engine(db_url)
-    init_db(engine)
-    yield engine
-    engine.dispose()
 
 
 @pytest.fixture

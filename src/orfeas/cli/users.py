@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
-from orfeas.cli.console import fail, stderr
+from orfeas.cli.console import fail, print_rows, stderr
 from orfeas.cli.help import CleanHelpTyper
 from orfeas.cli.settings import DatabaseOption, DataDirOption, command_settings, open_engine
 from orfeas.errors import OrfeasError
@@ -78,16 +75,7 @@ def users_list(
         }
         for user in users
     ]
-    if as_json:
-        for row in rows:
-            print(json.dumps(row))
-        return
-    table = Table()
-    for column in ("name", "admin", "password", "status", "created (UTC)"):
-        table.add_column(column)
-    for row in rows:
-        table.add_row(*(("yes" if v else "no") if isinstance(v, bool) else str(v) for v in row.values()))
-    Console(file=sys.stdout).print(table)
+    print_rows(rows, ("name", "admin", "password", "status", "created (UTC)"), as_json)
 
 
 @users_app.command("passwd")
@@ -151,16 +139,7 @@ def keys_list(
         }
         for key in keys
     ]
-    if as_json:
-        for row in rows:
-            print(json.dumps(row))
-        return
-    table = Table()
-    for column in ("id", "user", "label", "status", "created (UTC)"):
-        table.add_column(column)
-    for row in rows:
-        table.add_row(*row.values())
-    Console(file=sys.stdout).print(table)
+    print_rows(rows, ("id", "user", "label", "status", "created (UTC)"), as_json)
 
 
 @keys_app.command("revoke")

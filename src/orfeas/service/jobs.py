@@ -19,7 +19,7 @@ from orfeas.config import Settings
 from orfeas.errors import IdempotencyConflict, InvalidImage, InvalidOptions, StorageUnavailable, WeightsMissing
 from orfeas.limits import check_idempotency_key, clean_input_name
 from orfeas.pipeline.generate import batch_key, check_input_views
-from orfeas.pipeline.generators import Generator, available_generators, create_generator
+from orfeas.pipeline.generators import Generator, GeneratorCache, available_generators
 from orfeas.pipeline.image import decoded_bytes, inspect_image, read_header
 from orfeas.pipeline.options import GenerateOptions
 from orfeas.pipeline.preview import render_preview
@@ -84,7 +84,7 @@ class JobService:
         self.artifacts = artifacts
         self.settings = settings
         self.pipeline_settings = settings.pipeline()
-        self._generators: dict[str, Generator] = {}  # built once, only to check options
+        self._generators = GeneratorCache(self.pipeline_settings)  # only to check options
         self._validation_budget = MemoryBudget(settings.validation_memory_bytes)
 
     def submit(
@@ -193,9 +193,7 @@ class JobService:
 
     def generator(self, name: str) -> Generator:
         """The named generator, built once (building is cheap; weights load on first use)."""
-        if name not in self._generators:
-            self._generators[name] = create_generator(name, self.pipeline_settings)
-        return self._generators[name]
+        return self._generators.get(name)
 
     def preview_path(self, job: JobRecord) -> Path:
         """A 256 px rendering of a finished job's model, drawn on first request and kept with its results."""

@@ -30,7 +30,7 @@ from orfeas.config import Settings
 from orfeas.errors import OrfeasError, Stopped
 from orfeas.pipeline.background import BackgroundRemover
 from orfeas.pipeline.generate import GenerationResult, generate_batch, save_result
-from orfeas.pipeline.generators import GenerationParams, Generator, create_generator
+from orfeas.pipeline.generators import GenerationParams, Generator, GeneratorCache
 from orfeas.pipeline.learned_remover import create_remover
 from orfeas.pipeline.options import GenerateOptions
 from orfeas.pipeline.stages import Stage
@@ -150,7 +150,7 @@ class Worker:
         self.metrics = metrics
         # host and pid tell an operator which process holds a lease; the suffix keeps restarted pids apart
         self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-        self.generators: dict[str, Generator] = {}  # loaded once, kept for the worker's lifetime
+        self.generators = GeneratorCache(self.pipeline_settings)  # loaded once, kept for the worker's lifetime
         self._remover: BackgroundRemover | None = None  # a learned remover's session, loaded on the first batch
         self._remover_loaded = False
         self.last_beat = time.monotonic()
@@ -233,9 +233,7 @@ class Worker:
         return time.monotonic() - self.last_beat < 3 * self.settings.heartbeat_seconds + 1.0
 
     def generator(self, name: str) -> Generator:
-        if name not in self.generators:
-            self.generators[name] = create_generator(name, self.pipeline_settings)
-        return self.generators[name]
+        return self.generators.get(name)
 
     def run_batch(self, jobs: list[JobRecord]) -> None:
         """Generate a batch; on out-of-memory split it in halves, on other errors run the jobs one by one."""

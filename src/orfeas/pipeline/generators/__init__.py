@@ -12,6 +12,7 @@ from orfeas.pipeline.settings import PipelineSettings
 __all__ = [
     "GenerationParams",
     "Generator",
+    "GeneratorCache",
     "GridField",
     "Shape",
     "available_generators",
@@ -51,3 +52,22 @@ def create_generator(name: str, settings: PipelineSettings) -> Generator:
     except (ImportError, AttributeError) as exc:
         raise GeneratorUnavailable(f"generator {name!r} ({target}) cannot be loaded: {exc}") from None
     return factory(settings)
+
+
+class GeneratorCache:
+    """Generators by name, each built on first use and kept (building is cheap; a model's weights load on its first
+    generation and stay loaded as long as the cache holds it)."""
+
+    def __init__(self, settings: PipelineSettings) -> None:
+        self.settings = settings
+        self._built: dict[str, Generator] = {}
+
+    def get(self, name: str) -> Generator:
+        """The generator called `name`; GeneratorUnavailable as `create_generator` raises it."""
+        if name not in self._built:
+            self._built[name] = create_generator(name, self.settings)
+        return self._built[name]
+
+    def __setitem__(self, name: str, generator: Generator) -> None:
+        """Keep an already built (or loaded) generator under `name`."""
+        self._built[name] = generator
