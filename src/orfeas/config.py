@@ -10,8 +10,8 @@ from orfeas.pipeline.settings import PipelineFields, PipelineSettings
 
 
 class Settings(BaseSettings, PipelineFields):
-    """Machine- and deployment-level configuration (per-request choices live in `GenerateOptions`); the pipeline
-    fields are `PipelineFields`'."""
+    """Machine- and deployment-level configuration (per-request choices live in `GenerateOptions`); the fields the
+    pipeline reads are declared in `PipelineFields`."""
 
     model_config = SettingsConfigDict(env_prefix="ORFEAS_", extra="ignore")
 

@@ -1,7 +1,7 @@
 """Authenticating signed agent requests against a real SQLite registry: every refusal leaves the quota untouched."""
 
 import dataclasses
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,8 +18,7 @@ from orfeas.service.agents import (
 )
 from orfeas.signing import KEY_HEADER, NONCE_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, signed_headers
 from orfeas.store.agents import AgentRecord, AgentStore
-from orfeas.store.db import create_db_engine, sqlite_url
-from orfeas.store.migrate import init_db
+from orfeas.store.db import sqlite_url
 from tests.fakes import Clock
 from tests.service.test_agent_accounts import MASTER_KEY
 
@@ -53,16 +52,9 @@ class Call:
 
 
 @pytest.fixture
-def engine(tmp_path: Path) -> Iterator[sa.Engine]:
-    engine = create_db_engine(sqlite_url(tmp_path))
-    init_db(engine)
-    yield engine
-    engine.dispose()
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
+def db_url(tmp_path: Path) -> str:
+    """SQLite only: conftest's `engine` migrates it (the admission itself is tested on both in test_admission.py)."""
+    return sqlite_url(tmp_path)
 
 
 @pytest.fixture
