@@ -1,16 +1,18 @@
 """The agent rate limiter (`admit`) against real SQLite files and, where one is reachable, a real PostgreSQL server:
 a sliding 60 s window per agent, nonces remembered for twice the timestamp window, several processes never admitting
-more than the rate together."""
+more than the rate together, and the admission queue deciding concurrent requests in shared transactions."""
 
 import multiprocessing
 import random
+import threading
 import uuid
 
 import pytest
 import sqlalchemy as sa
 
 from orfeas.service.agent_accounts import AgentAccounts
-from orfeas.service.agents import Admission, admit
+from orfeas.service.agents import Admission, AdmissionQueue, admit
+from orfeas.service.agents import admit_many as admit_together
 from orfeas.store.agents import AgentNotFound, AgentStore
 from orfeas.store.db import create_db_engine
 from tests.fakes import Clock
@@ -171,3 +173,77 @@ def test_processes_admitting_concurrently_never_exceed_the_rate(db_url: str, eng
     assert sum(admitted) == 100
     assert all(count >= 25 for count in admitted)
     assert store.count_recent_requests(agent.id) == 100
+
+
+def test_one_transaction_decides_several_agents_requests_in_order(accounts: AgentAccounts, store: AgentStore) -> None:
+    first, _ = accounts.create("first", ["status"], rate_per_minute=2)
+    second, _ = accounts.create("second", ["status"], rate_per_minute=2)
+    missing = uuid.uuid4().hex
+    requests = [(first.id, "n-1"), (second.id, "n-1"), (first.id, "n-1"), (first.id, "n-2"), (missing, "n-3")]
+
+    outcomes = admit_together(store, requests)
+
+    assert [getattr(o, "reason", None) for o in outcomes[:4]] == [None, None, "replay", None]
+    assert [o.remaining for o in outcomes[:4]] == [1, 1, 1, 0]
+    assert isinstance(outcomes[4], AgentNotFound)
+    assert admit(store, first.id, "n-4").reason == "rate"  # the batch's two requests were both counted
+    assert store.count_recent_requests(first.id) == 2 and store.count_recent_requests(second.id) == 1
+
+
+def test_the_queue_shares_transactions_between_concurrent_requests(
+    accounts: AgentAccounts, store: AgentStore, engine: sa.Engine
+) -> None:
+    """8 threads submit 400 requests of two agents at once: each agent gets exactly its rate, every future is
+    answered, and the requests took fewer commits than there were requests."""
+    agents = [accounts.create(name, ["status"], rate_per_minute=150)[0] for name in ("first", "second")]
+    commits = []
+    sa.event.listen(engine, "commit", lambda _connection: commits.append(1))
+    queue = AdmissionQueue(store)
+    queue.start()
+    start = threading.Barrier(8)
+    answers: list[Admission] = []
+
+    def submit(agent_id: str) -> None:
+        start.wait()
+        futures = [queue.submit(agent_id, uuid.uuid4().hex) for _ in range(50)]
+        answers.extend(future.result(timeout=60) for future in futures)
+
+    threads = [threading.Thread(target=submit, args=(agents[i % 2].id,)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    queue.stop()
+
+    assert len(answers) == 400
+    assert sum(a.allowed for a in answers) == 300
+    assert {a.reason for a in answers if not a.allowed} == {"rate"}
+    assert [store.count_recent_requests(agent.id) for agent in agents] == [150, 150]
+    assert len(commits) < 400
+
+
+def test_a_database_error_reaches_every_request_of_its_batch(
+    accounts: AgentAccounts, store: AgentStore, engine: sa.Engine
+) -> None:
+    agent, _ = accounts.create("builder", ["status"])
+    with engine.begin() as conn:
+        conn.execute(sa.text("DROP TABLE agent_requests"))
+    queue = AdmissionQueue(store)
+    futures = [queue.submit(agent.id, uuid.uuid4().hex) for _ in range(3)]  # not started: decided in this thread
+    queue.start()
+    futures += [queue.submit(agent.id, uuid.uuid4().hex) for _ in range(3)]
+    queue.stop()
+
+    for future in futures:
+        assert isinstance(future.exception(timeout=10), sa.exc.DBAPIError)
+
+
+def test_a_stopped_queue_admits_in_the_callers_thread(accounts: AgentAccounts, store: AgentStore) -> None:
+    agent, _ = accounts.create("builder", ["status"])
+    queue = AdmissionQueue(store)
+    queue.start()
+    assert queue.submit(agent.id, "n-1").result(timeout=10).allowed
+    queue.stop()
+
+    answer = queue.submit(agent.id, "n-1")
+    assert answer.done() and answer.result().reason == "replay"

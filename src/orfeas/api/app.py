@@ -85,6 +85,7 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = True) -> 
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         services.sampler.start(SAMPLE_SECONDS)
         services.audit.start()
+        services.authenticator.admissions.start()
         threads = []
         if run_worker:
             worker = services.new_worker()
@@ -103,6 +104,7 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = True) -> 
             stop.set()
             services.sampler.stop()
             _return_running_jobs(services)
+            services.authenticator.admissions.stop()
             services.audit.stop()
             for thread in threads:
                 thread.join(timeout=settings.shutdown_grace_seconds)

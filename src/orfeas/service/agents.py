@@ -7,7 +7,8 @@ is known, the agent.
 
 `admit` is the rate limiter: an agent's requests of the last 60 s are its sliding window, and a nonce is remembered
 for twice the timestamp window. It decides and records inside one transaction that holds the agent's row locked
-(`AgentStore.locked_requests`), so several API processes sharing one database never exceed an agent's rate together.
+(`AgentStore.locked_requests`), so several API processes sharing one database never exceed an agent's rate together;
+`AdmissionQueue` decides the admissions that arrive together in one such transaction (`admit_many`).
 That transaction is short and its cost does not grow with the rate: the window is a running count on the agent's
 row, the nonce is checked by its unique constraint as it is inserted, and old rows are left to the housekeeping
 (`AgentStore.purge_requests`), nonces older than the retention counting as forgotten until it deletes them.
@@ -16,10 +17,12 @@ row, the nonce is checked by its unique constraint as it is inserted, and old ro
 from __future__ import annotations
 
 import math
+import queue
 import re
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -34,7 +37,7 @@ from orfeas.signing import (
     sign,
     signature_matches,
 )
-from orfeas.store.agents import AgentRecord, AgentStore
+from orfeas.store.agents import AgentNotFound, AgentRecord, AgentStore, RecentRequests
 
 RATE_WINDOW_SECONDS = 60
 
@@ -62,23 +65,127 @@ def admit(store: AgentStore, agent_id: str, nonce: str, window_seconds: int = 30
     window: a nonce must be remembered for twice that (a request may be signed up to that far in the past or
     future); an older recording of it is forgotten.
     """
+    admission = admit_many(store, [(agent_id, nonce)], window_seconds)[0]
+    if isinstance(admission, AgentNotFound):
+        raise admission
+    return admission
+
+
+def admit_many(
+    store: AgentStore, requests: Sequence[tuple[str, str]], window_seconds: int = 300
+) -> list[Admission | AgentNotFound]:
+    """`admit` for several (agent id, nonce) requests in one transaction, decided in the order given (the same
+    nonce twice: the second is a replay); an unknown agent's requests get AgentNotFound."""
     retention = timedelta(seconds=max(2 * window_seconds, RATE_WINDOW_SECONDS))
-    with store.locked_requests(agent_id) as requests:
-        now = requests.now
-        count, oldest = requests.count_since(now - timedelta(seconds=RATE_WINDOW_SECONDS))
-        limit = requests.rate_per_minute
-        reset = _seconds_until((oldest or now) + timedelta(seconds=RATE_WINDOW_SECONDS), now)
-        left = max(0, limit - count)
-        if requests.revoked:
-            return Admission(allowed=False, limit=limit, remaining=left, reset=reset, reason="revoked")
-        replay = Admission(allowed=False, limit=limit, remaining=left, reset=reset, reason="replay")
-        if count >= limit:
-            if requests.nonce_used(nonce, since=now - retention):
-                return replay
-            return Admission(allowed=False, limit=limit, remaining=0, reset=reset, reason="rate", retry_after=reset)
-        if not requests.record(nonce, forgotten_before=now - retention):
+    with store.locked_requests_many(agent_id for agent_id, _ in requests) as found:
+        return [
+            _decide(found[agent_id], nonce, retention)
+            if agent_id in found
+            else AgentNotFound(f"no agent with id {agent_id!r}")
+            for agent_id, nonce in requests
+        ]
+
+
+def _decide(requests: RecentRequests, nonce: str, retention: timedelta) -> Admission:
+    """Admit one request of the agent whose rows `requests` holds locked, recording it if allowed."""
+    now = requests.now
+    count, oldest = requests.count_since(now - timedelta(seconds=RATE_WINDOW_SECONDS))
+    limit = requests.rate_per_minute
+    reset = _seconds_until((oldest or now) + timedelta(seconds=RATE_WINDOW_SECONDS), now)
+    left = max(0, limit - count)
+    if requests.revoked:
+        return Admission(allowed=False, limit=limit, remaining=left, reset=reset, reason="revoked")
+    replay = Admission(allowed=False, limit=limit, remaining=left, reset=reset, reason="replay")
+    if count >= limit:
+        if requests.nonce_used(nonce, since=now - retention):
             return replay
+        return Admission(allowed=False, limit=limit, remaining=0, reset=reset, reason="rate", retry_after=reset)
+    if not requests.record(nonce, forgotten_before=now - retention):
+        return replay
     return Admission(allowed=True, limit=limit, remaining=limit - count - 1, reset=reset)
+
+
+class AdmissionQueue:
+    """Group commit for admissions: one thread takes every admission queued while its previous transaction ran and
+    decides them all in one transaction (`admit_many`), so concurrent signed requests share one write and one
+    commit instead of queueing for the database's write lock one by one. A lone request waits for nothing.
+
+    Until `start` (tests, tools) and after `stop`, `submit` admits at once in the caller's thread.
+    """
+
+    def __init__(self, store: AgentStore, window_seconds: int = 300, max_batch: int = 64) -> None:
+        self._store = store
+        self._window = window_seconds
+        self._max_batch = max_batch
+        self._queue: queue.SimpleQueue[_Queued | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+
+    def submit(self, agent_id: str, nonce: str) -> Future[Admission]:
+        """The admission of one request, decided now or by the queue's thread; AgentNotFound or a database error
+        comes back as the future's exception."""
+        future: Future[Admission] = Future()
+        if self._thread is None:
+            self._settle([(agent_id, nonce, future)])
+        else:
+            self._queue.put((agent_id, nonce, future))
+        return future
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="orfeas-admissions", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Decide what is queued, then admit in the caller's thread from now on."""
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            self._queue.put(None)
+            thread.join(timeout=10)
+        left: list[_Queued] = []  # submitted as the thread stopped
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is not None:
+                left.append(item)
+        if left:
+            self._settle(left)
+
+    def _run(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            batch = [first]
+            stopping = False
+            while len(batch) < self._max_batch:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    stopping = True
+                    break
+                batch.append(item)
+            self._settle(batch)
+            if stopping:
+                return
+
+    def _settle(self, batch: list[_Queued]) -> None:
+        try:
+            outcomes = admit_many(self._store, [(agent_id, nonce) for agent_id, nonce, _ in batch], self._window)
+        except Exception as exc:  # the database: every request of the batch gets the error (a 503)
+            for *_, future in batch:
+                future.set_exception(exc)
+            return
+        for (*_, future), outcome in zip(batch, outcomes, strict=True):
+            if isinstance(outcome, AgentNotFound):
+                future.set_exception(outcome)
+            else:
+                future.set_result(outcome)
+
+
+_Queued = tuple[str, str, "Future[Admission]"]
 
 
 def _seconds_until(moment: datetime, now: datetime) -> int:
@@ -130,7 +237,8 @@ class RateLimited(AgentRequestRefused):
 
 
 class AgentAuthenticator:
-    """Verifies signed agent requests against the agent registry (`accounts` derives the secrets).
+    """Verifies signed agent requests against the agent registry (`accounts` derives the secrets) and admits them
+    through its `admissions` queue (start and stop it with the server).
 
     `window_seconds` bounds how far a request's timestamp may be from the server's clock, in either direction;
     `now` is that clock (Unix seconds), injectable for tests.
@@ -143,6 +251,7 @@ class AgentAuthenticator:
         self._store = accounts.store
         self._window = window_seconds
         self._now = now
+        self.admissions = AdmissionQueue(accounts.store, window_seconds)
 
     def authenticate(
         self,
@@ -156,6 +265,23 @@ class AgentAuthenticator:
         """The agent that signed this request and its rate-limit state, once the request is admitted.
 
         Raises AuthenticationFailed, PermissionDenied or RateLimited; only an admitted request is recorded.
+        """
+        agent, nonce = self.verify(method, path, query, headers, body, operation)
+        return agent, self.accept(agent, nonce, self.admissions.submit(agent.id, nonce).result())
+
+    def verify(
+        self,
+        method: str,
+        path: str,
+        query: str,
+        headers: Mapping[str, str],
+        body: bytes,
+        operation: str,
+    ) -> tuple[AgentRecord, str]:
+        """Every check but the admission (one read, no write): the agent that signed this request and its nonce.
+
+        Raises AuthenticationFailed or PermissionDenied. Then submit the nonce to `admissions` and pass the
+        admission to `accept`.
         """
         if operation not in AGENT_OPERATIONS:
             raise ValueError(f"unknown operation {operation!r}; choose from {list(AGENT_OPERATIONS)}")
@@ -175,14 +301,18 @@ class AgentAuthenticator:
             raise AuthenticationFailed("bad signature", key_id=key_id, agent=agent)
         if operation not in agent.operations:
             raise PermissionDenied(operation, agent)
-        admission = admit(self._store, agent.id, nonce, window_seconds=self._window)
+        return agent, nonce
+
+    def accept(self, agent: AgentRecord, nonce: str, admission: Admission) -> Admission:
+        """The admission of a verified request if it was allowed; else raises RateLimited or AuthenticationFailed
+        (a replayed nonce, or a key revoked since `verify` read it)."""
         if admission.reason == "rate":
             raise RateLimited(admission, agent)
         if admission.reason == "replay":
-            raise AuthenticationFailed(f"nonce {nonce!r} was already used", key_id=key_id, agent=agent)
+            raise AuthenticationFailed(f"nonce {nonce!r} was already used", key_id=agent.key_id, agent=agent)
         if admission.reason == "revoked":
-            raise AuthenticationFailed(f"key {key_id!r} is revoked", key_id=key_id, agent=agent)
-        return agent, admission
+            raise AuthenticationFailed(f"key {agent.key_id!r} is revoked", key_id=agent.key_id, agent=agent)
+        return admission
 
 
 def _signed_headers(headers: Mapping[str, str]) -> tuple[str, str, str, str]:

@@ -4,7 +4,8 @@ The rules (key derivation, what a valid name, rate or operation is, which reques
 `orfeas.service`: `agent_keys`, `agent_accounts` and `agents`. `agent_requests` holds one row per accepted signed
 request; its unique (agent_id, nonce) makes a nonce recordable only once. `locked_requests` reads and writes one
 agent's rows in a transaction that holds the agent's row locked, so several API processes sharing one database admit
-each agent's requests one at a time.
+each agent's requests one at a time; `locked_requests_many` does so for several agents in one transaction (the
+admission queue's group commit).
 
 The agent's row keeps a running count of its requests (`window_count` rows at or after `window_tail`), so that the
 admission transaction reads only the rows that left the rate window since the previous admission, each row once,
@@ -16,7 +17,7 @@ from __future__ import annotations
 import builtins
 import dataclasses
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -27,7 +28,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
 from orfeas.errors import OrfeasError
-from orfeas.store.db import as_utc, iso_timestamps, read_only, utcnow
+from orfeas.store.db import as_utc, iso_timestamps, read_only, single_read, utcnow
 from orfeas.store.schema import agent_audit, agent_requests, agents
 
 
@@ -84,7 +85,8 @@ class RecentRequests:
     """One agent's accepted requests, read and written inside the transaction of `AgentStore.locked_requests`.
 
     `now` is the store's clock, read once when the transaction began; `record` stamps the request with it. `count`
-    and `tail` are the agent's running count as its row held it: `count` rows at or after `tail`.
+    and `tail` are the agent's running count: `count` rows at or after `tail`; the transaction writes them back to
+    the agent's row once, as it commits (`changed`).
     """
 
     conn: sa.Connection
@@ -94,6 +96,7 @@ class RecentRequests:
     now: datetime
     count: int
     tail: datetime | None
+    changed: bool = False
 
     def count_since(self, since: datetime) -> tuple[int, datetime | None]:
         """How many of this agent's requests are later than `since`, and the oldest of them (UTC), if any.
@@ -104,10 +107,12 @@ class RecentRequests:
         """
         if self.tail is not None and self.now < self.tail:
             self.count, self.tail = self._rows(agent_requests.c.at > since)
+            self.changed = True
         elif self.tail is not None and self.tail <= since:
             left, oldest = self._left_and_oldest(self.tail, since)
             self.count -= left
             self.tail = oldest if self.count else None
+            self.changed = True
         return self.count, self.tail
 
     def nonce_used(self, nonce: str, since: datetime) -> bool:
@@ -124,20 +129,21 @@ class RecentRequests:
 
         Call `count_since` first: the rows it has not passed yet stay counted.
         """
-        dialect = postgresql if self.conn.dialect.name == "postgresql" else sqlite
-        insert = dialect.insert(agent_requests).values(agent_id=self.agent_id, nonce=nonce, at=self.now)
-        upsert = insert.on_conflict_do_update(
-            index_elements=[agent_requests.c.agent_id, agent_requests.c.nonce],
-            set_={"at": insert.excluded.at},
-            where=agent_requests.c.at < forgotten_before,
-        ).returning(agent_requests.c.id)
-        if self.conn.execute(upsert).first() is None:  # a conflict with a nonce still remembered
+        upsert = _RECORD_NONCE[self.conn.dialect.name]
+        values = {"agent_id": self.agent_id, "nonce": nonce, "at": self.now, "forgotten_before": forgotten_before}
+        if self.conn.execute(upsert, values).first() is None:  # a conflict with a nonce still remembered
             return False
         self.count += 1
         self.tail = min(self.tail, self.now) if self.tail else self.now
-        window = {"window_count": self.count, "window_tail": self.tail}
-        self.conn.execute(sa.update(agents).where(agents.c.id == self.agent_id).values(window))
+        self.changed = True
         return True
+
+    def save(self) -> None:
+        """Write the running count back to the agent's row, if it changed."""
+        if self.changed:
+            values = {"agent": self.agent_id, "window_count": self.count, "window_tail": self.tail}
+            self.conn.execute(_SAVE_WINDOW, values)
+            self.changed = False
 
     def _rows(self, *conditions: sa.ColumnElement[bool]) -> tuple[int, datetime | None]:
         """How many of this agent's rows meet the conditions, and the oldest of them."""
@@ -156,6 +162,30 @@ class RecentRequests:
     @property
     def _mine(self) -> sa.ColumnElement[bool]:
         return agent_requests.c.agent_id == self.agent_id
+
+
+def _record_nonce(dialect: Any) -> sa.Executable:
+    """The upsert of `RecentRequests.record`, built once per dialect (its values are bound at each call)."""
+    insert = dialect.insert(agent_requests).values(
+        agent_id=sa.bindparam("agent_id"), nonce=sa.bindparam("nonce"), at=sa.bindparam("at")
+    )
+    return insert.on_conflict_do_update(
+        index_elements=[agent_requests.c.agent_id, agent_requests.c.nonce],
+        set_={"at": insert.excluded.at},
+        where=agent_requests.c.at < sa.bindparam("forgotten_before"),
+    ).returning(agent_requests.c.id)
+
+
+# The admission's statements, built once: building a statement costs more than SQLAlchemy's cached compilation.
+_RECORD_NONCE = {"postgresql": _record_nonce(postgresql), "sqlite": _record_nonce(sqlite)}
+_SAVE_WINDOW = sa.update(agents).where(agents.c.id == sa.bindparam("agent"))
+# Locks the agent's row on PostgreSQL; SQLite's BEGIN IMMEDIATE (see store.db) already serialises.
+_LOCK_AGENT = (
+    sa.select(agents.c.rate_per_minute, agents.c.revoked_at, agents.c.window_count, agents.c.window_tail)
+    .where(agents.c.id == sa.bindparam("agent"))
+    .with_for_update()
+)
+_BY_KEY = sa.select(agents).where(agents.c.key_id == sa.bindparam("key_id"))
 
 
 class AgentStore:
@@ -200,8 +230,8 @@ class AgentStore:
 
     def get_by_key(self, key_id: str) -> AgentRecord | None:
         """The agent with this public key id, or None."""
-        with read_only(self._engine) as conn:
-            row = conn.execute(sa.select(agents).where(agents.c.key_id == key_id)).first()
+        with single_read(self._engine) as conn:
+            row = conn.execute(_BY_KEY, {"key_id": key_id}).first()
         return AgentRecord.from_row(row) if row else None
 
     def get_by_name(self, name: str) -> AgentRecord | None:
@@ -248,17 +278,33 @@ class AgentStore:
 
         Leaving the block normally commits what was written; an exception rolls it back.
         """
+        with self.locked_requests_many([agent_id]) as found:
+            if agent_id not in found:
+                raise AgentNotFound(f"no agent with id {agent_id!r}")
+            yield found[agent_id]
+
+    @contextmanager
+    def locked_requests_many(self, agent_ids: Iterable[str]) -> Iterator[dict[str, RecentRequests]]:
+        """One write transaction over several agents' requests, holding their rows locked (in id order, so that
+        two such transactions never wait for each other in a cycle); agents that do not exist are left out.
+
+        All of them share one `now`. Leaving the block normally writes the running counts and commits; an exception
+        rolls everything back.
+        """
         with self._engine.begin() as conn:
             now = self._now()
-            # Locks the agent's row on PostgreSQL; SQLite's BEGIN IMMEDIATE (see store.db) already serialises.
-            columns = (agents.c.rate_per_minute, agents.c.revoked_at, agents.c.window_count, agents.c.window_tail)
-            lock = sa.select(*columns).where(agents.c.id == agent_id)
-            agent = conn.execute(lock.with_for_update()).first()
-            if agent is None:
-                raise AgentNotFound(f"no agent with id {agent_id!r}")
-            revoked = agent.revoked_at is not None
-            tail = as_utc(agent.window_tail)
-            yield RecentRequests(conn, agent_id, agent.rate_per_minute, revoked, now, agent.window_count, tail)
+            found: dict[str, RecentRequests] = {}
+            for agent_id in sorted(set(agent_ids)):
+                agent = conn.execute(_LOCK_AGENT, {"agent": agent_id}).first()
+                if agent is not None:
+                    revoked = agent.revoked_at is not None
+                    tail = as_utc(agent.window_tail)
+                    found[agent_id] = RecentRequests(
+                        conn, agent_id, agent.rate_per_minute, revoked, now, agent.window_count, tail
+                    )
+            yield found
+            for requests in found.values():
+                requests.save()
 
     def count_recent_requests(self, agent_id: str, seconds: float = 60) -> int:
         """How many of the agent's requests were admitted in the last `seconds`."""

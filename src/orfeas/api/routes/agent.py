@@ -13,7 +13,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from starlette.datastructures import UploadFile as StarletteUpload
 
-from orfeas.api.deps import Services, get_services
+from orfeas.api.deps import Services, get_services, quick_read
 from orfeas.api.errors import status_for
 from orfeas.api.routes.jobs import (
     REPEAT,
@@ -64,15 +64,19 @@ def authenticated(operation: str, success: int = 200) -> Callable[[Request, Serv
         address = request.client.host if request.client else ""
         body = await request.body()
         try:
-            agent, admission = await asyncio.to_thread(
-                services.authenticator.authenticate,
+            authenticator = services.authenticator
+            agent, nonce = await quick_read(
+                services,
+                authenticator.verify,
                 request.method,
                 signed_path(request),
                 request.url.query,
-                dict(request.headers),
+                request.headers,
                 body,
                 operation,
             )
+            admitted = await asyncio.wrap_future(authenticator.admissions.submit(agent.id, nonce))
+            admission = authenticator.accept(agent, nonce, admitted)
         except AgentRequestRefused as exc:
             refusal = services.refusals.refused(address, exc.key_id or "")
             services.audit.record_refusal(exc, operation, status_for(exc), refusal)
