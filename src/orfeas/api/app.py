@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 from collections.abc import AsyncIterator
@@ -52,6 +53,14 @@ def build_services(settings: Settings) -> Services:
     )
 
 
+def _freeze_startup_objects() -> None:
+    """Leave what start-up built (modules, the app, the pipeline's libraries: most of the heap, and all of it
+    long-lived) out of the garbage collector's full passes, which would otherwise scan it all again and again,
+    pausing every request and the worker's stages for as long (docs/BENCHMARKS.md)."""
+    gc.collect()
+    gc.freeze()
+
+
 def _keep_agent_tables_small(services: Services, stop: threading.Event) -> None:
     """Drop request rows past the replay window and audit entries past retention, once a minute."""
     while not stop.wait(HOUSEKEEPING_SECONDS):
@@ -83,6 +92,7 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = True) -> 
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        _freeze_startup_objects()
         services.sampler.start(SAMPLE_SECONDS)
         services.audit.start()
         services.authenticator.admissions.start()

@@ -46,7 +46,8 @@ class Services:
     workers: list[Worker] = field(default_factory=list)
 
 
-def get_services(request: Request) -> Services:
+async def get_services(request: Request) -> Services:
+    """The app's Services (async, so that FastAPI calls it on the event loop rather than through a thread)."""
     return request.app.state.services
 
 

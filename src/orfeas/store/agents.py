@@ -28,7 +28,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
 from orfeas.errors import OrfeasError
-from orfeas.store.db import as_utc, iso_timestamps, read_only, single_read, utcnow
+from orfeas.store.db import SingleReads, as_utc, iso_timestamps, read_only, utcnow
 from orfeas.store.schema import agent_audit, agent_requests, agents
 
 
@@ -197,6 +197,7 @@ class AgentStore:
     def __init__(self, engine: sa.Engine, now: Callable[[], datetime] = utcnow) -> None:
         self._engine = engine
         self._clock = now
+        self._single_read = SingleReads(engine)
 
     def _now(self) -> datetime:
         now = self._clock()
@@ -230,7 +231,7 @@ class AgentStore:
 
     def get_by_key(self, key_id: str) -> AgentRecord | None:
         """The agent with this public key id, or None."""
-        with single_read(self._engine) as conn:
+        with self._single_read() as conn:
             row = conn.execute(_BY_KEY, {"key_id": key_id}).first()
         return AgentRecord.from_row(row) if row else None
 

@@ -6,6 +6,8 @@ The tables live in `store/schema.py`.
 import os
 import sqlite3
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, overload
@@ -97,6 +99,29 @@ def single_read(engine: sa.Engine) -> sa.Connection:
     if engine.dialect.name == "sqlite":
         return connection.execution_options(**{_SINGLE_READ: True})
     return connection.execution_options(isolation_level="AUTOCOMMIT")
+
+
+class SingleReads:
+    """Connections for one SELECT each (see `single_read`). On SQLite every thread keeps its own open, instead of
+    taking one from the pool for each read and handing it back: for a primary-key read of a local file the
+    checkout, its events and the return cost more than the read itself. On PostgreSQL each read takes one from the
+    pool as usual (a connection held per thread would be a server process held per thread).
+    """
+
+    def __init__(self, engine: sa.Engine) -> None:
+        self._engine = engine
+        self._kept = threading.local() if engine.dialect.name == "sqlite" else None
+
+    @contextmanager
+    def __call__(self) -> Iterator[sa.Connection]:
+        if self._kept is None:
+            with single_read(self._engine) as connection:
+                yield connection
+            return
+        connection: sa.Connection | None = getattr(self._kept, "connection", None)
+        if connection is None or connection.closed or connection.invalidated:
+            connection = self._kept.connection = single_read(self._engine)
+        yield connection
 
 
 def _begin_sqlite(connection: sa.Connection, writers: threading.Lock) -> None:

@@ -21,7 +21,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
 from orfeas.errors import OrfeasError
-from orfeas.store.db import as_utc, iso_timestamps, read_only, single_read, utcnow
+from orfeas.store.db import SingleReads, as_utc, iso_timestamps, read_only, utcnow
 from orfeas.store.notify import JobChanges, job_changes_for
 from orfeas.store.schema import FINISHED_STATUSES, JobStatus, job_events, jobs
 
@@ -128,6 +128,9 @@ def _record_events(
         conn.execute(job_events.insert(), rows)
 
 
+_JOB_BY_ID = sa.select(jobs).where(jobs.c.id == sa.bindparam("job_id"))  # built once: status polling's read
+
+
 class JobStore:
     """The jobs and job_events tables used as a queue; every method is one short transaction.
 
@@ -137,6 +140,7 @@ class JobStore:
     def __init__(self, engine: sa.Engine, now: Callable[[], datetime] = utcnow) -> None:
         self._engine = engine
         self._clock = now
+        self._single_read = SingleReads(engine)
         self.local_reads = engine.dialect.name == "sqlite"  # reads are page reads on this machine, not round trips
 
     def change_notifications(self) -> JobChanges | None:
@@ -211,8 +215,8 @@ class JobStore:
 
     def get(self, job_id: str) -> JobRecord:
         """The job with this id; raises JobNotFound."""
-        with single_read(self._engine) as conn:
-            row = conn.execute(sa.select(jobs).where(jobs.c.id == job_id)).first()
+        with self._single_read() as conn:
+            row = conn.execute(_JOB_BY_ID, {"job_id": job_id}).first()
         if row is None:
             raise JobNotFound(job_id)
         return JobRecord.from_row(row)
@@ -221,7 +225,7 @@ class JobStore:
         """Which of these jobs `worker_id` still holds (a canceled or taken-over job is no longer held)."""
         if not job_ids:
             return set()
-        with single_read(self._engine) as conn:
+        with self._single_read() as conn:
             query = sa.select(jobs.c.id).where(jobs.c.id.in_(list(job_ids)), _owned_by(worker_id))
             return set(conn.scalars(query))
 
@@ -229,7 +233,7 @@ class JobStore:
         """The jobs with these ids that exist, by id, in one read."""
         if not job_ids:
             return {}
-        with single_read(self._engine) as conn:
+        with self._single_read() as conn:
             rows = conn.execute(sa.select(jobs).where(jobs.c.id.in_(list(job_ids)))).all()
         return {row.id: JobRecord.from_row(row) for row in rows}
 

@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
 from orfeas.errors import OrfeasError
-from orfeas.store.db import as_utc, read_only, single_read, utcnow
+from orfeas.store.db import SingleReads, as_utc, read_only, utcnow
 from orfeas.store.schema import api_keys, server_facts, sessions, users
 
 
@@ -84,6 +84,12 @@ def _key(row: sa.Row[*tuple[Any, ...]]) -> ApiKeyRecord:
 _KEYS_WITH_USER = sa.select(*api_keys.c, users.c.name.label("user_name")).select_from(
     api_keys.join(users, api_keys.c.user_id == users.c.id)
 )
+# A key and all of its user's columns (prefixed u_), the read of every request with an API key; built once.
+_KEY_AND_USER = (
+    sa.select(*api_keys.c, *(c.label(f"u_{c.name}") for c in users.c), users.c.name.label("user_name"))
+    .select_from(api_keys.join(users, api_keys.c.user_id == users.c.id))
+    .where(api_keys.c.id == sa.bindparam("key_id"))
+)
 
 
 class UserStore:
@@ -92,6 +98,7 @@ class UserStore:
     def __init__(self, engine: sa.Engine, now: Callable[[], datetime] = utcnow) -> None:
         self._engine = engine
         self._clock = now
+        self._single_read = SingleReads(engine)
 
     def now(self) -> datetime:
         return self._clock().astimezone(UTC)
@@ -168,10 +175,8 @@ class UserStore:
 
     def key_and_user(self, key_id: str) -> tuple[ApiKeyRecord, UserRecord] | None:
         """A key and its user in one read (what every request with an API key needs)."""
-        query = sa.select(*api_keys.c, *(c.label(f"u_{c.name}") for c in users.c), users.c.name.label("user_name"))
-        query = query.select_from(api_keys.join(users, api_keys.c.user_id == users.c.id)).where(api_keys.c.id == key_id)
-        with single_read(self._engine) as conn:
-            row = conn.execute(query).first()
+        with self._single_read() as conn:
+            row = conn.execute(_KEY_AND_USER, {"key_id": key_id}).first()
         if row is None:
             return None
         return _key(row), _user({c.name: row._mapping[f"u_{c.name}"] for c in users.c})
