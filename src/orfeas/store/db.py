@@ -115,13 +115,13 @@ class SingleReads:
     @contextmanager
     def __call__(self) -> Iterator[sa.Connection]:
         if self._kept is None:
-            with single_read(self._engine) as connection:
-                yield connection
+            with single_read(self._engine) as pooled:
+                yield pooled
             return
-        connection: sa.Connection | None = getattr(self._kept, "connection", None)
-        if connection is None or connection.closed or connection.invalidated:
-            connection = self._kept.connection = single_read(self._engine)
-        yield connection
+        kept: sa.Connection | None = getattr(self._kept, "connection", None)
+        if kept is None or kept.closed or kept.invalidated:
+            kept = self._kept.connection = single_read(self._engine)
+        yield kept
 
 
 def _begin_sqlite(connection: sa.Connection, writers: threading.Lock) -> None:
