@@ -11,7 +11,7 @@ import pytest
 import sqlalchemy as sa
 
 from orfeas.service.agent_accounts import AgentAccounts
-from orfeas.service.agents import Admission, AdmissionQueue, admit
+from orfeas.service.agents import Admission, AdmissionQueue, Pending, admit
 from orfeas.service.agents import admit_many as admit_together
 from orfeas.store.agents import AgentNotFound, AgentStore
 from orfeas.store.db import create_db_engine
@@ -179,7 +179,13 @@ def test_one_transaction_decides_several_agents_requests_in_order(accounts: Agen
     first, _ = accounts.create("first", ["status"], rate_per_minute=2)
     second, _ = accounts.create("second", ["status"], rate_per_minute=2)
     missing = uuid.uuid4().hex
-    requests = [(first.id, "n-1"), (second.id, "n-1"), (first.id, "n-1"), (first.id, "n-2"), (missing, "n-3")]
+    requests = [
+        Pending(first.id, "n-1"),
+        Pending(second.id, "n-1"),
+        Pending(first.id, "n-1"),
+        Pending(first.id, "n-2"),
+        Pending(missing, "n-3"),
+    ]
 
     outcomes = admit_together(store, requests)
 
@@ -205,7 +211,7 @@ def test_the_queue_shares_transactions_between_concurrent_requests(
 
     def submit(agent_id: str) -> None:
         start.wait()
-        futures = [queue.submit(agent_id, uuid.uuid4().hex) for _ in range(50)]
+        futures = [queue.submit(Pending(agent_id, uuid.uuid4().hex)) for _ in range(50)]
         answers.extend(future.result(timeout=60) for future in futures)
 
     threads = [threading.Thread(target=submit, args=(agents[i % 2].id,)) for i in range(8)]
@@ -229,9 +235,10 @@ def test_a_database_error_reaches_every_request_of_its_batch(
     with engine.begin() as conn:
         conn.execute(sa.text("DROP TABLE agent_requests"))
     queue = AdmissionQueue(store)
-    futures = [queue.submit(agent.id, uuid.uuid4().hex) for _ in range(3)]  # not started: decided in this thread
+    # not started: decided in this thread
+    futures = [queue.submit(Pending(agent.id, uuid.uuid4().hex)) for _ in range(3)]
     queue.start()
-    futures += [queue.submit(agent.id, uuid.uuid4().hex) for _ in range(3)]
+    futures += [queue.submit(Pending(agent.id, uuid.uuid4().hex)) for _ in range(3)]
     queue.stop()
 
     for future in futures:
@@ -242,8 +249,17 @@ def test_a_stopped_queue_admits_in_the_callers_thread(accounts: AgentAccounts, s
     agent, _ = accounts.create("builder", ["status"])
     queue = AdmissionQueue(store)
     queue.start()
-    assert queue.submit(agent.id, "n-1").result(timeout=10).allowed
+    assert queue.submit(Pending(agent.id, "n-1")).result(timeout=10).allowed
     queue.stop()
 
-    answer = queue.submit(agent.id, "n-1")
+    answer = queue.submit(Pending(agent.id, "n-1"))
     assert answer.done() and answer.result().reason == "replay"
+
+
+def test_a_request_verified_against_a_rotated_secret_is_stale(accounts: AgentAccounts, store: AgentStore) -> None:
+    agent, _ = accounts.create("builder", ["status"])
+    accounts.rotate("builder")
+
+    stale = admit(store, agent.id, "n-1", secret_version=agent.secret_version)
+    assert stale.reason == "stale" and store.count_recent_requests(agent.id) == 0
+    assert admit(store, agent.id, "n-1", secret_version=agent.secret_version + 1).allowed

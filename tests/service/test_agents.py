@@ -258,3 +258,22 @@ def test_refusals_are_audited_once_per_window_and_throttled_per_address() -> Non
     clock[0] += 61
     later = limiter.refused("10.0.0.1", "ak_victim")
     assert later.audit and later.skipped == 4 and not later.throttled
+
+
+def test_a_remembered_agent_follows_rotation_and_revocation_at_once(
+    call: Call, authenticator: AgentAuthenticator, accounts: AgentAccounts, store: AgentStore
+) -> None:
+    """The authenticator remembers agents between requests; the admission checks the agent's row itself, so a
+    rotated secret works (and the old one stops) from the next request, and a revoked key at once."""
+    call.send(authenticator)
+    _, new_secret = accounts.rotate("builder")
+
+    with pytest.raises(AuthenticationFailed, match="bad signature"):
+        Call(call.agent, call.secret, call.clock).sign().send(authenticator)
+    agent, admission = Call(call.agent, new_secret, call.clock).sign().send(authenticator)
+    assert admission.allowed and agent.secret_version == 2
+
+    accounts.revoke("builder")
+    with pytest.raises(AuthenticationFailed, match="revoked"):
+        Call(call.agent, new_secret, call.clock).sign().send(authenticator)
+    assert store.count_recent_requests(call.agent.id) == 2

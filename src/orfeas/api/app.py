@@ -146,9 +146,9 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = True) -> 
         )
     app.add_middleware(HostOriginGuard, hosts=allowed_hosts(settings), cors_origins=cors)  # outermost: runs first
     install_error_handlers(app)
-    app.include_router(jobs.router)
-    app.include_router(monitoring.router)
+    app.include_router(jobs.router)  # the polled routes first: a request is matched against the routes in turn
     app.include_router(agent.router)
+    app.include_router(monitoring.router)
     app.include_router(studio.router)
     app.include_router(auth.router)
     app.include_router(docs.router)

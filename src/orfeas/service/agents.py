@@ -40,13 +40,15 @@ from orfeas.signing import (
 from orfeas.store.agents import AgentNotFound, AgentRecord, AgentStore, RecentRequests
 
 RATE_WINDOW_SECONDS = 60
+MAX_KNOWN_AGENTS = 10_000  # agent records an authenticator keeps between requests
 
 
 @dataclass(frozen=True)
 class Admission:
     """The rate limiter's answer to one signed request.
 
-    `reason` is "rate", "replay" or "revoked" when refused. `reset` is the number of seconds until the oldest request
+    `reason` is "rate", "replay", "revoked" or "stale" (the secret was rotated after the request was verified) when
+    refused. `reset` is the number of seconds until the oldest request
     in the agent's window leaves it (freeing a slot); `retry_after` equals it when refused for the rate, else None.
     """
 
@@ -58,35 +60,48 @@ class Admission:
     retry_after: int | None = None
 
 
-def admit(store: AgentStore, agent_id: str, nonce: str, window_seconds: int = 300) -> Admission:
+def admit(
+    store: AgentStore, agent_id: str, nonce: str, window_seconds: int = 300, secret_version: int | None = None
+) -> Admission:
     """Record one signed request if the agent's rate allows it and its nonce is new. Raises AgentNotFound.
 
     Refused requests record nothing, so they spend no quota. `window_seconds` is the authenticator's timestamp
     window: a nonce must be remembered for twice that (a request may be signed up to that far in the past or
-    future); an older recording of it is forgotten.
+    future); an older recording of it is forgotten. With `secret_version` (the version the signature was checked
+    against), a request is refused as "stale" if the agent's secret has been rotated since.
     """
-    admission = admit_many(store, [(agent_id, nonce)], window_seconds)[0]
+    admission = admit_many(store, [Pending(agent_id, nonce, secret_version)], window_seconds)[0]
     if isinstance(admission, AgentNotFound):
         raise admission
     return admission
 
 
+@dataclass(frozen=True)
+class Pending:
+    """One signed request waiting for its admission: its agent, its nonce and the secret version it was verified
+    with (None: not checked)."""
+
+    agent_id: str
+    nonce: str
+    secret_version: int | None = None
+
+
 def admit_many(
-    store: AgentStore, requests: Sequence[tuple[str, str]], window_seconds: int = 300
+    store: AgentStore, requests: Sequence[Pending], window_seconds: int = 300
 ) -> list[Admission | AgentNotFound]:
-    """`admit` for several (agent id, nonce) requests in one transaction, decided in the order given (the same
-    nonce twice: the second is a replay); an unknown agent's requests get AgentNotFound."""
+    """`admit` for several requests in one transaction, decided in the order given (the same nonce twice: the
+    second is a replay); an unknown agent's requests get AgentNotFound."""
     retention = timedelta(seconds=max(2 * window_seconds, RATE_WINDOW_SECONDS))
-    with store.locked_requests_many(agent_id for agent_id, _ in requests) as found:
+    with store.locked_requests_many(request.agent_id for request in requests) as found:
         return [
-            _decide(found[agent_id], nonce, retention)
-            if agent_id in found
-            else AgentNotFound(f"no agent with id {agent_id!r}")
-            for agent_id, nonce in requests
+            _decide(found[request.agent_id], request, retention)
+            if request.agent_id in found
+            else AgentNotFound(f"no agent with id {request.agent_id!r}")
+            for request in requests
         ]
 
 
-def _decide(requests: RecentRequests, nonce: str, retention: timedelta) -> Admission:
+def _decide(requests: RecentRequests, request: Pending, retention: timedelta) -> Admission:
     """Admit one request of the agent whose rows `requests` holds locked, recording it if allowed."""
     now = requests.now
     count, oldest = requests.count_since(now - timedelta(seconds=RATE_WINDOW_SECONDS))
@@ -95,12 +110,14 @@ def _decide(requests: RecentRequests, nonce: str, retention: timedelta) -> Admis
     left = max(0, limit - count)
     if requests.revoked:
         return Admission(allowed=False, limit=limit, remaining=left, reset=reset, reason="revoked")
+    if request.secret_version is not None and request.secret_version != requests.secret_version:
+        return Admission(allowed=False, limit=limit, remaining=left, reset=reset, reason="stale")
     replay = Admission(allowed=False, limit=limit, remaining=left, reset=reset, reason="replay")
     if count >= limit:
-        if requests.nonce_used(nonce, since=now - retention):
+        if requests.nonce_used(request.nonce, since=now - retention):
             return replay
         return Admission(allowed=False, limit=limit, remaining=0, reset=reset, reason="rate", retry_after=reset)
-    if not requests.record(nonce, forgotten_before=now - retention):
+    if not requests.record(request.nonce, forgotten_before=now - retention):
         return replay
     return Admission(allowed=True, limit=limit, remaining=limit - count - 1, reset=reset)
 
@@ -120,14 +137,14 @@ class AdmissionQueue:
         self._queue: queue.SimpleQueue[_Queued | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
 
-    def submit(self, agent_id: str, nonce: str) -> Future[Admission]:
+    def submit(self, request: Pending) -> Future[Admission]:
         """The admission of one request, decided now or by the queue's thread; AgentNotFound or a database error
         comes back as the future's exception."""
         future: Future[Admission] = Future()
         if self._thread is None:
-            self._settle([(agent_id, nonce, future)])
+            self._settle([(request, future)])
         else:
-            self._queue.put((agent_id, nonce, future))
+            self._queue.put((request, future))
         return future
 
     def start(self) -> None:
@@ -173,19 +190,19 @@ class AdmissionQueue:
 
     def _settle(self, batch: list[_Queued]) -> None:
         try:
-            outcomes = admit_many(self._store, [(agent_id, nonce) for agent_id, nonce, _ in batch], self._window)
+            outcomes = admit_many(self._store, [request for request, _ in batch], self._window)
         except Exception as exc:  # the database: every request of the batch gets the error (a 503)
-            for *_, future in batch:
+            for _, future in batch:
                 future.set_exception(exc)
             return
-        for (*_, future), outcome in zip(batch, outcomes, strict=True):
+        for (_, future), outcome in zip(batch, outcomes, strict=True):
             if isinstance(outcome, AgentNotFound):
                 future.set_exception(outcome)
             else:
                 future.set_result(outcome)
 
 
-_Queued = tuple[str, str, "Future[Admission]"]
+_Queued = tuple[Pending, "Future[Admission]"]
 
 
 def _seconds_until(moment: datetime, now: datetime) -> int:
@@ -252,6 +269,8 @@ class AgentAuthenticator:
         self._window = window_seconds
         self._now = now
         self.admissions = AdmissionQueue(accounts.store, window_seconds)
+        self._known: dict[str, tuple[AgentRecord, str]] = {}  # key id -> active agent and its secret, as last read
+        self._known_lock = threading.Lock()
 
     def authenticate(
         self,
@@ -266,8 +285,12 @@ class AgentAuthenticator:
 
         Raises AuthenticationFailed, PermissionDenied or RateLimited; only an admitted request is recorded.
         """
-        agent, nonce = self.verify(method, path, query, headers, body, operation)
-        return agent, self.accept(agent, nonce, self.admissions.submit(agent.id, nonce).result())
+        for fresh in (False, True):
+            agent, nonce = self.verify(method, path, query, headers, body, operation, fresh=fresh)
+            admission = self.admissions.submit(self.pending(agent, nonce)).result()
+            if admission.reason != "stale" or fresh:
+                break
+        return agent, self.accept(agent, nonce, admission)
 
     def verify(
         self,
@@ -277,18 +300,69 @@ class AgentAuthenticator:
         headers: Mapping[str, str],
         body: bytes,
         operation: str,
+        fresh: bool = False,
     ) -> tuple[AgentRecord, str]:
-        """Every check but the admission (one read, no write): the agent that signed this request and its nonce.
+        """Every check but the admission (at most one read, no write): the agent that signed this request and its
+        nonce. Raises AuthenticationFailed or PermissionDenied.
 
-        Raises AuthenticationFailed or PermissionDenied. Then submit the nonce to `admissions` and pass the
-        admission to `accept`.
+        The agent's record and secret are remembered from the last read; should a check fail with them, it is read
+        again (a rotated secret). The admission then decides against the agent's row itself: submit
+        `pending(agent, nonce)` to `admissions`, and if the answer is "stale" (rotated or revoked since the record
+        was read) verify again with `fresh`; pass the final answer to `accept`.
         """
         if operation not in AGENT_OPERATIONS:
             raise ValueError(f"unknown operation {operation!r}; choose from {list(AGENT_OPERATIONS)}")
         key_id, timestamp, nonce, signature = _signed_headers(headers)
+        known = None if fresh else self._known.get(key_id)
+        if known is not None:
+            try:
+                return self._check(known, key_id, method, path, query, timestamp, nonce, signature, body, operation)
+            except AgentRequestRefused:
+                pass  # decided on a fresh read below
         agent = self._store.get_by_key(key_id)
         if agent is None:
+            self._known.pop(key_id, None)
             raise AuthenticationFailed(f"unknown key {key_id!r}", key_id=key_id)
+        known = (agent, self._accounts.secret_for(agent))
+        if agent.active:
+            self._remember(key_id, known)
+        else:
+            self._known.pop(key_id, None)
+        return self._check(known, key_id, method, path, query, timestamp, nonce, signature, body, operation)
+
+    def pending(self, agent: AgentRecord, nonce: str) -> Pending:
+        """What to submit to `admissions` for a request `verify` accepted."""
+        return Pending(agent.id, nonce, agent.secret_version)
+
+    def accept(self, agent: AgentRecord, nonce: str, admission: Admission) -> Admission:
+        """The admission of a verified request if it was allowed; else raises RateLimited or AuthenticationFailed
+        (a replayed nonce, or a key revoked or rotated since `verify` read it)."""
+        if admission.reason == "rate":
+            raise RateLimited(admission, agent)
+        if admission.reason == "replay":
+            raise AuthenticationFailed(f"nonce {nonce!r} was already used", key_id=agent.key_id, agent=agent)
+        if admission.reason == "revoked":
+            self._known.pop(agent.key_id, None)
+            raise AuthenticationFailed(f"key {agent.key_id!r} is revoked", key_id=agent.key_id, agent=agent)
+        if admission.reason == "stale":
+            self._known.pop(agent.key_id, None)
+            raise AuthenticationFailed(f"the secret of key {agent.key_id!r} changed", key_id=agent.key_id, agent=agent)
+        return admission
+
+    def _check(
+        self,
+        known: tuple[AgentRecord, str],
+        key_id: str,
+        method: str,
+        path: str,
+        query: str,
+        timestamp: str,
+        nonce: str,
+        signature: str,
+        body: bytes,
+        operation: str,
+    ) -> tuple[AgentRecord, str]:
+        agent, secret = known
         if not agent.active:
             raise AuthenticationFailed(f"key {key_id!r} is revoked", key_id=key_id, agent=agent)
         skew = int(timestamp) - self._now()
@@ -296,23 +370,18 @@ class AgentAuthenticator:
             raise AuthenticationFailed(
                 f"timestamp is {skew:+.0f} s from server time, outside ±{self._window} s", key_id=key_id, agent=agent
             )
-        expected = sign(self._accounts.secret_for(agent), method, path, query, timestamp, nonce, body)
+        expected = sign(secret, method, path, query, timestamp, nonce, body)
         if not signature_matches(expected, signature.lower()):
             raise AuthenticationFailed("bad signature", key_id=key_id, agent=agent)
         if operation not in agent.operations:
             raise PermissionDenied(operation, agent)
         return agent, nonce
 
-    def accept(self, agent: AgentRecord, nonce: str, admission: Admission) -> Admission:
-        """The admission of a verified request if it was allowed; else raises RateLimited or AuthenticationFailed
-        (a replayed nonce, or a key revoked since `verify` read it)."""
-        if admission.reason == "rate":
-            raise RateLimited(admission, agent)
-        if admission.reason == "replay":
-            raise AuthenticationFailed(f"nonce {nonce!r} was already used", key_id=agent.key_id, agent=agent)
-        if admission.reason == "revoked":
-            raise AuthenticationFailed(f"key {agent.key_id!r} is revoked", key_id=agent.key_id, agent=agent)
-        return admission
+    def _remember(self, key_id: str, known: tuple[AgentRecord, str]) -> None:
+        with self._known_lock:
+            if len(self._known) >= MAX_KNOWN_AGENTS and key_id not in self._known:
+                self._known.pop(next(iter(self._known)), None)  # the one remembered longest
+            self._known[key_id] = known
 
 
 def _signed_headers(headers: Mapping[str, str]) -> tuple[str, str, str, str]:

@@ -93,6 +93,7 @@ class RecentRequests:
     agent_id: str
     rate_per_minute: int
     revoked: bool
+    secret_version: int
     now: datetime
     count: int
     tail: datetime | None
@@ -181,7 +182,13 @@ _RECORD_NONCE = {"postgresql": _record_nonce(postgresql), "sqlite": _record_nonc
 _SAVE_WINDOW = sa.update(agents).where(agents.c.id == sa.bindparam("agent"))
 # Locks the agent's row on PostgreSQL; SQLite's BEGIN IMMEDIATE (see store.db) already serialises.
 _LOCK_AGENT = (
-    sa.select(agents.c.rate_per_minute, agents.c.revoked_at, agents.c.window_count, agents.c.window_tail)
+    sa.select(
+        agents.c.rate_per_minute,
+        agents.c.revoked_at,
+        agents.c.secret_version,
+        agents.c.window_count,
+        agents.c.window_tail,
+    )
     .where(agents.c.id == sa.bindparam("agent"))
     .with_for_update()
 )
@@ -301,7 +308,14 @@ class AgentStore:
                     revoked = agent.revoked_at is not None
                     tail = as_utc(agent.window_tail)
                     found[agent_id] = RecentRequests(
-                        conn, agent_id, agent.rate_per_minute, revoked, now, agent.window_count, tail
+                        conn,
+                        agent_id,
+                        agent.rate_per_minute,
+                        revoked,
+                        agent.secret_version,
+                        now,
+                        agent.window_count,
+                        tail,
                     )
             yield found
             for requests in found.values():

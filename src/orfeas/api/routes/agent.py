@@ -27,7 +27,7 @@ from orfeas.api.schemas import ERRORS, AgentJob, JobView, SubmittedJobs, job_jso
 from orfeas.errors import InvalidImage, InvalidOptions, OrfeasError
 from orfeas.limits import parse_json
 from orfeas.pipeline.options import GenerateOptions
-from orfeas.service.agents import AgentRequestRefused, TooManyFailures, rate_limit_headers
+from orfeas.service.agents import Admission, AgentRequestRefused, TooManyFailures, rate_limit_headers
 from orfeas.service.auth import Principal, agent_principal
 from orfeas.service.jobs import Upload
 from orfeas.store.agents import AgentRecord
@@ -64,19 +64,7 @@ def authenticated(operation: str, success: int = 200) -> Callable[[Request, Serv
         address = request.client.host if request.client else ""
         body = await request.body()
         try:
-            authenticator = services.authenticator
-            agent, nonce = await quick_read(
-                services,
-                authenticator.verify,
-                request.method,
-                signed_path(request),
-                request.url.query,
-                request.headers,
-                body,
-                operation,
-            )
-            admitted = await asyncio.wrap_future(authenticator.admissions.submit(agent.id, nonce))
-            admission = authenticator.accept(agent, nonce, admitted)
+            agent, admission = await _authenticate(services, request, body, operation)
         except AgentRequestRefused as exc:
             refusal = services.refusals.refused(address, exc.key_id or "")
             services.audit.record_refusal(exc, operation, status_for(exc), refusal)
@@ -100,6 +88,21 @@ def authenticated(operation: str, success: int = 200) -> Callable[[Request, Serv
             services.audit.record_admitted(call.agent, operation, outcome, call.job_ids, detail)
 
     return verify
+
+
+async def _authenticate(
+    services: Services, request: Request, body: bytes, operation: str
+) -> tuple[AgentRecord, Admission]:
+    """`AgentAuthenticator.authenticate` without a thread per request: the checks as a quick read, the admission
+    through the queue that gives concurrent requests one transaction."""
+    authenticator = services.authenticator
+    signed = (request.method, signed_path(request), request.url.query, request.headers, body, operation)
+    for fresh in (False, True):
+        agent, nonce = await quick_read(services, authenticator.verify, *signed, fresh)
+        admission = await asyncio.wrap_future(authenticator.admissions.submit(authenticator.pending(agent, nonce)))
+        if admission.reason != "stale" or fresh:
+            break
+    return agent, authenticator.accept(agent, nonce, admission)
 
 
 def signed_path(request: Request) -> str:
@@ -141,7 +144,7 @@ async def status(
     services: Annotated[Services, Depends(get_services)],
 ) -> Response:
     """Status, progress and result URLs of one of this agent's jobs."""
-    job = await asyncio.to_thread(_own_job, services, call, job_id)
+    job = await quick_read(services, _own_job, services, call, job_id)
     return job_response(job, call.principal, prefix=DOWNLOADS, page_links=False, headers=call.headers)
 
 
