@@ -6,8 +6,11 @@ Each agent (its own key, with a rate limit high enough not to be what is measure
 single `generate-3d` requests and half in one `batch` request, then polls each to completion through the SDK.
 Reported: jobs lost (accepted but not succeeded), duplicated (a job id returned twice, or succeeded twice in the
 job's event log), requests rejected wrongly (any 4xx/5xx other than a 429 over the agent's own limit) and the
-latency of those signed requests. Then every agent sends signed status requests back to back for 5 s: the
-throughput of signed requests the machine sustains (each one verified, nonce stored and rate counted).
+latency of those signed requests, submissions and status requests apart; while the jobs run, one more agent asks
+for a job's status every 20 ms, so that the status latency has enough samples for its p99. Then every agent sends
+signed status requests back to back for 5 s: the throughput of signed requests the machine sustains (each one
+verified, nonce stored and rate counted). `--serve-args` passes options to `orfeas serve` (`--workers 2`: the
+worker loop in a process of its own).
 """
 
 from __future__ import annotations
@@ -47,13 +50,15 @@ class Recorder(httpx.HTTPTransport):
         super().__init__()
         self.lock = threading.Lock()
         self.latencies: list[float] = []
+        self.status_latencies: list[float] = []  # of the GET requests (status, downloads)
         self.refusals: list[int] = []
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         start = time.perf_counter()
         response = super().handle_request(request)
         with self.lock:
-            self.latencies.append(time.perf_counter() - start)
+            latency = time.perf_counter() - start
+            (self.status_latencies if request.method == "GET" else self.latencies).append(latency)
             if response.status_code >= 400:
                 self.refusals.append(response.status_code)
         return response
@@ -101,6 +106,17 @@ def hammer_status(server: Server, credentials: tuple[str, str], job_id: str, sec
     return recorder
 
 
+def probe_status(server: Server, credentials: tuple[str, str], done: threading.Event, every: float = 0.02) -> Recorder:
+    """Signed status requests for a job of this agent's own, one every `every` seconds until `done`."""
+    recorder = Recorder()
+    with AgentClient(server.url, *credentials, transport=recorder) as client:
+        job_id = client.generate(IMAGES[0], **OPTIONS)["id"]
+        recorder.latencies.clear()  # its submission is not a status request
+        while not done.wait(every):
+            client.status(job_id)
+    return recorder
+
+
 def succeeded_counts(data_dir: Path) -> dict[str, int]:
     with sqlite3.connect(data_dir / "orfeas.db") as db:
         rows = db.execute("SELECT job_id, COUNT(*) FROM job_events WHERE status = 'succeeded' GROUP BY job_id")
@@ -115,19 +131,26 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--agents", type=int, default=10)
     parser.add_argument("--jobs", type=int, default=10)
+    parser.add_argument("--serve-args", default="", help="Options for `orfeas serve`, e.g. '--workers 2'.")
     parser.add_argument("--write", type=Path)
     args = parser.parse_args()
+    serve_args = tuple(args.serve_args.split())
     with tempfile.TemporaryDirectory() as tmp:
-        server = Server(Path(tmp) / "data", env={"ORFEAS_MAX_BATCH": "8"}).start()
+        server = Server(Path(tmp) / "data", env={"ORFEAS_MAX_BATCH": "8"}, args=serve_args).start()
         try:
             agents = [register(server, f"load-{i}") for i in range(args.agents)]
-            start = time.perf_counter()
-            with ThreadPoolExecutor(args.agents) as pool:
-                outcomes = [
-                    future.result() for future in [pool.submit(run_agent, server, a, args.jobs) for a in agents]
-                ]
+            prober_done = threading.Event()
+            with ThreadPoolExecutor(1) as probing:
+                prober = probing.submit(probe_status, server, register(server, "probe"), prober_done)
+                start = time.perf_counter()
+                with ThreadPoolExecutor(args.agents) as pool:
+                    outcomes = [
+                        future.result() for future in [pool.submit(run_agent, server, a, args.jobs) for a in agents]
+                    ]
+                elapsed = time.perf_counter() - start
+                prober_done.set()
+                probe = prober.result()
             accepted = [job_id for ids, _ in outcomes for job_id in ids]
-            elapsed = time.perf_counter() - start
             with ThreadPoolExecutor(args.agents) as pool:
                 targets = [(agent, ids[0]) for agent, (ids, _) in zip(agents, outcomes, strict=True)]
                 hammers = list(pool.map(lambda t: hammer_status(server, t[0], t[1], HAMMER_SECONDS), targets))
@@ -143,13 +166,16 @@ def main() -> None:
     refusals = [code for _, recorder in outcomes for code in recorder.refusals]
     wrong = [code for code in refusals if code != 429]
     latencies = sorted(t for _, recorder in outcomes for t in recorder.latencies)
-    hammered = sorted(t for recorder in hammers for t in recorder.latencies)
-    wrong += [code for recorder in hammers for code in recorder.refusals]
+    polled = sorted([t for _, recorder in outcomes for t in recorder.status_latencies] + probe.status_latencies)
+    hammered = sorted(t for recorder in hammers for t in recorder.status_latencies)
+    wrong += [code for recorder in [*hammers, probe] for code in recorder.refusals]
+    extra = f" --serve-args '{args.serve_args}'" if serve_args else ""
     body = "\n".join(
         [
-            "Command: `make bench` (`.venv/bin/python bench/agents_load.py "
-            f"--agents {args.agents} --jobs {args.jobs}`), 2-core machine, server and load on the same machine, "
-            f"run {time.strftime('%Y-%m-%d')}; jobs are `inflate` at resolution 96 with 2,000 faces.",
+            f"Command: `make bench` (`.venv/bin/python bench/agents_load.py --agents {args.agents} "
+            f"--jobs {args.jobs}{extra}`), 2-core machine, server (`{' '.join(['orfeas serve', *serve_args])}`) and "
+            f"load on the same machine, run {time.strftime('%Y-%m-%d')}; jobs are `inflate` at resolution 96 with "
+            "2,000 faces.",
             "",
             "| measure | value |",
             "|---|---|",
@@ -157,8 +183,10 @@ def main() -> None:
             f"| jobs lost / duplicated | {lost} / {duplicated} |",
             f"| requests rejected wrongly (not 429) | {len(wrong)} |",
             f"| 429 (an agent over its own limit, retried) | {refusals.count(429)} |",
-            f"| signed requests while the jobs ran, latency p50 / p99 | {len(latencies)} requests, "
+            f"| signed submissions while the jobs ran, latency p50 / p99 | {len(latencies)} requests, "
             f"{1000 * statistics.median(latencies):.1f} ms / {1000 * percentile(latencies, 0.99):.1f} ms |",
+            f"| signed status requests while the jobs ran, latency p50 / p99 | {len(polled)} requests, "
+            f"{1000 * statistics.median(polled):.1f} ms / {1000 * percentile(polled, 0.99):.1f} ms |",
             f"| sustained signed status requests, {args.agents} agents back to back | "
             f"{len(hammered) / HAMMER_SECONDS:.0f} requests/s, p50 {1000 * statistics.median(hammered):.1f} ms, "
             f"p99 {1000 * percentile(hammered, 0.99):.1f} ms |",
