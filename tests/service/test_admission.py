@@ -2,8 +2,10 @@
 a sliding 60 s window per agent, nonces remembered for twice the timestamp window, several processes never admitting
 more than the rate together, and the admission queue deciding concurrent requests in shared transactions."""
 
+import asyncio
 import multiprocessing
 import random
+import sqlite3
 import threading
 import uuid
 
@@ -263,3 +265,51 @@ def test_a_request_verified_against_a_rotated_secret_is_stale(accounts: AgentAcc
     stale = admit(store, agent.id, "n-1", secret_version=agent.secret_version)
     assert stale.reason == "stale" and store.count_recent_requests(agent.id) == 0
     assert admit(store, agent.id, "n-1", secret_version=agent.secret_version + 1).allowed
+
+
+def test_requests_of_one_turn_of_the_event_loop_share_one_transaction(
+    accounts: AgentAccounts, store: AgentStore, engine: sa.Engine
+) -> None:
+    """`admit` from coroutines: on SQLite the turn's requests are decided together on the loop, on PostgreSQL by
+    the queue's thread; either way each gets its own answer and the nonce is recorded once."""
+    agent, _ = accounts.create("builder", ["status"], rate_per_minute=3)
+    commits = []
+    sa.event.listen(engine, "commit", lambda _connection: commits.append(threading.current_thread().name))
+    queue = AdmissionQueue(store)
+    queue.start()
+
+    async def five() -> list[Admission]:
+        nonces = ["n-1", "n-2", "n-1", "n-3", "n-4"]
+        return await asyncio.gather(*(queue.admit(Pending(agent.id, nonce)) for nonce in nonces))
+
+    try:
+        answers = asyncio.run(five())
+    finally:
+        queue.stop()
+    assert [a.reason for a in answers] == [None, None, "replay", None, "rate"]
+    assert store.count_recent_requests(agent.id) == 3
+    if engine.dialect.name == "sqlite":
+        assert commits == [threading.main_thread().name]
+
+
+def test_a_turn_goes_to_the_thread_while_another_process_writes(
+    accounts: AgentAccounts, store: AgentStore, engine: sa.Engine
+) -> None:
+    if engine.dialect.name != "sqlite":
+        pytest.skip("PostgreSQL's admissions always go to the thread")
+    agent, _ = accounts.create("builder", ["status"])
+    other = sqlite3.connect(engine.url.database, isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")  # holds SQLite's write lock, as another API process might
+    threading.Timer(0.3, other.execute, args=("ROLLBACK",)).start()  # the thread's wait ends when it lets go
+    queue = AdmissionQueue(store)
+    queue.start()
+
+    async def one() -> Admission:
+        return await queue.admit(Pending(agent.id, "n-1"))
+
+    try:
+        assert asyncio.run(one()).allowed
+    finally:
+        queue.stop()
+        other.close()
+    assert store.count_recent_requests(agent.id) == 1

@@ -16,6 +16,7 @@ row, the nonce is checked by its unique constraint as it is inserted, and old ro
 
 from __future__ import annotations
 
+import asyncio
 import math
 import queue
 import re
@@ -38,6 +39,7 @@ from orfeas.signing import (
     signature_matches,
 )
 from orfeas.store.agents import AgentNotFound, AgentRecord, AgentStore, RecentRequests
+from orfeas.store.db import WriteBusy
 
 RATE_WINDOW_SECONDS = 60
 MAX_KNOWN_AGENTS = 10_000  # agent records an authenticator keeps between requests
@@ -87,12 +89,13 @@ class Pending:
 
 
 def admit_many(
-    store: AgentStore, requests: Sequence[Pending], window_seconds: int = 300
+    store: AgentStore, requests: Sequence[Pending], window_seconds: int = 300, no_wait: bool = False
 ) -> list[Admission | AgentNotFound]:
     """`admit` for several requests in one transaction, decided in the order given (the same nonce twice: the
-    second is a replay); an unknown agent's requests get AgentNotFound."""
+    second is a replay); an unknown agent's requests get AgentNotFound. With `no_wait`, raises WriteBusy rather
+    than wait for another writer."""
     retention = timedelta(seconds=max(2 * window_seconds, RATE_WINDOW_SECONDS))
-    with store.locked_requests_many(request.agent_id for request in requests) as found:
+    with store.locked_requests_many((request.agent_id for request in requests), no_wait=no_wait) as found:
         return [
             _decide(found[request.agent_id], request, retention)
             if request.agent_id in found
@@ -127,7 +130,10 @@ class AdmissionQueue:
     decides them all in one transaction (`admit_many`), so concurrent signed requests share one write and one
     commit instead of queueing for the database's write lock one by one. A lone request waits for nothing.
 
-    Until `start` (tests, tools) and after `stop`, `submit` admits at once in the caller's thread.
+    `admit` is the event loop's way in: on SQLite the requests that arrive in one turn of the loop are decided at
+    its end, in one transaction on the loop itself, when the write lock is free (a local write of a few pages costs
+    less than the hops to a thread and back); when another writer holds it, and on PostgreSQL, they go to the
+    thread. Until `start` (tests, tools) and after `stop`, `submit` admits at once in the caller's thread.
     """
 
     def __init__(self, store: AgentStore, window_seconds: int = 300, max_batch: int = 64) -> None:
@@ -136,6 +142,42 @@ class AdmissionQueue:
         self._max_batch = max_batch
         self._queue: queue.SimpleQueue[_Queued | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
+        self._this_turn: list[asyncio.Future[Admission | None]] = []  # None: the write lock was taken
+        self._turn_requests: list[Pending] = []
+
+    async def admit(self, request: Pending) -> Admission:
+        """The admission of one request, for a coroutine on the event loop (see the class)."""
+        if not self._store.writes_without_waiting or self._thread is None:
+            return await asyncio.wrap_future(self.submit(request))
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Admission | None] = loop.create_future()
+        self._this_turn.append(future)
+        self._turn_requests.append(request)
+        if len(self._this_turn) == 1:
+            loop.call_soon(self._settle_this_turn)
+        admission = await future
+        if admission is None:
+            return await asyncio.wrap_future(self.submit(request))
+        return admission
+
+    def _settle_this_turn(self) -> None:
+        batch, requests = self._this_turn, self._turn_requests
+        self._this_turn, self._turn_requests = [], []
+        try:
+            outcomes: list[Admission | Exception | None] = [
+                *admit_many(self._store, requests, self._window, no_wait=True)
+            ]
+        except WriteBusy:
+            outcomes = [None] * len(batch)
+        except Exception as exc:
+            outcomes = [exc] * len(batch)
+        for future, outcome in zip(batch, outcomes, strict=True):
+            if future.done():  # its request went away (the client disconnected)
+                continue
+            if isinstance(outcome, Exception):
+                future.set_exception(outcome)
+            else:
+                future.set_result(outcome)
 
     def submit(self, request: Pending) -> Future[Admission]:
         """The admission of one request, decided now or by the queue's thread; AgentNotFound or a database error

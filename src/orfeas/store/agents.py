@@ -17,7 +17,7 @@ from __future__ import annotations
 import builtins
 import dataclasses
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -28,7 +28,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
 from orfeas.errors import OrfeasError
-from orfeas.store.db import SingleReads, as_utc, iso_timestamps, read_only, utcnow
+from orfeas.store.db import NoWaitWrites, SingleReads, as_utc, iso_timestamps, read_only, utcnow
 from orfeas.store.schema import agent_audit, agent_requests, agents
 
 
@@ -70,7 +70,12 @@ class AgentRecord:
     def from_row(cls, row: sa.Row[Any]) -> AgentRecord:
         """Build a record from an `agents` row, normalising what the database returns (the rate window's columns
         are the store's own bookkeeping, left out)."""
-        values = {name: row._mapping[name] for name in _RECORD_FIELDS}
+        return cls.from_mapping(row._mapping)
+
+    @classmethod
+    def from_mapping(cls, columns: Mapping[str, Any] | sa.RowMapping) -> AgentRecord:
+        """`from_row` for an `agents` row's columns by name."""
+        values = {name: columns[name] for name in _RECORD_FIELDS}
         values["operations"] = tuple(values["operations"])
         for field in ("created_at", "revoked_at", "rotated_at"):
             values[field] = as_utc(values[field])
@@ -205,6 +210,7 @@ class AgentStore:
         self._engine = engine
         self._clock = now
         self._single_read = SingleReads(engine)
+        self._no_wait = NoWaitWrites.for_engine(engine)
 
     def _now(self) -> datetime:
         now = self._clock()
@@ -238,9 +244,8 @@ class AgentStore:
 
     def get_by_key(self, key_id: str) -> AgentRecord | None:
         """The agent with this public key id, or None."""
-        with self._single_read() as conn:
-            row = conn.execute(_BY_KEY, {"key_id": key_id}).first()
-        return AgentRecord.from_row(row) if row else None
+        columns = self._single_read.first(_BY_KEY, {"key_id": key_id})
+        return AgentRecord.from_mapping(columns) if columns else None
 
     def get_by_name(self, name: str) -> AgentRecord | None:
         """The agent with this name, or None."""
@@ -291,15 +296,24 @@ class AgentStore:
                 raise AgentNotFound(f"no agent with id {agent_id!r}")
             yield found[agent_id]
 
+    @property
+    def writes_without_waiting(self) -> bool:
+        """True where `locked_requests_many(..., no_wait=True)` is available (SQLite, a local file)."""
+        return self._no_wait is not None
+
     @contextmanager
-    def locked_requests_many(self, agent_ids: Iterable[str]) -> Iterator[dict[str, RecentRequests]]:
+    def locked_requests_many(
+        self, agent_ids: Iterable[str], no_wait: bool = False
+    ) -> Iterator[dict[str, RecentRequests]]:
         """One write transaction over several agents' requests, holding their rows locked (in id order, so that
         two such transactions never wait for each other in a cycle); agents that do not exist are left out.
 
         All of them share one `now`. Leaving the block normally writes the running counts and commits; an exception
-        rolls everything back.
+        rolls everything back. With `no_wait` (see `writes_without_waiting`) it raises WriteBusy instead of waiting
+        for another writer.
         """
-        with self._engine.begin() as conn:
+        begin = self._no_wait.begin if no_wait and self._no_wait is not None else self._engine.begin
+        with begin() as conn:
             now = self._now()
             found: dict[str, RecentRequests] = {}
             for agent_id in sorted(set(agent_ids)):

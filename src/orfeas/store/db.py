@@ -3,11 +3,14 @@
 The tables live in `store/schema.py`.
 """
 
+from __future__ import annotations
+
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, overload
@@ -18,6 +21,8 @@ import sqlalchemy as sa
 _READ_ONLY = "orfeas_read_only"
 _SINGLE_READ = "orfeas_single_read"
 _WRITE_LOCK = "orfeas_write_lock"
+_NO_WAIT = "orfeas_no_wait"
+_BUSY = "orfeas_busy"
 
 
 def sqlite_url(data_dir: Path) -> str:
@@ -101,6 +106,47 @@ def single_read(engine: sa.Engine) -> sa.Connection:
     return connection.execution_options(isolation_level="AUTOCOMMIT")
 
 
+class WriteBusy(Exception):
+    """`NoWaitWrites` found the database's write lock taken: try again where waiting for it is allowed."""
+
+
+class NoWaitWrites:
+    """Write transactions that never wait for SQLite's write lock, for a caller that must not block (the event
+    loop): the thread's own connection has a busy timeout of 0, and the process's writer lock is only tried, so a
+    transaction either starts at once or raises WriteBusy. None for PostgreSQL (`for_engine`), whose writes are
+    round trips to another host."""
+
+    def __init__(self, engine: sa.Engine) -> None:
+        self._engine = engine
+        self._kept = threading.local()
+
+    @classmethod
+    def for_engine(cls, engine: sa.Engine) -> NoWaitWrites | None:
+        return cls(engine) if engine.dialect.name == "sqlite" else None
+
+    @contextmanager
+    def begin(self) -> Iterator[sa.Connection]:
+        """A write transaction, committed when the block ends normally; raises WriteBusy before it starts if
+        another writer holds the lock."""
+        kept: sa.Connection | None = getattr(self._kept, "connection", None)
+        if kept is None or kept.closed or kept.invalidated:
+            kept = self._kept.connection = self._engine.connect().execution_options(**{_NO_WAIT: True})
+            kept.connection.driver_connection.execute("PRAGMA busy_timeout = 0")  # type: ignore[union-attr]
+        transaction = kept.begin()  # takes this process's writer lock if it is free, and emits nothing
+        if kept.info.pop(_BUSY, False):
+            transaction.rollback()
+            raise WriteBusy("another thread of this process is writing")
+        try:
+            kept.exec_driver_sql("BEGIN IMMEDIATE")
+        except sa.exc.OperationalError as exc:
+            transaction.rollback()  # releases the writer lock
+            if "database is locked" in str(exc.orig):
+                raise WriteBusy("another process is writing") from exc
+            raise
+        with transaction:
+            yield kept
+
+
 class SingleReads:
     """Connections for one SELECT each (see `single_read`). On SQLite every thread keeps its own open, instead of
     taking one from the pool for each read and handing it back: for a primary-key read of a local file the
@@ -111,6 +157,7 @@ class SingleReads:
     def __init__(self, engine: sa.Engine) -> None:
         self._engine = engine
         self._kept = threading.local() if engine.dialect.name == "sqlite" else None
+        self._prepared: dict[sa.Select[Any], _Prepared] = {}
 
     @contextmanager
     def __call__(self) -> Iterator[sa.Connection]:
@@ -118,10 +165,56 @@ class SingleReads:
             with single_read(self._engine) as pooled:
                 yield pooled
             return
+        yield self._connection()
+
+    def first(self, statement: sa.Select[Any], params: dict[str, Any]) -> dict[str, Any] | None:
+        """The first row of a fixed statement (built once, its values as bind parameters) as a column -> value
+        dict, or None. On SQLite the statement is compiled once and run on the driver's connection, its values
+        converted by SQLAlchemy's own type processors: the same values as `Connection.execute`, without its
+        per-call machinery, which costs more than the read (the hot reads of status polling and signed requests)."""
+        if self._kept is None:
+            with single_read(self._engine) as pooled:
+                row = pooled.execute(statement, params).first()
+            return dict(row._mapping) if row is not None else None
+        prepared = self._prepared.get(statement) or self._prepare(statement)
+        values = [convert(params[name]) if convert else params[name] for name, convert in prepared.binds]
+        raw = self._connection().connection.driver_connection
+        found = raw.execute(prepared.sql, values).fetchone()  # type: ignore[union-attr]
+        if found is None:
+            return None
+        columns = zip(prepared.columns, found, strict=True)
+        return {name: convert(value) if convert else value for (name, convert), value in columns}
+
+    def _connection(self) -> sa.Connection:
+        assert self._kept is not None
         kept: sa.Connection | None = getattr(self._kept, "connection", None)
         if kept is None or kept.closed or kept.invalidated:
             kept = self._kept.connection = single_read(self._engine)
-        yield kept
+        return kept
+
+    def _prepare(self, statement: sa.Select[Any]) -> _Prepared:
+        dialect = self._engine.dialect
+        compiled = statement.compile(dialect=dialect)
+        binds = [
+            (name, compiled.binds[name].type.dialect_impl(dialect).bind_processor(dialect))
+            for name in compiled.positiontup or ()
+        ]
+        columns = [
+            (column.name, column.type.dialect_impl(dialect).result_processor(dialect, None))
+            for column in statement.selected_columns
+        ]
+        prepared = self._prepared[statement] = _Prepared(str(compiled), binds, columns)
+        return prepared
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """A statement compiled for SQLite: its SQL, its bind parameters in order and its columns, each with the
+    processor (or None) that converts the value to or from what the driver takes and returns."""
+
+    sql: str
+    binds: Sequence[tuple[str, Callable[..., Any] | None]]
+    columns: Sequence[tuple[str, Callable[..., Any] | None]]
 
 
 def _begin_sqlite(connection: sa.Connection, writers: threading.Lock) -> None:
@@ -134,6 +227,12 @@ def _begin_sqlite(connection: sa.Connection, writers: threading.Lock) -> None:
         return  # the connection is in the sqlite3 module's autocommit mode (see _configure_sqlite)
     if options.get(_READ_ONLY):
         connection.exec_driver_sql("BEGIN DEFERRED")
+        return
+    if options.get(_NO_WAIT):  # NoWaitWrites.begin emits the BEGIN itself, with no busy timeout
+        if writers.acquire(blocking=False):
+            connection.info[_WRITE_LOCK] = writers
+        else:
+            connection.info[_BUSY] = True
         return
     writers.acquire()
     connection.info[_WRITE_LOCK] = writers

@@ -88,7 +88,11 @@ class JobRecord:
     @classmethod
     def from_row(cls, row: sa.Row[*tuple[Any, ...]]) -> "JobRecord":
         """Build a record from a `jobs` row, normalising what the database returns."""
-        values = dict(row._mapping)
+        return cls.from_mapping(dict(row._mapping))
+
+    @classmethod
+    def from_mapping(cls, values: dict[str, Any]) -> "JobRecord":
+        """Build a record from a `jobs` row's columns by name (the dict is changed in place)."""
         values["status"] = JobStatus(values["status"])
         for field in ("lease_expires_at", "created_at", "updated_at", "started_at", "finished_at"):
             values[field] = as_utc(values[field])
@@ -215,11 +219,10 @@ class JobStore:
 
     def get(self, job_id: str) -> JobRecord:
         """The job with this id; raises JobNotFound."""
-        with self._single_read() as conn:
-            row = conn.execute(_JOB_BY_ID, {"job_id": job_id}).first()
-        if row is None:
+        values = self._single_read.first(_JOB_BY_ID, {"job_id": job_id})
+        if values is None:
             raise JobNotFound(job_id)
-        return JobRecord.from_row(row)
+        return JobRecord.from_mapping(values)
 
     def still_owned(self, worker_id: str, job_ids: Sequence[str]) -> set[str]:
         """Which of these jobs `worker_id` still holds (a canceled or taken-over job is no longer held)."""

@@ -99,7 +99,7 @@ async def _authenticate(
     signed = (request.method, signed_path(request), request.url.query, request.headers, body, operation)
     for fresh in (False, True):
         agent, nonce = await quick_read(services, authenticator.verify, *signed, fresh)
-        admission = await asyncio.wrap_future(authenticator.admissions.submit(authenticator.pending(agent, nonce)))
+        admission = await authenticator.admissions.admit(authenticator.pending(agent, nonce))
         if admission.reason != "stale" or fresh:
             break
     return agent, authenticator.accept(agent, nonce, admission)
