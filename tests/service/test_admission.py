@@ -313,3 +313,15 @@ def test_a_turn_goes_to_the_thread_while_another_process_writes(
         queue.stop()
         other.close()
     assert store.count_recent_requests(agent.id) == 1
+
+
+def test_a_replay_in_a_batch_leaves_its_place_to_the_next_request(accounts: AgentAccounts, store: AgentStore) -> None:
+    agent, _ = accounts.create("builder", ["status"], rate_per_minute=3)
+    assert admit(store, agent.id, "n-old").allowed
+
+    batch = [Pending(agent.id, nonce) for nonce in ("n-old", "n-a", "n-b", "n-c", "n-old")]
+    outcomes = admit_together(store, batch)
+
+    assert [o.reason for o in outcomes] == ["replay", None, None, "rate", "replay"]
+    assert [o.remaining for o in outcomes] == [2, 1, 0, 0, 0]
+    assert store.count_recent_requests(agent.id) == 3

@@ -95,34 +95,62 @@ def admit_many(
     second is a replay); an unknown agent's requests get AgentNotFound. With `no_wait`, raises WriteBusy rather
     than wait for another writer."""
     retention = timedelta(seconds=max(2 * window_seconds, RATE_WINDOW_SECONDS))
-    with store.locked_requests_many((request.agent_id for request in requests), no_wait=no_wait) as found:
-        return [
-            _decide(found[request.agent_id], request, retention)
-            if request.agent_id in found
-            else AgentNotFound(f"no agent with id {request.agent_id!r}")
-            for request in requests
-        ]
+    outcomes: list[Admission | AgentNotFound] = []
+    by_agent: dict[str, list[int]] = {}
+    for index, request in enumerate(requests):
+        by_agent.setdefault(request.agent_id, []).append(index)
+        outcomes.append(AgentNotFound(f"no agent with id {request.agent_id!r}"))
+    with store.locked_requests_many(by_agent, no_wait=no_wait) as found:
+        for agent_id, indexes in by_agent.items():
+            if agent_id in found:
+                decided = _decide(found[agent_id], [requests[i] for i in indexes], retention)
+                for index, admission in zip(indexes, decided, strict=True):
+                    outcomes[index] = admission
+    return outcomes
 
 
-def _decide(requests: RecentRequests, request: Pending, retention: timedelta) -> Admission:
-    """Admit one request of the agent whose rows `requests` holds locked, recording it if allowed."""
+def _decide(requests: RecentRequests, pending: list[Pending], retention: timedelta) -> list[Admission]:
+    """Admit, in order, requests of the agent whose rows `requests` holds locked, recording those allowed (in one
+    statement; a nonce refused as a replay frees its place for the next request). Each answer's `remaining` is
+    what it would be had the requests come one by one."""
     now = requests.now
-    count, oldest = requests.count_since(now - timedelta(seconds=RATE_WINDOW_SECONDS))
+    start, oldest = requests.count_since(now - timedelta(seconds=RATE_WINDOW_SECONDS))
     limit = requests.rate_per_minute
     reset = _seconds_until((oldest or now) + timedelta(seconds=RATE_WINDOW_SECONDS), now)
-    left = max(0, limit - count)
-    if requests.revoked:
-        return Admission(allowed=False, limit=limit, remaining=left, reset=reset, reason="revoked")
-    if request.secret_version is not None and request.secret_version != requests.secret_version:
-        return Admission(allowed=False, limit=limit, remaining=left, reset=reset, reason="stale")
-    replay = Admission(allowed=False, limit=limit, remaining=left, reset=reset, reason="replay")
-    if count >= limit:
-        if requests.nonce_used(request.nonce, since=now - retention):
-            return replay
-        return Admission(allowed=False, limit=limit, remaining=0, reset=reset, reason="rate", retry_after=reset)
-    if not requests.record(request.nonce, forgotten_before=now - retention):
-        return replay
-    return Admission(allowed=True, limit=limit, remaining=limit - count - 1, reset=reset)
+    reasons: list[str | None] = [None] * len(pending)  # None: allowed
+    candidates: list[int] = []
+    seen: set[str] = set()
+    for index, request in enumerate(pending):
+        if requests.revoked:
+            reasons[index] = "revoked"
+        elif request.secret_version is not None and request.secret_version != requests.secret_version:
+            reasons[index] = "stale"
+        elif request.nonce in seen:
+            reasons[index] = "replay"
+        else:
+            seen.add(request.nonce)
+            candidates.append(index)
+    count = start
+    while candidates and count < limit:
+        trying, candidates = candidates[: limit - count], candidates[limit - count :]
+        recorded = requests.record([pending[i].nonce for i in trying], forgotten_before=now - retention)
+        count += len(recorded)
+        for index in trying:
+            if pending[index].nonce not in recorded:
+                reasons[index] = "replay"
+    for index in candidates:  # over the rate: a remembered nonce is still a replay
+        reasons[index] = "replay" if requests.nonce_used(pending[index].nonce, since=now - retention) else "rate"
+    answers = []
+    count = start
+    for reason in reasons:
+        if reason is None:
+            count += 1
+            answers.append(Admission(True, limit, limit - count, reset))
+        elif reason == "rate":
+            answers.append(Admission(False, limit, 0, reset, reason="rate", retry_after=reset))
+        else:
+            answers.append(Admission(False, limit, max(0, limit - count), reset, reason=reason))
+    return answers
 
 
 class AdmissionQueue:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import builtins
 import dataclasses
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -129,20 +129,25 @@ class RecentRequests:
         )
         return self.conn.execute(query).first() is not None
 
-    def record(self, nonce: str, forgotten_before: datetime) -> bool:
-        """Record one request at `now` and count it; False (and nothing recorded) if the nonce was recorded at or
-        after `forgotten_before`. An older row of the same nonce is taken over (stamped `now`).
+    def record(self, nonces: Sequence[str], forgotten_before: datetime) -> set[str]:
+        """Record these requests (distinct nonces) at `now` in one statement and count them; returns the nonces
+        recorded, leaving out those recorded at or after `forgotten_before` (replays). An older row of the same
+        nonce is taken over (stamped `now`).
 
         Call `count_since` first: the rows it has not passed yet stay counted.
         """
-        upsert = _RECORD_NONCE[self.conn.dialect.name]
-        values = {"agent_id": self.agent_id, "nonce": nonce, "at": self.now, "forgotten_before": forgotten_before}
-        if self.conn.execute(upsert, values).first() is None:  # a conflict with a nonce still remembered
-            return False
-        self.count += 1
-        self.tail = min(self.tail, self.now) if self.tail else self.now
-        self.changed = True
-        return True
+        if not nonces:
+            return set()
+        rows = [
+            {"agent_id": self.agent_id, "nonce": nonce, "at": self.now, "forgotten_before": forgotten_before}
+            for nonce in nonces
+        ]
+        recorded = set(self.conn.execute(_RECORD_NONCES[self.conn.dialect.name], rows).scalars())
+        if recorded:
+            self.count += len(recorded)
+            self.tail = min(self.tail, self.now) if self.tail else self.now
+            self.changed = True
+        return recorded
 
     def save(self) -> None:
         """Write the running count back to the agent's row, if it changed."""
@@ -170,8 +175,9 @@ class RecentRequests:
         return agent_requests.c.agent_id == self.agent_id
 
 
-def _record_nonce(dialect: Any) -> sa.Executable:
-    """The upsert of `RecentRequests.record`, built once per dialect (its values are bound at each call)."""
+def _record_nonces(dialect: Any) -> sa.Executable:
+    """The upsert of `RecentRequests.record`, built once per dialect (its values are bound at each call; several
+    rows at once go as one multi-row INSERT, SQLAlchemy's "insertmanyvalues")."""
     insert = dialect.insert(agent_requests).values(
         agent_id=sa.bindparam("agent_id"), nonce=sa.bindparam("nonce"), at=sa.bindparam("at")
     )
@@ -179,11 +185,11 @@ def _record_nonce(dialect: Any) -> sa.Executable:
         index_elements=[agent_requests.c.agent_id, agent_requests.c.nonce],
         set_={"at": insert.excluded.at},
         where=agent_requests.c.at < sa.bindparam("forgotten_before"),
-    ).returning(agent_requests.c.id)
+    ).returning(agent_requests.c.nonce)
 
 
 # The admission's statements, built once: building a statement costs more than SQLAlchemy's cached compilation.
-_RECORD_NONCE = {"postgresql": _record_nonce(postgresql), "sqlite": _record_nonce(sqlite)}
+_RECORD_NONCES = {"postgresql": _record_nonces(postgresql), "sqlite": _record_nonces(sqlite)}
 _SAVE_WINDOW = sa.update(agents).where(agents.c.id == sa.bindparam("agent"))
 # Locks the agent's row on PostgreSQL; SQLite's BEGIN IMMEDIATE (see store.db) already serialises.
 _LOCK_AGENT = (

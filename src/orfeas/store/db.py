@@ -112,9 +112,9 @@ class WriteBusy(Exception):
 
 class NoWaitWrites:
     """Write transactions that never wait for SQLite's write lock, for a caller that must not block (the event
-    loop): the thread's own connection has a busy timeout of 0, and the process's writer lock is only tried, so a
-    transaction either starts at once or raises WriteBusy. None for PostgreSQL (`for_engine`), whose writes are
-    round trips to another host."""
+    loop): the thread's own connection has a busy timeout of 0 and leaves checkpoints to other connections, and the
+    process's writer lock is only tried, so a transaction either starts at once or raises WriteBusy. None for
+    PostgreSQL (`for_engine`), whose writes are round trips to another host."""
 
     def __init__(self, engine: sa.Engine) -> None:
         self._engine = engine
@@ -131,7 +131,10 @@ class NoWaitWrites:
         kept: sa.Connection | None = getattr(self._kept, "connection", None)
         if kept is None or kept.closed or kept.invalidated:
             kept = self._kept.connection = self._engine.connect().execution_options(**{_NO_WAIT: True})
-            kept.connection.driver_connection.execute("PRAGMA busy_timeout = 0")  # type: ignore[union-attr]
+            driver = kept.connection.driver_connection
+            driver.execute("PRAGMA busy_timeout = 0")  # type: ignore[union-attr]
+            # its commits never checkpoint the log (an fsync); the other connections' commits do
+            driver.execute("PRAGMA wal_autocheckpoint = 0")  # type: ignore[union-attr]
         transaction = kept.begin()  # takes this process's writer lock if it is free, and emits nothing
         if kept.info.pop(_BUSY, False):
             transaction.rollback()
