@@ -1,6 +1,10 @@
 """The ceiling for status polling: a bare FastAPI app whose one endpoint does one primary-key read from the same
 SQLite (WAL) database and returns the job's JSON. bench/throughput_bench.py serves it with the same uvicorn fast
-paths (httptools, uvloop) as `orfeas serve` and compares the two under the same load."""
+paths (httptools, uvloop) as `orfeas serve` and compares the two under the same load.
+
+The endpoint is a plain `def`, as FastAPI's documentation writes one that calls a blocking database driver (FastAPI
+runs it in its thread pool); with BARE_ASYNC=1 it is an `async def` doing the read on the event loop, the stricter
+ceiling (no thread hop), which is how `orfeas serve` reads a local SQLite file."""
 
 from __future__ import annotations
 
@@ -26,8 +30,7 @@ def connection() -> sqlite3.Connection:
     return _local.db
 
 
-@app.get("/api/jobs/{job_id}")
-def get_job(job_id: str) -> Response:
+def job_response(job_id: str) -> Response:
     row = connection().execute(f"SELECT {', '.join(COLUMNS)} FROM jobs WHERE id = ?", (job_id,)).fetchone()
     if row is None:
         raise HTTPException(404)
@@ -35,3 +38,16 @@ def get_job(job_id: str) -> Response:
     for field in ("options", "result"):
         job[field] = json.loads(job[field]) if job[field] else None
     return Response(json.dumps(job), media_type="application/json")
+
+
+if os.environ.get("BARE_ASYNC") == "1":
+
+    @app.get("/api/jobs/{job_id}")
+    async def get_job_on_the_loop(job_id: str) -> Response:
+        return job_response(job_id)
+
+else:
+
+    @app.get("/api/jobs/{job_id}")
+    def get_job(job_id: str) -> Response:
+        return job_response(job_id)

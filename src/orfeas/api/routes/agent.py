@@ -7,6 +7,7 @@ import base64
 import binascii
 import logging
 from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
@@ -55,39 +56,49 @@ class AgentRequest:
 
 
 def authenticated(operation: str, success: int = 200) -> Callable[[Request, Services], AsyncIterator[AgentRequest]]:
-    """A dependency that verifies the signature for `operation` and writes exactly one audit row per request:
-    the refusal, or once the route has answered, its real status (`success` or the error's)."""
+    """A dependency that verifies the signature for `operation` and audits the request (see `signed_call`)."""
 
     async def verify(
         request: Request, services: Annotated[Services, Depends(get_services)]
     ) -> AsyncIterator[AgentRequest]:
-        address = request.client.host if request.client else ""
-        body = await request.body()
-        try:
-            agent, admission = await _authenticate(services, request, body, operation)
-        except AgentRequestRefused as exc:
-            refusal = services.refusals.refused(address, exc.key_id or "")
-            services.audit.record_refusal(exc, operation, status_for(exc), refusal)
-            if refusal.throttled:
-                raise TooManyFailures(refusal.retry_after) from None
-            raise
-        headers = rate_limit_headers(admission)
-        request.state.rate_limit_headers = headers  # error responses to this request carry them too
-        call = AgentRequest(agent, headers, body, request)
-        outcome, detail = success, None
-        try:
+        async with signed_call(request, services, operation, success) as call:
             yield call
-            outcome = call.status or success  # a repeat of an earlier submission is 200
-        except OrfeasError as exc:
-            outcome, detail = status_for(exc), str(exc)
-            raise
-        except Exception as exc:
-            outcome, detail = (503 if is_database_outage(exc) else 500), type(exc).__name__
-            raise
-        finally:
-            services.audit.record_admitted(call.agent, operation, outcome, call.job_ids, detail)
 
     return verify
+
+
+@asynccontextmanager
+async def signed_call(
+    request: Request, services: Services, operation: str, success: int = 200
+) -> AsyncIterator[AgentRequest]:
+    """Verify the signature for `operation` and write exactly one audit row per request: the refusal, or once the
+    block has answered, its real status (`success` or the error's). The status route uses it in its body rather
+    than as a dependency, whose machinery cost that hot route more than the verification."""
+    address = request.client.host if request.client else ""
+    body = await request.body()
+    try:
+        agent, admission = await _authenticate(services, request, body, operation)
+    except AgentRequestRefused as exc:
+        refusal = services.refusals.refused(address, exc.key_id or "")
+        services.audit.record_refusal(exc, operation, status_for(exc), refusal)
+        if refusal.throttled:
+            raise TooManyFailures(refusal.retry_after) from None
+        raise
+    headers = rate_limit_headers(admission)
+    request.state.rate_limit_headers = headers  # error responses to this request carry them too
+    call = AgentRequest(agent, headers, body, request)
+    outcome, detail = success, None
+    try:
+        yield call
+        outcome = call.status or success  # a repeat of an earlier submission is 200
+    except OrfeasError as exc:
+        outcome, detail = status_for(exc), str(exc)
+        raise
+    except Exception as exc:
+        outcome, detail = (503 if is_database_outage(exc) else 500), type(exc).__name__
+        raise
+    finally:
+        services.audit.record_admitted(call.agent, operation, outcome, call.job_ids, detail)
 
 
 async def _authenticate(
@@ -138,14 +149,11 @@ async def batch(
 
 
 @router.get("/status/{job_id}", response_model=JobView)
-async def status(
-    job_id: str,
-    call: Annotated[AgentRequest, Depends(authenticated("status"))],
-    services: Annotated[Services, Depends(get_services)],
-) -> Response:
+async def status(job_id: str, request: Request, services: Annotated[Services, Depends(get_services)]) -> Response:
     """Status, progress and result URLs of one of this agent's jobs."""
-    job = await quick_read(services, _own_job, services, call, job_id)
-    return job_response(job, call.principal, prefix=DOWNLOADS, page_links=False, headers=call.headers)
+    async with signed_call(request, services, "status") as call:
+        job = await quick_read(services, _own_job, services, call, job_id)
+        return job_response(job, call.principal, prefix=DOWNLOADS, page_links=False, headers=call.headers)
 
 
 @router.get("/jobs/{job_id}/result.{fmt}", response_class=FileResponse, responses=RESULT_FILE)
