@@ -4,6 +4,7 @@ coalescing."""
 from __future__ import annotations
 
 import os
+import threading
 import time
 
 import pytest
@@ -166,3 +167,30 @@ def test_a_stage_recorded_too_soon_is_still_written_when_the_interval_is_up(part
 )
 def test_out_of_memory_is_recognised_by_type_or_framework_name(error, expected):
     assert is_out_of_memory(error) is expected
+
+
+def test_an_idle_worker_starts_a_submitted_job_at_once(tmp_path):
+    """The idle worker waits `poll_seconds` between queue checks (here far longer than the test); a submission
+    through the job service wakes it, and so does stopping it."""
+    settings = Settings(data_dir=tmp_path, poll_seconds=60.0)
+    engine = create_db_engine(sqlite_url(tmp_path))
+    init_db(engine)
+    store, artifacts = JobStore(engine), LocalArtifactStore(tmp_path)
+    service = JobService(store, artifacts, settings)
+    worker = Worker(store, artifacts, settings, BatchSizer(MemoryProbe("cpu"), max_batch=8), worker_id="w1")
+    service.on_submitted(worker.wake)
+    stop = threading.Event()
+    loop = threading.Thread(target=worker.run, args=(stop,))
+    loop.start()
+    try:
+        time.sleep(0.5)  # idle by now
+        (job,), _ = service.submit([CHAIR], GenerateOptions(resolution=64, faces=2000), LOCAL_USER)
+        deadline = time.monotonic() + 30
+        while store.get(job.id).status != "succeeded" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert store.get(job.id).status == "succeeded"
+    finally:
+        stop.set()
+        worker.wake()
+        loop.join(timeout=10)
+    assert not loop.is_alive()

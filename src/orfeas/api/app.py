@@ -100,6 +100,7 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = True) -> 
         if run_worker:
             worker = services.new_worker()
             services.workers.append(worker)
+            services.job_service.on_submitted(worker.wake)  # an idle worker starts a new job at once
             thread = threading.Thread(target=worker.run, args=(stop,), name="orfeas-worker", daemon=True)
             thread.start()
             threads.append(thread)
@@ -112,6 +113,8 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = True) -> 
             yield
         finally:
             stop.set()
+            for running in services.workers:
+                running.wake()
             services.sampler.stop()
             _return_running_jobs(services)
             services.authenticator.admissions.stop()

@@ -127,8 +127,13 @@ def worker_command(
         _serve_metrics_registry(metrics.registry, metrics_host, metrics_port)
     worker = parts.worker(metrics)
     stop = threading.Event()
+
+    def stop_worker(*_: object) -> None:
+        stop.set()
+        worker.wake()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+        signal.signal(sig, stop_worker)
     stderr.print(f"worker {worker.worker_id} on {engine.url.render_as_string(hide_password=True)}")
     worker.run(stop)
 

@@ -9,6 +9,7 @@ import logging
 import os
 import uuid
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -86,6 +87,11 @@ class JobService:
         self.pipeline_settings = settings.pipeline()
         self._generators = GeneratorCache(self.pipeline_settings)  # only to check options
         self._validation_budget = MemoryBudget(settings.validation_memory_bytes)
+        self._on_submitted: list[Callable[[], None]] = []
+
+    def on_submitted(self, callback: Callable[[], None]) -> None:
+        """Call `callback` (quick, thread-safe: a worker's `wake`) whenever new jobs have been queued."""
+        self._on_submitted.append(callback)
 
     def submit(
         self,
@@ -150,6 +156,8 @@ class JobService:
             raise
         if not created:  # a concurrent request with the same key won: drop our copies
             self._delete_inputs(new_jobs)
+        for callback in self._on_submitted if created else ():
+            callback()
         return jobs, created
 
     def _check_same_request(

@@ -157,9 +157,14 @@ class Worker:
         self._next_orphan_sweep = 0.0  # monotonic time; the first maintenance sweeps
         self._active: list[str] = []
         self._lock = threading.Lock()
+        self._wake = threading.Event()
+
+    def wake(self) -> None:
+        """End the idle wait at once (new jobs were queued, or `run`'s stop was set)."""
+        self._wake.set()
 
     def run(self, stop: threading.Event) -> None:
-        """Claim and run batches until `stop` is set."""
+        """Claim and run batches until `stop` is set (call `wake` after setting it, to end an idle wait at once)."""
         logger.info("worker started", extra={"worker": self.worker_id})
         heartbeat = threading.Thread(target=self._heartbeat, args=(stop,), name="orfeas-heartbeat", daemon=True)
         heartbeat.start()
@@ -182,7 +187,8 @@ class Worker:
                 logger.info("worker resumed", extra={"worker": self.worker_id, "after_failures": failures})
                 failures = 0
             if not ran:
-                stop.wait(self.settings.poll_seconds)
+                self._wake.wait(self.settings.poll_seconds)
+                self._wake.clear()
         try:
             self.store.requeue_owned(self.worker_id)
         except Exception as exc:  # the leases then expire and another worker requeues the jobs
