@@ -4,9 +4,10 @@
 
 1. Throughput: the same `inflate` jobs (default options, textured GLB) run by calling the pipeline in a loop, then
    through a real `orfeas serve` subprocess (submit all, poll the job list until all are done; the wall time ends
-   at the last job's finished_at, not at the poll that saw it), in interleaved rounds; the difference is the service's cost (upload, validation, queue, progress updates, result files). Beside
-   the wall time: the CPU seconds of the process doing the work (the loop's own, the server's), and the seconds the
-   jobs' profiles give to the pipeline's stages, which separate "the pipeline ran slower in the server" from "the
+   at the last job's finished_at, not at the poll that saw it), in interleaved rounds; the difference is the
+   service's cost (upload, validation, queue, progress updates, result files). Beside the wall time: the CPU
+   seconds of the process doing the work (the loop's own, the server's), and the seconds the jobs' profiles give
+   to the pipeline's stages, which separate "the pipeline ran slower in the server" from "the
    server did other work".
 2. Scheduler overhead per batch: what the worker does around a generator call for a batch of 4 (claim, progress
    updates for every stage, completion), on SQLite, without the generator; median of 200 batches.
