@@ -11,9 +11,10 @@ repeated, it measures GET /api/jobs/{id} on:
 - the signed agent status route, with requests signed ahead of time (a unique nonce each) and replayed by wrk, so
   the load generator costs the same for every target.
 Medians of the repeats are reported; the ratio to the ceiling is what the targets in docs/BENCHMARKS.md speak of.
-`--targets` measures only some of them (the ceiling always). `--baseline` adds the signed status route of another
-tree (an older commit, e.g. `git archive <commit> src | tar -x -C OLD_TREE`), served from its own data directory
-by its own code and measured in the same turns, so a change is compared side by side on the same machine load.
+`--targets` measures only some of them (the ceilings always). `--baseline` adds the signed status route (and,
+with the `orfeas` target, the unsigned one) of another tree (an older commit, e.g.
+`git archive <commit> src | tar -x -C OLD_TREE`), served from its own data directory by its own code and measured
+in the same turns, so a change is compared side by side on the same machine load.
 """
 
 from __future__ import annotations
@@ -171,6 +172,8 @@ def measure(
     results: dict[str, list[dict[str, float]]] = {name: [] for name in ("ceiling", "ceiling_async", *targets)}
     if baseline is not None:
         results["agent_baseline"] = []
+        if "orfeas" in targets:
+            results["orfeas_baseline"] = []
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "data"
         env = orfeas_env(data, "on")
@@ -212,6 +215,12 @@ def measure(
                 old_serve = [*serve, "--data-dir", str(old_data), "--port", str(port_old)]
                 servers.append(start(old_serve, old_env, f"http://127.0.0.1:{port_old}/healthz"))
                 old_job = submit_job(port_old, old_key_id, old_secret)
+                if "orfeas" in targets:
+                    port_old_off = free_port()
+                    old_off = [*serve, "--data-dir", str(old_data), "--port", str(port_old_off)]
+                    old_off_env = orfeas_env(old_data, "off", baseline)
+                    servers.append(start(old_off, old_off_env, f"http://127.0.0.1:{port_old_off}/healthz"))
+                    wrk(f"http://127.0.0.1:{port_old_off}/api/jobs/{old_job}", 2)
             bare_env = {**os.environ, "BARE_DATABASE": str(data / "orfeas.db"), "PYTHONPATH": str(REPO / "bench")}
             port_bare_async = free_port()
             for port, flavour in ((port_bare, "0"), (port_bare_async, "1")):
@@ -242,6 +251,10 @@ def measure(
             for _ in range(repeats):
                 results["ceiling"].append(wrk(f"http://127.0.0.1:{port_bare}{path}", seconds))
                 results["ceiling_async"].append(wrk(f"http://127.0.0.1:{port_bare_async}{path}", seconds))
+                if "orfeas_baseline" in results:
+                    results["orfeas_baseline"].append(
+                        wrk(f"http://127.0.0.1:{port_old_off}/api/jobs/{old_job}", seconds)
+                    )
                 if "orfeas" in targets:
                     results["orfeas"].append(wrk(f"http://127.0.0.1:{port_off}{path}", seconds))
                 if "orfeas_2" in targets:
@@ -273,6 +286,7 @@ def render(
     labels = {
         "ceiling": "bare FastAPI + SQLite (the ceiling)",
         "ceiling_async": "the same, `async def` endpoint reading on the event loop (the stricter ceiling)",
+        "orfeas_baseline": f"`orfeas serve` of {baseline or 'the baseline tree'}, GET /api/jobs/{{id}}, auth off",
         "orfeas": "`orfeas serve`, GET /api/jobs/{id}, authentication off",
         "orfeas_2": "`orfeas serve --workers 2`, the same",
         "orfeas_key": "`orfeas serve`, GET /api/jobs/{id}, API key",
