@@ -14,6 +14,7 @@ from orfeas.service.agents import (
     AuthenticationFailed,
     PermissionDenied,
     RateLimited,
+    SignedRequest,
     rate_limit_headers,
 )
 from orfeas.signing import KEY_HEADER, NONCE_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, signed_headers
@@ -48,7 +49,8 @@ class Call:
         return self
 
     def send(self, authenticator: AgentAuthenticator):
-        return authenticator.authenticate(self.method, self.path, self.query, self.headers, self.body, self.operation)
+        request = SignedRequest(self.method, self.path, self.query, self.headers, self.body)
+        return authenticator.authenticate(request, self.operation)
 
 
 @pytest.fixture

@@ -342,36 +342,19 @@ class AgentAuthenticator:
         self._known: dict[str, tuple[AgentRecord, str]] = {}  # key id -> active agent and its secret, as last read
         self._known_lock = threading.Lock()
 
-    def authenticate(
-        self,
-        method: str,
-        path: str,
-        query: str,
-        headers: Mapping[str, str],
-        body: bytes,
-        operation: str,
-    ) -> tuple[AgentRecord, Admission]:
+    def authenticate(self, request: SignedRequest, operation: str) -> tuple[AgentRecord, Admission]:
         """The agent that signed this request and its rate-limit state, once the request is admitted.
 
         Raises AuthenticationFailed, PermissionDenied or RateLimited; only an admitted request is recorded.
         """
         for fresh in (False, True):
-            agent, nonce = self.verify(method, path, query, headers, body, operation, fresh=fresh)
+            agent, nonce = self.verify(request, operation, fresh=fresh)
             admission = self.admissions.submit(self.pending(agent, nonce)).result()
             if admission.reason != "stale" or fresh:
                 break
         return agent, self.accept(agent, nonce, admission)
 
-    def verify(
-        self,
-        method: str,
-        path: str,
-        query: str,
-        headers: Mapping[str, str],
-        body: bytes,
-        operation: str,
-        fresh: bool = False,
-    ) -> tuple[AgentRecord, str]:
+    def verify(self, request: SignedRequest, operation: str, fresh: bool = False) -> tuple[AgentRecord, str]:
         """Every check but the admission (at most one read, no write): the agent that signed this request and its
         nonce. Raises AuthenticationFailed or PermissionDenied.
 
@@ -382,11 +365,12 @@ class AgentAuthenticator:
         """
         if operation not in AGENT_OPERATIONS:
             raise ValueError(f"unknown operation {operation!r}; choose from {list(AGENT_OPERATIONS)}")
-        key_id, timestamp, nonce, signature = _signed_headers(headers)
+        signed = _signed_headers(request.headers)
+        key_id = signed.key_id
         known = None if fresh else self._known.get(key_id)
         if known is not None:
             try:
-                return self._check(known, key_id, method, path, query, timestamp, nonce, signature, body, operation)
+                return self._check(known, signed, request, operation)
             except AgentRequestRefused:
                 pass  # decided on a fresh read below
         agent = self._store.get_by_key(key_id)
@@ -398,7 +382,7 @@ class AgentAuthenticator:
             self._remember(key_id, known)
         else:
             self._known.pop(key_id, None)
-        return self._check(known, key_id, method, path, query, timestamp, nonce, signature, body, operation)
+        return self._check(known, signed, request, operation)
 
     def pending(self, agent: AgentRecord, nonce: str) -> Pending:
         """What to submit to `admissions` for a request `verify` accepted."""
@@ -420,32 +404,25 @@ class AgentAuthenticator:
         return admission
 
     def _check(
-        self,
-        known: tuple[AgentRecord, str],
-        key_id: str,
-        method: str,
-        path: str,
-        query: str,
-        timestamp: str,
-        nonce: str,
-        signature: str,
-        body: bytes,
-        operation: str,
+        self, known: tuple[AgentRecord, str], signed: _Signature, request: SignedRequest, operation: str
     ) -> tuple[AgentRecord, str]:
         agent, secret = known
+        key_id = signed.key_id
         if not agent.active:
             raise AuthenticationFailed(f"key {key_id!r} is revoked", key_id=key_id, agent=agent)
-        skew = int(timestamp) - self._now()
+        skew = int(signed.timestamp) - self._now()
         if abs(skew) > self._window:
             raise AuthenticationFailed(
                 f"timestamp is {skew:+.0f} s from server time, outside ±{self._window} s", key_id=key_id, agent=agent
             )
-        expected = sign(secret, method, path, query, timestamp, nonce, body)
-        if not signature_matches(expected, signature.lower()):
+        expected = sign(
+            secret, request.method, request.path, request.query, signed.timestamp, signed.nonce, request.body
+        )
+        if not signature_matches(expected, signed.signature.lower()):
             raise AuthenticationFailed("bad signature", key_id=key_id, agent=agent)
         if operation not in agent.operations:
             raise PermissionDenied(operation, agent)
-        return agent, nonce
+        return agent, signed.nonce
 
     def _remember(self, key_id: str, known: tuple[AgentRecord, str]) -> None:
         with self._known_lock:
@@ -454,7 +431,27 @@ class AgentAuthenticator:
             self._known[key_id] = known
 
 
-def _signed_headers(headers: Mapping[str, str]) -> tuple[str, str, str, str]:
+@dataclass(frozen=True)
+class SignedRequest:
+    """What the signature covers, as the server received it: the method, the path as sent (percent-encoding kept),
+    the raw query string, the headers and the body."""
+
+    method: str
+    path: str
+    query: str
+    headers: Mapping[str, str]
+    body: bytes
+
+
+@dataclass(frozen=True)
+class _Signature:
+    key_id: str
+    timestamp: str
+    nonce: str
+    signature: str
+
+
+def _signed_headers(headers: Mapping[str, str]) -> _Signature:
     """The key id, timestamp, nonce and signature headers (looked up case-insensitively), checked for form."""
     lowered = {name.lower(): value for name, value in headers.items()}
     values: list[str] = []
@@ -470,8 +467,7 @@ def _signed_headers(headers: Mapping[str, str]) -> tuple[str, str, str, str]:
         if not pattern.fullmatch(value):
             raise AuthenticationFailed(f"malformed header {name}", key_id=values[0] if values else None)
         values.append(value)
-    key_id, timestamp, nonce, signature = values
-    return key_id, timestamp, nonce, signature
+    return _Signature(*values)
 
 
 def rate_limit_headers(admission: Admission) -> dict[str, str]:

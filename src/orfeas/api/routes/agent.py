@@ -28,7 +28,13 @@ from orfeas.api.schemas import ERRORS, AgentJob, JobView, SubmittedJobs, job_jso
 from orfeas.errors import InvalidImage, InvalidOptions, OrfeasError
 from orfeas.limits import parse_json
 from orfeas.pipeline.options import GenerateOptions
-from orfeas.service.agents import Admission, AgentRequestRefused, TooManyFailures, rate_limit_headers
+from orfeas.service.agents import (
+    Admission,
+    AgentRequestRefused,
+    SignedRequest,
+    TooManyFailures,
+    rate_limit_headers,
+)
 from orfeas.service.auth import Principal, agent_principal
 from orfeas.service.jobs import Upload
 from orfeas.store.agents import AgentRecord
@@ -107,9 +113,9 @@ async def _authenticate(
     """`AgentAuthenticator.authenticate` without a thread per request: the checks as a quick read, the admission
     through the queue that gives concurrent requests one transaction."""
     authenticator = services.authenticator
-    signed = (request.method, signed_path(request), request.url.query, request.headers, body, operation)
+    signed = SignedRequest(request.method, signed_path(request), request.url.query, request.headers, body)
     for fresh in (False, True):
-        agent, nonce = await quick_read(services, authenticator.verify, *signed, fresh)
+        agent, nonce = await quick_read(services, authenticator.verify, signed, operation, fresh)
         admission = await authenticator.admissions.admit(authenticator.pending(agent, nonce))
         if admission.reason != "stale" or fresh:
             break
