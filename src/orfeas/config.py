@@ -40,7 +40,9 @@ class Settings(BaseSettings, PipelineFields):
     max_attempts: int = Field(
         3, description="A job whose worker died this many times while running it alone is failed."
     )
-    poll_seconds: float = Field(0.2, description="Idle worker's wait between queue checks.")
+    poll_seconds: float = Field(
+        0.2, description="Idle worker's wait between queue checks (a submission wakes the worker of its own process)."
+    )
     retention_hours: float = Field(24 * 7, description="Finished jobs and their files are deleted after this.")
 
     log_format: Literal["text", "json"] = Field(
