@@ -325,3 +325,25 @@ def test_a_replay_in_a_batch_leaves_its_place_to_the_next_request(accounts: Agen
     assert [o.reason for o in outcomes] == ["replay", None, None, "rate", "replay"]
     assert [o.remaining for o in outcomes] == [2, 1, 0, 0, 0]
     assert store.count_recent_requests(agent.id) == 3
+
+
+def test_two_event_loops_share_one_queue(accounts: AgentAccounts, store: AgentStore) -> None:
+    """Each thread's loop keeps its own turn (as the test client's loop beside a server's would)."""
+    agent, _ = accounts.create("builder", ["status"], rate_per_minute=1000)
+    queue = AdmissionQueue(store)
+    queue.start()
+    answers: list[Admission] = []
+
+    async def many() -> list[Admission]:
+        return await asyncio.gather(*(queue.admit(Pending(agent.id, uuid.uuid4().hex)) for _ in range(50)))
+
+    threads = [threading.Thread(target=lambda: answers.extend(asyncio.run(many()))) for _ in range(2)]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+    finally:
+        queue.stop()
+    assert len(answers) == 100 and all(answer.allowed for answer in answers)
+    assert store.count_recent_requests(agent.id) == 100

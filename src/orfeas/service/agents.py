@@ -170,30 +170,30 @@ class AdmissionQueue:
         self._max_batch = max_batch
         self._queue: queue.SimpleQueue[_Queued | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
-        self._this_turn: list[asyncio.Future[Admission | None]] = []  # None: the write lock was taken
-        self._turn_requests: list[Pending] = []
+        self._turns = threading.local()  # each event loop's (thread's) requests of its current turn
 
     async def admit(self, request: Pending) -> Admission:
         """The admission of one request, for a coroutine on the event loop (see the class)."""
         if not self._store.writes_without_waiting or self._thread is None:
             return await asyncio.wrap_future(self.submit(request))
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[Admission | None] = loop.create_future()
-        self._this_turn.append(future)
-        self._turn_requests.append(request)
-        if len(self._this_turn) == 1:
+        future: asyncio.Future[Admission | None] = loop.create_future()  # None: the write lock was taken
+        turn: list[tuple[Pending, asyncio.Future[Admission | None]]] | None = getattr(self._turns, "pending", None)
+        if turn is None:
+            turn = self._turns.pending = []
             loop.call_soon(self._settle_this_turn)
+        turn.append((request, future))
         admission = await future
         if admission is None:
             return await asyncio.wrap_future(self.submit(request))
         return admission
 
     def _settle_this_turn(self) -> None:
-        batch, requests = self._this_turn, self._turn_requests
-        self._this_turn, self._turn_requests = [], []
+        turn, self._turns.pending = self._turns.pending, None
+        batch = [future for _, future in turn]
         try:
             outcomes: list[Admission | Exception | None] = [
-                *admit_many(self._store, requests, self._window, no_wait=True)
+                *admit_many(self._store, [request for request, _ in turn], self._window, no_wait=True)
             ]
         except WriteBusy:
             outcomes = [None] * len(batch)
