@@ -101,3 +101,16 @@ def test_a_no_wait_write_refuses_while_another_process_writes(sqlite_engine: sa.
             conn.execute(sa.select(1))
     finally:
         other.close()
+
+
+def test_a_driver_error_comes_back_as_sqlalchemys(engine: sa.Engine) -> None:
+    """A failing statement raises what `Connection.execute` would (an OperationalError is what the API answers
+    503 for), on SQLite's driver-level path as on PostgreSQL."""
+    with engine.begin() as conn:
+        conn.execute(sa.text("DROP TABLE job_events"))
+        conn.execute(sa.text("DROP TABLE jobs"))
+    with pytest.raises(sa.exc.DBAPIError) as raised:
+        SingleReads(engine).first(BY_ID, {"job_id": "0" * 32})
+    assert "jobs" in str(raised.value.orig)
+    if engine.dialect.name == "sqlite":
+        assert isinstance(raised.value, sa.exc.OperationalError)

@@ -28,7 +28,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
 from orfeas.errors import OrfeasError
-from orfeas.store.db import NoWaitWrites, SingleReads, as_utc, iso_timestamps, read_only, utcnow
+from orfeas.store.db import FixedStatements, NoWaitWrites, SingleReads, as_utc, iso_timestamps, read_only, utcnow
 from orfeas.store.schema import agent_audit, agent_requests, agents
 
 
@@ -95,6 +95,7 @@ class RecentRequests:
     """
 
     conn: sa.Connection
+    statements: FixedStatements
     agent_id: str
     rate_per_minute: int
     revoked: bool
@@ -112,27 +113,28 @@ class RecentRequests:
         or a step back), the window is counted afresh, so a row is never stamped before the tail.
         """
         if self.tail is not None and self.now < self.tail:
-            self.count, self.tail = self._rows(agent_requests.c.at > since)
+            counted = self._first(_COUNT_SINCE, {"agent": self.agent_id, "since": since})
+            self.count, self.tail = counted["count"], as_utc(counted["oldest"])
             self.changed = True
         elif self.tail is not None and self.tail <= since:
-            left, oldest = self._left_and_oldest(self.tail, since)
-            self.count -= left
-            self.tail = oldest if self.count else None
+            passed = self._first(_LEFT_AND_OLDEST, {"agent": self.agent_id, "tail": self.tail, "since": since})
+            self.count -= passed["left"]
+            self.tail = as_utc(passed["oldest"]) if self.count else None
             self.changed = True
         return self.count, self.tail
 
     def nonce_used(self, nonce: str, since: datetime) -> bool:
         """True if this agent has a request recorded with this nonce at or after `since` (older rows are forgotten,
         whether or not the housekeeping has deleted them yet)."""
-        query = sa.select(agent_requests.c.id).where(
-            self._mine, agent_requests.c.nonce == nonce, agent_requests.c.at >= since
+        return bool(
+            self.statements.rows(self.conn, _NONCE_USED, {"agent": self.agent_id, "nonce": nonce, "since": since})
         )
-        return self.conn.execute(query).first() is not None
 
     def record(self, nonces: Sequence[str], forgotten_before: datetime) -> set[str]:
-        """Record these requests (distinct nonces) at `now` in one statement and count them; returns the nonces
-        recorded, leaving out those recorded at or after `forgotten_before` (replays). An older row of the same
-        nonce is taken over (stamped `now`).
+        """Record these requests (distinct nonces) at `now` and count them; returns the nonces recorded, leaving out
+        those recorded at or after `forgotten_before` (replays). An older row of the same nonce is taken over
+        (stamped `now`). On SQLite one statement per nonce on the driver's connection; on PostgreSQL one multi-row
+        statement (SQLAlchemy's "insertmanyvalues"), a round trip saved per nonce.
 
         Call `count_since` first: the rows it has not passed yet stay counted.
         """
@@ -142,7 +144,11 @@ class RecentRequests:
             {"agent_id": self.agent_id, "nonce": nonce, "at": self.now, "forgotten_before": forgotten_before}
             for nonce in nonces
         ]
-        recorded = set(self.conn.execute(_RECORD_NONCES[self.conn.dialect.name], rows).scalars())
+        upsert = _RECORD_NONCES[self.conn.dialect.name]
+        if self.statements.compiled_here:
+            recorded = {taken["nonce"] for row in rows for taken in self.statements.rows(self.conn, upsert, row)}
+        else:
+            recorded = set(self.conn.execute(upsert, rows).scalars())
         if recorded:
             self.count += len(recorded)
             self.tail = min(self.tail, self.now) if self.tail else self.now
@@ -153,26 +159,13 @@ class RecentRequests:
         """Write the running count back to the agent's row, if it changed."""
         if self.changed:
             values = {"agent": self.agent_id, "window_count": self.count, "window_tail": self.tail}
-            self.conn.execute(_SAVE_WINDOW, values)
+            self.statements.rows(self.conn, _SAVE_WINDOW, values)
             self.changed = False
 
-    def _rows(self, *conditions: sa.ColumnElement[bool]) -> tuple[int, datetime | None]:
-        """How many of this agent's rows meet the conditions, and the oldest of them."""
-        query = sa.select(sa.func.count(), sa.func.min(agent_requests.c.at)).where(self._mine, *conditions)
-        count, oldest = self.conn.execute(query).one()
-        return count, as_utc(oldest)
-
-    def _left_and_oldest(self, tail: datetime, since: datetime) -> tuple[int, datetime | None]:
-        """In one statement: how many of this agent's rows are from `tail` up to `since`, and the oldest after it."""
-        at = agent_requests.c.at
-        left = sa.select(sa.func.count()).where(self._mine, at >= tail, at <= since)
-        oldest = sa.select(at).where(self._mine, at > since).order_by(at).limit(1)
-        count, first = self.conn.execute(sa.select(left.scalar_subquery(), oldest.scalar_subquery())).one()
-        return count, as_utc(first)
-
-    @property
-    def _mine(self) -> sa.ColumnElement[bool]:
-        return agent_requests.c.agent_id == self.agent_id
+    def _first(self, statement: sa.Executable, params: dict[str, Any]) -> dict[str, Any]:
+        found = self.statements.first(self.conn, statement, params)
+        assert found is not None  # an aggregate's one row
+        return found
 
 
 def _record_nonces(dialect: Any) -> sa.Executable:
@@ -190,7 +183,27 @@ def _record_nonces(dialect: Any) -> sa.Executable:
 
 # The admission's statements, built once: building a statement costs more than SQLAlchemy's cached compilation.
 _RECORD_NONCES = {"postgresql": _record_nonces(postgresql), "sqlite": _record_nonces(sqlite)}
-_SAVE_WINDOW = sa.update(agents).where(agents.c.id == sa.bindparam("agent"))
+_SAVE_WINDOW = (
+    sa.update(agents)
+    .where(agents.c.id == sa.bindparam("agent"))
+    .values(window_count=sa.bindparam("window_count"), window_tail=sa.bindparam("window_tail"))
+)
+_at = agent_requests.c.at  # lower case: ruff's SIM300 takes upper-case names for constants and turns comparisons
+_mine = agent_requests.c.agent_id == sa.bindparam("agent")
+_COUNT_SINCE = sa.select(sa.func.count().label("count"), sa.func.min(_at).label("oldest")).where(
+    _mine, _at > sa.bindparam("since")
+)
+# in one statement: the rows from the tail up to `since` (they left the window), and the oldest after `since`
+_LEFT_AND_OLDEST = sa.select(
+    sa.select(sa.func.count())
+    .where(_mine, _at >= sa.bindparam("tail"), _at <= sa.bindparam("since"))
+    .scalar_subquery()
+    .label("left"),
+    sa.select(_at).where(_mine, _at > sa.bindparam("since")).order_by(_at).limit(1).scalar_subquery().label("oldest"),
+)
+_NONCE_USED = sa.select(agent_requests.c.id).where(
+    _mine, agent_requests.c.nonce == sa.bindparam("nonce"), _at >= sa.bindparam("since")
+)
 # Locks the agent's row on PostgreSQL; SQLite's BEGIN IMMEDIATE (see store.db) already serialises.
 _LOCK_AGENT = (
     sa.select(
@@ -217,6 +230,7 @@ class AgentStore:
         self._clock = now
         self._single_read = SingleReads(engine)
         self._no_wait = NoWaitWrites.for_engine(engine)
+        self._statements = FixedStatements(engine.dialect)
 
     def _now(self) -> datetime:
         now = self._clock()
@@ -323,19 +337,18 @@ class AgentStore:
             now = self._now()
             found: dict[str, RecentRequests] = {}
             for agent_id in sorted(set(agent_ids)):
-                agent = conn.execute(_LOCK_AGENT, {"agent": agent_id}).first()
+                agent = self._statements.first(conn, _LOCK_AGENT, {"agent": agent_id})
                 if agent is not None:
-                    revoked = agent.revoked_at is not None
-                    tail = as_utc(agent.window_tail)
                     found[agent_id] = RecentRequests(
                         conn,
+                        self._statements,
                         agent_id,
-                        agent.rate_per_minute,
-                        revoked,
-                        agent.secret_version,
+                        agent["rate_per_minute"],
+                        agent["revoked_at"] is not None,
+                        agent["secret_version"],
                         now,
-                        agent.window_count,
-                        tail,
+                        agent["window_count"],
+                        as_utc(agent["window_tail"]),
                     )
             yield found
             for requests in found.values():

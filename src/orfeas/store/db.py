@@ -150,6 +150,75 @@ class NoWaitWrites:
             yield kept
 
 
+class FixedStatements:
+    """Runs statements built once (their values as bind parameters) on connections of one engine. On SQLite each is
+    compiled once and run on the driver's connection, inside whatever transaction the SQLAlchemy connection holds,
+    its values converted by SQLAlchemy's own type processors: the same values as `Connection.execute`, without its
+    per-call machinery, which costs more than a statement on a local file (the hot reads of status polling, the
+    admission of signed requests). Elsewhere (PostgreSQL: a round trip anyway) through `Connection.execute`."""
+
+    def __init__(self, dialect: sa.Dialect) -> None:
+        self._dialect = dialect
+        self.compiled_here = dialect.name == "sqlite"
+        self._prepared: dict[sa.Executable, _Prepared] = {}
+
+    def rows(self, conn: sa.Connection, statement: sa.Executable, params: dict[str, Any]) -> list[dict[str, Any]]:
+        """Every row the statement returns (none for DML without RETURNING), as column -> value dicts."""
+        if not self.compiled_here:
+            result = conn.execute(statement, params)
+            return [dict(row._mapping) for row in result] if result.returns_rows else []
+        prepared = self._prepared.get(statement) or self._prepare(statement)
+        values = []
+        for name, convert, fixed in prepared.binds:
+            value = params[name] if fixed is _REQUIRED else fixed  # a fixed value: a LIMIT's, say
+            values.append(convert(value) if convert else value)
+        driver_error = self._dialect.loaded_dbapi.Error
+        try:
+            cursor = conn.connection.driver_connection.execute(prepared.sql, values)  # type: ignore[union-attr]
+            found = cursor.fetchall()
+        except driver_error as exc:  # wrapped as SQLAlchemy wraps it, so an outage is still an OperationalError
+            raise sa.exc.DBAPIError.instance(prepared.sql, values, exc, driver_error, dialect=self._dialect) from exc
+        return [_converted(prepared.columns, row) for row in found]
+
+    def first(self, conn: sa.Connection, statement: sa.Executable, params: dict[str, Any]) -> dict[str, Any] | None:
+        """The statement's first row as a column -> value dict, or None."""
+        found = self.rows(conn, statement, params)
+        return found[0] if found else None
+
+    def _prepare(self, statement: sa.Executable) -> _Prepared:
+        dialect = self._dialect
+        compiled = statement.compile(dialect=dialect)  # type: ignore[attr-defined]
+        binds = []
+        for name in compiled.positiontup or ():
+            bind = compiled.binds[name]
+            fixed = _REQUIRED if bind.required or bind.callable else bind.effective_value
+            binds.append((name, bind.type.dialect_impl(dialect).bind_processor(dialect), fixed))
+        if isinstance(statement, sa.Select):
+            described = [(column.name, column.type) for column in statement.selected_columns]
+        else:  # DML: what its RETURNING names, if anything
+            described = [(d["name"], d["type"]) for d in getattr(statement, "returning_column_descriptions", [])]
+        columns = [(name, kind.dialect_impl(dialect).result_processor(dialect, None)) for name, kind in described]
+        prepared = self._prepared[statement] = _Prepared(str(compiled), binds, columns)
+        return prepared
+
+
+def _converted(columns: Sequence[tuple[str, Callable[..., Any] | None]], row: Sequence[Any]) -> dict[str, Any]:
+    return {name: convert(value) if convert else value for (name, convert), value in zip(columns, row, strict=True)}
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """A statement compiled for SQLite: its SQL, its bind parameters in order and its columns, each with the
+    processor (or None) that converts the value to or from what the driver takes and returns."""
+
+    sql: str
+    binds: Sequence[tuple[str, Callable[..., Any] | None, Any]]  # the value given when not _REQUIRED
+    columns: Sequence[tuple[str, Callable[..., Any] | None]]
+
+
+_REQUIRED = object()  # a bind parameter whose value each call gives
+
+
 class SingleReads:
     """Connections for one SELECT each (see `single_read`). On SQLite every thread keeps its own open, instead of
     taking one from the pool for each read and handing it back: for a primary-key read of a local file the
@@ -160,7 +229,7 @@ class SingleReads:
     def __init__(self, engine: sa.Engine) -> None:
         self._engine = engine
         self._kept = threading.local() if engine.dialect.name == "sqlite" else None
-        self._prepared: dict[sa.Select[Any], _Prepared] = {}
+        self._statements = FixedStatements(engine.dialect)
 
     @contextmanager
     def __call__(self) -> Iterator[sa.Connection]:
@@ -172,21 +241,9 @@ class SingleReads:
 
     def first(self, statement: sa.Select[Any], params: dict[str, Any]) -> dict[str, Any] | None:
         """The first row of a fixed statement (built once, its values as bind parameters) as a column -> value
-        dict, or None. On SQLite the statement is compiled once and run on the driver's connection, its values
-        converted by SQLAlchemy's own type processors: the same values as `Connection.execute`, without its
-        per-call machinery, which costs more than the read (the hot reads of status polling and signed requests)."""
-        if self._kept is None:
-            with single_read(self._engine) as pooled:
-                row = pooled.execute(statement, params).first()
-            return dict(row._mapping) if row is not None else None
-        prepared = self._prepared.get(statement) or self._prepare(statement)
-        values = [convert(params[name]) if convert else params[name] for name, convert in prepared.binds]
-        raw = self._connection().connection.driver_connection
-        found = raw.execute(prepared.sql, values).fetchone()  # type: ignore[union-attr]
-        if found is None:
-            return None
-        columns = zip(prepared.columns, found, strict=True)
-        return {name: convert(value) if convert else value for (name, convert), value in columns}
+        dict, or None (run as `FixedStatements` runs it)."""
+        with self() as conn:
+            return self._statements.first(conn, statement, params)
 
     def _connection(self) -> sa.Connection:
         assert self._kept is not None
@@ -194,30 +251,6 @@ class SingleReads:
         if kept is None or kept.closed or kept.invalidated:
             kept = self._kept.connection = single_read(self._engine)
         return kept
-
-    def _prepare(self, statement: sa.Select[Any]) -> _Prepared:
-        dialect = self._engine.dialect
-        compiled = statement.compile(dialect=dialect)
-        binds = [
-            (name, compiled.binds[name].type.dialect_impl(dialect).bind_processor(dialect))
-            for name in compiled.positiontup or ()
-        ]
-        columns = [
-            (column.name, column.type.dialect_impl(dialect).result_processor(dialect, None))
-            for column in statement.selected_columns
-        ]
-        prepared = self._prepared[statement] = _Prepared(str(compiled), binds, columns)
-        return prepared
-
-
-@dataclass(frozen=True)
-class _Prepared:
-    """A statement compiled for SQLite: its SQL, its bind parameters in order and its columns, each with the
-    processor (or None) that converts the value to or from what the driver takes and returns."""
-
-    sql: str
-    binds: Sequence[tuple[str, Callable[..., Any] | None]]
-    columns: Sequence[tuple[str, Callable[..., Any] | None]]
 
 
 def _begin_sqlite(connection: sa.Connection, writers: threading.Lock) -> None:
