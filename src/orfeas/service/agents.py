@@ -50,8 +50,8 @@ class Admission:
     """The rate limiter's answer to one signed request.
 
     `reason` is "rate", "replay", "revoked" or "stale" (the secret was rotated after the request was verified) when
-    refused. `reset` is the number of seconds until the oldest request
-    in the agent's window leaves it (freeing a slot); `retry_after` equals it when refused for the rate, else None.
+    refused. `reset` is the number of seconds until the oldest request in the agent's window leaves it (freeing a
+    slot); `retry_after` equals it when refused for the rate, else None.
     """
 
     allowed: bool
