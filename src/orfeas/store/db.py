@@ -128,13 +128,7 @@ class NoWaitWrites:
     def begin(self) -> Iterator[sa.Connection]:
         """A write transaction, committed when the block ends normally; raises WriteBusy before it starts if
         another writer holds the lock."""
-        kept: sa.Connection | None = getattr(self._kept, "connection", None)
-        if kept is None or kept.closed or kept.invalidated:
-            kept = self._kept.connection = self._engine.connect().execution_options(**{_NO_WAIT: True})
-            driver = kept.connection.driver_connection
-            driver.execute("PRAGMA busy_timeout = 0")  # type: ignore[union-attr]
-            # its commits never checkpoint the log (an fsync); the other connections' commits do
-            driver.execute("PRAGMA wal_autocheckpoint = 0")  # type: ignore[union-attr]
+        kept = _kept_connection(self._kept, self._connect)
         transaction = kept.begin()  # takes this process's writer lock if it is free, and emits nothing
         if kept.info.pop(_BUSY, False):
             transaction.rollback()
@@ -148,6 +142,23 @@ class NoWaitWrites:
             raise
         with transaction:
             yield kept
+
+    def _connect(self) -> sa.Connection:
+        connection = self._engine.connect().execution_options(**{_NO_WAIT: True})
+        driver = connection.connection.driver_connection
+        driver.execute("PRAGMA busy_timeout = 0")  # type: ignore[union-attr]
+        # its commits never checkpoint the log (an fsync); the other connections' commits do
+        driver.execute("PRAGMA wal_autocheckpoint = 0")  # type: ignore[union-attr]
+        return connection
+
+
+def _kept_connection(kept: threading.local, connect: Callable[[], sa.Connection]) -> sa.Connection:
+    """This thread's connection in `kept`, opened with `connect` the first time and again once it is closed or was
+    invalidated (the database went away)."""
+    connection: sa.Connection | None = getattr(kept, "connection", None)
+    if connection is None or connection.closed or connection.invalidated:
+        connection = kept.connection = connect()
+    return connection
 
 
 class FixedStatements:
@@ -247,10 +258,7 @@ class SingleReads:
 
     def _connection(self) -> sa.Connection:
         assert self._kept is not None
-        kept: sa.Connection | None = getattr(self._kept, "connection", None)
-        if kept is None or kept.closed or kept.invalidated:
-            kept = self._kept.connection = single_read(self._engine)
-        return kept
+        return _kept_connection(self._kept, lambda: single_read(self._engine))
 
 
 def _begin_sqlite(connection: sa.Connection, writers: threading.Lock) -> None:
