@@ -7,8 +7,8 @@ is known, the agent.
 
 `admit` is the rate limiter: an agent's requests of the last 60 s are its sliding window, and a nonce is remembered
 for twice the timestamp window. It decides and records inside one transaction that holds the agent's row locked
-(`AgentStore.locked_requests`), so several API processes sharing one database never exceed an agent's rate together;
-`AdmissionQueue` decides the admissions that arrive together in one such transaction (`admit_many`).
+(`AgentStore.locked_requests_many`), so several API processes sharing one database never exceed an agent's rate
+together; `AdmissionQueue` decides the admissions that arrive together in one such transaction (`admit_many`).
 That transaction is short and its cost does not grow with the rate: the window is a running count on the agent's
 row, the nonce is checked by its unique constraint as it is inserted, and old rows are left to the housekeeping
 (`AgentStore.purge_requests`), nonces older than the retention counting as forgotten until it deletes them.

@@ -2,10 +2,9 @@
 
 The rules (key derivation, what a valid name, rate or operation is, which requests are admitted) live in
 `orfeas.service`: `agent_keys`, `agent_accounts` and `agents`. `agent_requests` holds one row per accepted signed
-request; its unique (agent_id, nonce) makes a nonce recordable only once. `locked_requests` reads and writes one
-agent's rows in a transaction that holds the agent's row locked, so several API processes sharing one database admit
-each agent's requests one at a time; `locked_requests_many` does so for several agents in one transaction (the
-admission queue's group commit).
+request; its unique (agent_id, nonce) makes a nonce recordable only once. `locked_requests_many` reads and writes
+agents' rows in one transaction that holds those agents' rows locked, so several API processes sharing one database
+admit each agent's requests one at a time (and the admission queue decides concurrent requests together).
 
 The agent's row keeps a running count of its requests (`window_count` rows at or after `window_tail`), so that the
 admission transaction reads only the rows that left the rate window since the previous admission, each row once,
@@ -87,7 +86,7 @@ _RECORD_FIELDS = tuple(field.name for field in dataclasses.fields(AgentRecord))
 
 @dataclass
 class RecentRequests:
-    """One agent's accepted requests, read and written inside the transaction of `AgentStore.locked_requests`.
+    """One agent's accepted requests, read and written inside the transaction of `AgentStore.locked_requests_many`.
 
     `now` is the store's clock, read once when the transaction began; `record` stamps the request with it. `count`
     and `tail` are the agent's running count: `count` rows at or after `tail`; the transaction writes them back to
@@ -304,17 +303,6 @@ class AgentStore:
         if row is None:
             raise AgentNotFound(f"no agent named {name!r}")
         return AgentRecord.from_row(row)
-
-    @contextmanager
-    def locked_requests(self, agent_id: str) -> Iterator[RecentRequests]:
-        """One write transaction over the agent's requests, holding its row locked. Raises AgentNotFound.
-
-        Leaving the block normally commits what was written; an exception rolls it back.
-        """
-        with self.locked_requests_many([agent_id]) as found:
-            if agent_id not in found:
-                raise AgentNotFound(f"no agent with id {agent_id!r}")
-            yield found[agent_id]
 
     @property
     def writes_without_waiting(self) -> bool:
