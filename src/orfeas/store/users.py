@@ -81,13 +81,12 @@ def _key(row: sa.Row[*tuple[Any, ...]]) -> ApiKeyRecord:
     )
 
 
-_KEYS_WITH_USER = sa.select(*api_keys.c, users.c.name.label("user_name")).select_from(
-    api_keys.join(users, api_keys.c.user_id == users.c.id)
-)
+_KEYS_JOIN_USERS = api_keys.join(users, api_keys.c.user_id == users.c.id)
+_KEYS_WITH_USER = sa.select(*api_keys.c, users.c.name.label("user_name")).select_from(_KEYS_JOIN_USERS)
 # A key and all of its user's columns (prefixed u_), the read of every request with an API key; built once.
 _KEY_AND_USER = (
     sa.select(*api_keys.c, *(c.label(f"u_{c.name}") for c in users.c), users.c.name.label("user_name"))
-    .select_from(api_keys.join(users, api_keys.c.user_id == users.c.id))
+    .select_from(_KEYS_JOIN_USERS)
     .where(api_keys.c.id == sa.bindparam("key_id"))
 )
 
