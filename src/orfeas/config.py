@@ -41,7 +41,9 @@ class Settings(BaseSettings, PipelineFields):
         3, description="A job whose worker died this many times while running it alone is failed."
     )
     poll_seconds: float = Field(
-        0.2, description="Idle worker's wait between queue checks (a submission wakes the worker of its own process)."
+        0.2,
+        description="Idle worker's longest wait between queue checks: new jobs end it at once (a submission in its "
+        "own process, or the database's notice of jobs queued by another: store/notify.py).",
     )
     retention_hours: float = Field(24 * 7, description="Finished jobs and their files are deleted after this.")
 

@@ -339,3 +339,20 @@ def test_progress_sockets_hear_postgres_notifications(postgres_url, tmp_path):
                 assert time.monotonic() - started < 10
     finally:
         server.stop()
+
+
+def test_an_idle_worker_hears_a_job_queued_on_an_api_at_once(postgres_url, tmp_path):
+    # the poll interval is longer than the test: only the queue notification can start the job this soon
+    with cluster(
+        postgres_url, tmp_path, apis=1, workers=1, ORFEAS_POLL_SECONDS="60", ORFEAS_TEST_BATCH_DELAY="0"
+    ) as running:
+        time.sleep(1.0)  # the worker has made its first queue check and waits
+        with running.apis[0].client() as client:
+            (job_id,) = submit(client, 1, "one")
+            deadline = time.monotonic() + 30
+            while (job := client.get(f"/api/jobs/{job_id}").json())["status"] not in ("succeeded", "failed"):
+                assert time.monotonic() < deadline, job["status"]
+                time.sleep(0.1)
+    assert job["status"] == "succeeded"
+    waited = datetime.fromisoformat(job["started_at"]) - datetime.fromisoformat(job["created_at"])
+    assert waited.total_seconds() < 2.0

@@ -168,6 +168,7 @@ class Worker:
         logger.info("worker started", extra={"worker": self.worker_id})
         heartbeat = threading.Thread(target=self._heartbeat, args=(stop,), name="orfeas-heartbeat", daemon=True)
         heartbeat.start()
+        queue_watch = self.store.queue_watch()
         next_maintenance = 0.0
         failures = 0  # loop iterations in a row that raised
         while not stop.is_set():
@@ -187,8 +188,10 @@ class Worker:
                 logger.info("worker resumed", extra={"worker": self.worker_id, "after_failures": failures})
                 failures = 0
             if not ran:
-                self._wake.wait(self.settings.poll_seconds)
+                # until the next poll, unless this process submits, another one queues jobs, or we are stopped
+                queue_watch.wait(self.settings.poll_seconds, interrupt=self._wake)
                 self._wake.clear()
+        queue_watch.close()
         try:
             self.store.requeue_owned(self.worker_id)
         except Exception as exc:  # the leases then expire and another worker requeues the jobs

@@ -22,7 +22,7 @@ from sqlalchemy.exc import IntegrityError
 
 from orfeas.errors import OrfeasError
 from orfeas.store.db import SingleReads, as_utc, iso_timestamps, read_only, utcnow
-from orfeas.store.notify import JobChanges, job_changes_for
+from orfeas.store.notify import JobChanges, QueueWatch, job_changes_for, queue_watch_for
 from orfeas.store.schema import FINISHED_STATUSES, JobStatus, job_events, jobs
 
 _ACTIVE_STATUSES = (JobStatus.QUEUED, JobStatus.RUNNING)
@@ -151,6 +151,10 @@ class JobStore:
         """The ids of jobs as their status or progress changes, where the database announces them (PostgreSQL);
         None elsewhere."""
         return job_changes_for(self._engine)
+
+    def queue_watch(self) -> QueueWatch:
+        """A new watch that ends an idle worker's wait when jobs may have been queued (store.notify)."""
+        return queue_watch_for(self._engine)
 
     def _now(self) -> datetime:
         now = self._clock()
