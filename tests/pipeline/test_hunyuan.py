@@ -19,7 +19,7 @@ import pytest
 
 from orfeas.errors import GeneratorUnavailable, InvalidOptions
 from orfeas.pipeline.background import Cutout
-from orfeas.pipeline.generators import GenerationParams, available_generators, create_generator
+from orfeas.pipeline.generators import GenerationParams, available_generators, create_generator, is_available
 from orfeas.pipeline.generators.hunyuan import (
     INSTALL,
     HunyuanGenerator,
@@ -85,6 +85,8 @@ IMAGES = [disc(24, (220, 40, 40)), disc(14, (40, 200, 40)), disc(28, (40, 40, 22
 
 def test_registry_lists_hunyuan3d_only_where_installed():
     settings = PipelineSettings()
+    for name in ("inflate", "hunyuan3d", "no-such-generator"):
+        assert is_available(name, settings) == (name in available_generators(settings))
     if missing_modules():
         assert "hunyuan3d" not in available_generators(settings)
         with pytest.raises(GeneratorUnavailable, match=r"pip install 'orfeas\[hunyuan\]'"):

@@ -20,7 +20,7 @@ from orfeas.config import Settings
 from orfeas.errors import IdempotencyConflict, InvalidImage, InvalidOptions, StorageUnavailable, WeightsMissing
 from orfeas.limits import check_idempotency_key, clean_input_name
 from orfeas.pipeline.generate import batch_key, check_input_views
-from orfeas.pipeline.generators import Generator, GeneratorCache, available_generators
+from orfeas.pipeline.generators import Generator, GeneratorCache, available_generators, is_available
 from orfeas.pipeline.image import decoded_bytes, inspect_image, read_header
 from orfeas.pipeline.options import GenerateOptions
 from orfeas.pipeline.preview import render_preview
@@ -111,7 +111,7 @@ class JobService:
                 f"{len(uploads)} images in one request; the limit is {self.settings.max_images_per_request}"
             )
         idempotency_key = check_idempotency_key(idempotency_key)
-        if options.backend not in available_generators(self.pipeline_settings):
+        if not is_available(options.backend, self.pipeline_settings):
             known = ", ".join(available_generators(self.pipeline_settings))
             raise InvalidOptions(f"unknown backend {options.backend!r}; available: {known}")
         views = batch_views([upload.views for upload in uploads if upload.views is not None] or [None])

@@ -17,6 +17,7 @@ __all__ = [
     "Shape",
     "available_generators",
     "create_generator",
+    "is_available",
 ]
 
 BUILT_IN = {"inflate": lambda settings: InflateGenerator()}
@@ -30,6 +31,14 @@ def available_generators(settings: PipelineSettings) -> list[str]:
     are installed, and those named in settings."""
     optional = [name for name, module in OPTIONAL.items() if not importlib.import_module(module).missing_modules()]
     return [*BUILT_IN, *optional, *settings.generators]
+
+
+def is_available(name: str, settings: PipelineSettings) -> bool:
+    """Whether `name` is among `available_generators(settings)`, asking only its own extra whether it is installed
+    (a check made on every submission; looking for an extra's packages searches the import path)."""
+    if name in BUILT_IN or name in settings.generators:
+        return True
+    return name in OPTIONAL and not importlib.import_module(OPTIONAL[name]).missing_modules()
 
 
 def create_generator(name: str, settings: PipelineSettings) -> Generator:
