@@ -4,7 +4,7 @@
   job's status, progress, stage or error changes; SQLite has none (the progress hub polls there);
 - the queue (`queue_watch_for`): an idle worker waits on a `QueueWatch`, which returns as soon as jobs may have been
   queued by another process: on PostgreSQL migration 0006's trigger notifies `orfeas_queue`, on a SQLite file the
-  watch asks SQLite whether another connection committed (`PRAGMA data_version`, a read of shared memory).
+  watch asks SQLite whether another connection committed (`PRAGMA data_version`, which reads no table).
 
 Either is a hint that ends a wait early; the worker still checks the queue every `poll_seconds`, so a lost
 notification delays a job, it never loses one.
@@ -98,8 +98,8 @@ class SqliteQueueWatch:
     """Watches a SQLite file for commits made by other connections (any table: a hint, checked by the worker).
 
     `PRAGMA data_version` changes on this connection whenever another connection, of this process or another,
-    commits; reading it takes no lock and touches no page, so checking it every SQLITE_CHECK_SECONDS costs nothing
-    measurable. The connection is opened on first use.
+    commits; reading it reads no table and never blocks a writer, so an idle worker can ask every
+    SQLITE_CHECK_SECONDS (docs/BENCHMARKS.md has its cost). The connection is opened on first use.
     """
 
     def __init__(self, path: str) -> None:
