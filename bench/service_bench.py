@@ -12,6 +12,10 @@
 2. Scheduler overhead per batch: what the worker does around a generator call for a batch of 4 (claim, progress
    updates for every stage, completion), on SQLite, without the generator; median of 200 batches.
 3. Status polling: GET /api/jobs/{id} from a second process with 8 concurrent connections for 5 s.
+4. Start latency: one job at a time sent to an idle server, from its creation to its start (the server's own
+   timestamps); with `--workers 2` the worker is another process, which hears of the job through the database.
+
+The servers run with the settings a user gets (the default `poll_seconds`, not the tests' shorter one).
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ sys.path.insert(0, str(REPO))
 from tests.e2e.server import Server  # noqa: E402
 
 from orfeas import GenerateOptions, generate, save_result  # noqa: E402
+from orfeas.config import Settings  # noqa: E402
 from orfeas.pipeline.generate import batch_key  # noqa: E402
 from orfeas.service.worker import ProgressBuffer  # noqa: E402
 from orfeas.store.db import create_db_engine, sqlite_url  # noqa: E402
@@ -124,6 +129,8 @@ def service_run(server: Server, count: int) -> Run:
 
 
 SERVERS = {"`orfeas serve`": (), "`orfeas serve --workers 2`": ("--workers", "2")}
+# tests.e2e.server shortens the idle worker's poll; a benchmark measures what a user runs
+USER_ENV = {"ORFEAS_POLL_SECONDS": str(Settings.model_fields["poll_seconds"].default)}
 
 
 def throughput(servers: dict[str, Server], count: int, rounds: int) -> dict[str, list[Run]]:
@@ -136,6 +143,20 @@ def throughput(servers: dict[str, Server], count: int, rounds: int) -> dict[str,
         for name, server in servers.items():
             runs[name].append(service_run(server, count))
     return runs
+
+
+def start_latency_ms(server: Server, jobs: int = 10) -> float:
+    """Median milliseconds from a job's creation to its start, for jobs sent one at a time to the idle server."""
+    waits = []
+    with server.client() as client:
+        files = [("image", ("chair.png", IMAGE.read_bytes(), "image/png"))]
+        for _ in range(jobs):
+            client.post("/api/jobs", files=files).raise_for_status()
+            (job,) = wait_all(client, 1)
+            started = datetime.fromisoformat(job["started_at"]) - datetime.fromisoformat(job["created_at"])
+            waits.append(started.total_seconds() * 1000)
+            time.sleep(0.3)  # idle again, and at a different point of any poll cycle
+    return statistics.median(waits)
 
 
 def scheduler_overhead_ms(batches: int = 200, batch: int = 4) -> tuple[float, float]:
@@ -227,7 +248,14 @@ def row(label: str, runs: dict[str, list[Run]], value: Callable[[Run], float]) -
     return f"| {label} | {' | '.join(cells)} |"
 
 
-def render(count: int, rounds: int, runs: dict[str, list[Run]], scheduler_ms: tuple[float, float], poll: dict) -> str:
+def render(
+    count: int,
+    rounds: int,
+    runs: dict[str, list[Run]],
+    scheduler_ms: tuple[float, float],
+    poll: dict,
+    start_ms: dict[str, float],
+) -> str:
     names = [name for name in runs if name != "loop"]
     rounds_text = "; ".join(
         f"{name}: " + ", ".join(f"{s.wall / d.wall - 1:+.0%}" for d, s in zip(runs["loop"], runs[name], strict=True))
@@ -259,6 +287,10 @@ def render(count: int, rounds: int, runs: dict[str, list[Run]], scheduler_ms: tu
             f"| {scheduler_ms[1]:.2f} ms |",
             f"| status polling (`orfeas serve`), 8 connections from a second process | {poll['rps']:.0f} requests/s, "
             f"p50 {poll['p50_ms']:.1f} ms, p99 {poll['p99_ms']:.1f} ms |",
+            *(
+                f"| a job sent to an idle {name}: creation to start, median of 10 | {ms:.1f} ms |"
+                for name, ms in start_ms.items()
+            ),
         ]
     )
 
@@ -266,22 +298,26 @@ def render(count: int, rounds: int, runs: dict[str, list[Run]], scheduler_ms: tu
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--jobs", type=int, default=12)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--write", type=Path)
     args = parser.parse_args()
     scheduler_ms = scheduler_overhead_ms()
     with tempfile.TemporaryDirectory() as tmp:
-        servers = {name: Server(Path(tmp) / f"data{i}", args=extra) for i, (name, extra) in enumerate(SERVERS.items())}
+        servers = {
+            name: Server(Path(tmp) / f"data{i}", args=extra, env=USER_ENV)
+            for i, (name, extra) in enumerate(SERVERS.items())
+        }
         try:
             for server in servers.values():
                 server.start()
             runs = throughput(servers, args.jobs, args.rounds)
             poll = polling(servers["`orfeas serve`"])
+            start_ms = {name: start_latency_ms(server) for name, server in servers.items()}
         finally:
             for server in servers.values():
                 if server.process is not None:
                     server.stop()
-    report = render(args.jobs, args.rounds, runs, scheduler_ms, poll)
+    report = render(args.jobs, args.rounds, runs, scheduler_ms, poll, start_ms)
     print(report)
     if args.write:
         write_section(args.write, MARKER, HEADING, report)
