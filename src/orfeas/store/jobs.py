@@ -154,7 +154,7 @@ class JobStore:
 
     def queue_watch(self) -> QueueWatch:
         """A new watch that ends an idle worker's wait when jobs may have been queued (store.notify)."""
-        return queue_watch_for(self._engine)
+        return queue_watch_for(self._engine, sa.select(jobs.c.id).where(_CLAIMABLE).limit(1))
 
     def _now(self) -> datetime:
         now = self._clock()

@@ -4,7 +4,8 @@
   job's status, progress, stage or error changes; SQLite has none (the progress hub polls there);
 - the queue (`queue_watch_for`): an idle worker waits on a `QueueWatch`, which returns as soon as jobs may have been
   queued by another process: on PostgreSQL migration 0006's trigger notifies `orfeas_queue`, on a SQLite file the
-  watch asks SQLite whether another connection committed (`PRAGMA data_version`, which reads no table).
+  watch asks SQLite whether another connection committed (`PRAGMA data_version`, which reads no table) and, when
+  one did, whether a job waits.
 
 Either is a hint that ends a wait early; the worker still checks the queue every `poll_seconds`, so a lost
 notification delays a job, it never loses one.
@@ -17,7 +18,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import sqlalchemy as sa
 
@@ -73,13 +74,16 @@ class QueueWatch(Protocol):
     def close(self) -> None: ...
 
 
-def queue_watch_for(engine: sa.Engine) -> QueueWatch:
-    """The engine's way of hearing new jobs: LISTEN on PostgreSQL, commit counts on a SQLite file, else none."""
+def queue_watch_for(engine: sa.Engine, waiting: sa.Select[Any]) -> QueueWatch:
+    """The engine's way of hearing new jobs: LISTEN on PostgreSQL, commit counts on a SQLite file, else none.
+    `waiting` selects a row when a job waits to be claimed (SQLite's watch asks it after another connection's
+    commit, so that the API's other writes do not wake the worker)."""
     if engine.dialect.name == "postgresql":
         return PostgresQueueWatch(_conninfo(engine))
     database = engine.url.database
     if engine.dialect.name == "sqlite" and database and database != ":memory:":
-        return SqliteQueueWatch(database)
+        query = str(waiting.compile(dialect=engine.dialect, compile_kwargs={"literal_binds": True}))
+        return SqliteQueueWatch(database, query)
     return PlainWait()
 
 
@@ -95,15 +99,17 @@ class PlainWait:
 
 
 class SqliteQueueWatch:
-    """Watches a SQLite file for commits made by other connections (any table: a hint, checked by the worker).
+    """Watches a SQLite file for commits made by other connections, and after each asks `waiting` (a query that
+    returns a row when a job waits to be claimed) on its own connection.
 
     `PRAGMA data_version` changes on this connection whenever another connection, of this process or another,
     commits; reading it reads no table and never blocks a writer, so an idle worker can ask every
     SQLITE_CHECK_SECONDS (docs/BENCHMARKS.md has its cost). The connection is opened on first use.
     """
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, waiting: str) -> None:
         self._path = path
+        self._waiting = waiting
         self._connection: sqlite3.Connection | None = None
 
     def wait(self, timeout: float, interrupt: threading.Event) -> bool:
@@ -113,8 +119,11 @@ class SqliteQueueWatch:
             while (left := deadline - time.monotonic()) > 0:
                 if interrupt.wait(min(SQLITE_CHECK_SECONDS, left)):
                     return False
-                if self._data_version() != seen:
-                    return True
+                version = self._data_version()
+                if version != seen:
+                    seen = version
+                    if self._open().execute(self._waiting).fetchone() is not None:
+                        return True
         except sqlite3.Error as exc:  # the worker's own queue check reports what is wrong with the database
             logger.debug("queue watch: %s", exc)
             self.close()
@@ -127,9 +136,12 @@ class SqliteQueueWatch:
             self._connection = None
 
     def _data_version(self) -> int:
+        return int(self._open().execute("PRAGMA data_version").fetchone()[0])
+
+    def _open(self) -> sqlite3.Connection:
         if self._connection is None:
             self._connection = sqlite3.connect(self._path, check_same_thread=False)
-        return int(self._connection.execute("PRAGMA data_version").fetchone()[0])
+        return self._connection
 
 
 class PostgresQueueWatch:
