@@ -53,6 +53,10 @@ def test_a_users_job_view_hides_owner_and_key_an_admins_shows_them(app_and_keys)
         assert "owner" not in mine and "idempotency_key" not in mine
         admin = client.get(f"/api/jobs/{job_id}", headers={"Authorization": f"Bearer {keys['alice']}"}).json()
         assert admin["owner"] == "user:bob" and admin["idempotency_key"] == "k1"
+        (listed,) = client.get("/api/jobs", headers=bob).json()["jobs"]
+        assert listed == {key: value for key, value in admin.items() if key not in ("owner", "idempotency_key")}
+        admin_list = client.get("/api/jobs", headers={"Authorization": f"Bearer {keys['alice']}"}).json()
+        assert admin_list["jobs"][0] == admin and (admin_list["total"], admin_list["limit"]) == (1, 20)
 
 
 def test_the_openapi_schema_documents_the_job_responses(app_and_keys):

@@ -258,3 +258,12 @@ def job_response(
     view = job_view(job, viewer, owner_names, prefix=prefix, page_links=page_links)
     body = view.model_dump_json(exclude=None if viewer.is_admin else ADMIN_ONLY)
     return Response(body, media_type="application/json", headers=headers)
+
+
+def job_list_response(
+    jobs: list[JobRecord], viewer: Principal, owner_names: dict[str, str], *, total: int, limit: int, offset: int
+) -> Response:
+    """A page of jobs (`JobList`) serialised straight to JSON bytes by pydantic-core, as `job_response` does one."""
+    page = JobList(jobs=[job_view(job, viewer, owner_names) for job in jobs], total=total, limit=limit, offset=offset)
+    body = page.model_dump_json(exclude=None if viewer.is_admin else {"jobs": {"__all__": ADMIN_ONLY}})
+    return Response(body, media_type="application/json")

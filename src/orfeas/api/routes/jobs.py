@@ -25,7 +25,16 @@ from websockets.exceptions import ConnectionClosed
 
 from orfeas.api.deps import Services, get_services, quick_read
 from orfeas.api.progress import DatabaseGone, ProgressHub
-from orfeas.api.schemas import ERRORS, JobList, JobView, SubmittedJobs, file_responses, job_json, job_response
+from orfeas.api.schemas import (
+    ERRORS,
+    JobList,
+    JobView,
+    SubmittedJobs,
+    file_responses,
+    job_json,
+    job_list_response,
+    job_response,
+)
 from orfeas.api.security import caller, websocket_caller
 from orfeas.errors import FormatNotAvailable, InvalidOptions, OrfeasError
 from orfeas.limits import parse_json
@@ -122,12 +131,11 @@ def list_jobs(
     limit: Annotated[int, Query(ge=1, le=200)] = 20,
     offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
     status: Annotated[JobStatus | None, Query()] = None,
-) -> JSONResponse:
+) -> Response:
     """Your jobs (an admin: everyone's), newest first."""
     jobs, total = services.job_service.list(principal, limit=limit, offset=offset, status=status)
     names = owner_names(services, principal, jobs)
-    views = [job_json(job, principal, names) for job in jobs]
-    return JSONResponse({"jobs": views, "total": total, "limit": limit, "offset": offset})
+    return job_list_response(jobs, principal, names, total=total, limit=limit, offset=offset)
 
 
 @router.get("/{job_id}", response_model=JobView)
