@@ -52,6 +52,7 @@ from orfeas.store.migrate import init_db  # noqa: E402
 from report import write_section  # noqa: E402
 
 IMAGE = REPO / "examples" / "chair.png"
+UPLOAD = [("image", ("chair.png", IMAGE.read_bytes(), "image/png"))]  # one job's multipart field, as a client sends it
 HEADING = "Job service"
 MARKER = "service-bench"
 FINISHED = {"succeeded", "failed", "canceled"}
@@ -116,10 +117,9 @@ def service_run(server: Server, count: int) -> Run:
     """The same jobs submitted to a running `orfeas serve` (all at once, as a batch client would), waited for."""
     assert server.process is not None
     with server.client() as client:
-        files = [("image", ("chair.png", IMAGE.read_bytes(), "image/png"))]
         cpu, start = process_cpu_seconds(server.process.pid), time.time()
         for _ in range(count):
-            client.post("/api/jobs", files=files).raise_for_status()
+            client.post("/api/jobs", files=UPLOAD).raise_for_status()
         final = wait_all(client, count)
         # until the last job finished by the server's own record (same clock), not until the poll that saw it
         wall = max(datetime.fromisoformat(job["finished_at"]).timestamp() for job in final) - start
@@ -149,9 +149,8 @@ def start_latency_ms(server: Server, jobs: int = 10) -> float:
     """Median milliseconds from a job's creation to its start, for jobs sent one at a time to the idle server."""
     waits = []
     with server.client() as client:
-        files = [("image", ("chair.png", IMAGE.read_bytes(), "image/png"))]
         for _ in range(jobs):
-            client.post("/api/jobs", files=files).raise_for_status()
+            client.post("/api/jobs", files=UPLOAD).raise_for_status()
             (job,) = wait_all(client, 1)
             started = datetime.fromisoformat(job["started_at"]) - datetime.fromisoformat(job["created_at"])
             waits.append(started.total_seconds() * 1000)

@@ -11,7 +11,7 @@ import pytest
 import sqlalchemy as sa
 
 from orfeas.store import JobStore, NewJob, new_job_id
-from orfeas.store.notify import LISTEN_CHECK_SECONDS, QueueWatch
+from orfeas.store.notify import LISTEN_CHECK_SECONDS, PostgresQueueWatch, QueueWatch
 
 LONG = 30.0  # a wait far longer than any test: only the watch can end it early
 
@@ -83,11 +83,9 @@ def test_other_writes_are_not_a_queue_change(engine: sa.Engine, watch: QueueWatc
     assert not heard
 
 
-def test_a_watch_on_a_database_that_is_gone_waits_plainly(tmp_path) -> None:
+def test_a_watch_on_a_database_that_is_gone_waits_plainly() -> None:
     """A broken watch never takes the worker down: the wait lasts its timeout and the worker's own queue check
     reports the database's trouble."""
-    from orfeas.store.notify import PostgresQueueWatch
-
     watch = PostgresQueueWatch("postgresql://postgres@127.0.0.1:1/nowhere")
     started = time.monotonic()
     assert not watch.wait(0.3, threading.Event())
